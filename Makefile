@@ -1,0 +1,36 @@
+# AutLearn — every target installs what it needs on a fresh Debian 12 machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO_ROOT ?= var/demo
+
+.PHONY: all demo test sysdeps venv clean
+
+all: test
+
+# Debian packages a fresh Debian 12 may lack: venv support and a C compiler (for test delegates).
+sysdeps:
+	@if ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || ! command -v cc >/dev/null 2>&1; then \
+		echo "installing Debian packages: python3-venv gcc"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-dev gcc >/dev/null; \
+	fi
+
+$(STAMP): requirements-dev.txt daemon/pyproject.toml cloud_builder/pyproject.toml
+	$(MAKE) sysdeps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements-dev.txt
+	$(BIN)/pip install -q --no-deps -e daemon -e cloud_builder
+	touch $@
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python tools/demo.py --root $(DEMO_ROOT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf var build .pytest_cache

@@ -1,0 +1,81 @@
+"""A small client for the control socket, used by autlearnctl, the demo and the tests."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from . import protocol
+from .errors import CATALOGUE, AutlearnError
+
+
+class Client:
+    def __init__(self, endpoint: str, timeout_s: float = 10.0):
+        self.endpoint = endpoint
+        self.timeout_ms = int(timeout_s * 1000)
+        self._ids = itertools.count(1)
+        self._ctx = zmq.Context.instance()
+        self._sock = None
+
+    def _check_reachable(self) -> None:
+        if not self.endpoint.startswith("ipc://"):
+            return
+        path = Path(self.endpoint[len("ipc://"):])
+        if not path.exists():
+            raise AutlearnError("not_running", f"no control socket at {path}: is autlearnd running?")
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise AutlearnError("not_running", f"permission denied on {path}: "
+                                               "run as root or as a member of the 'autlearn' group")
+
+    def _socket(self) -> zmq.Socket:
+        if self._sock is None:
+            self._check_reachable()
+            s = self._ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(self.endpoint)
+            self._sock = s
+        return self._sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+
+    def call(self, cmd: str, args: dict | None = None) -> Any:
+        """Send one request; return its result or raise AutlearnError with the daemon's code and sentence."""
+        sock = self._socket()
+        req_id = next(self._ids)
+        sock.send_multipart([b"", protocol.request(cmd, args, req_id)])
+        while True:
+            if not sock.poll(self.timeout_ms):
+                self.close()  # a late reply must not be read as the answer to the next request
+                raise AutlearnError("not_running", f"no reply from {self.endpoint} within {self.timeout_ms} ms: "
+                                                   "is autlearnd running?")
+            frames = sock.recv_multipart()
+            try:
+                msg = json.loads(frames[-1])
+            except (ValueError, UnicodeDecodeError):
+                raise AutlearnError("bad_request", "the daemon sent a reply that is not JSON") from None
+            if msg.get("id") not in (req_id, None):
+                continue  # a stale reply to an earlier request
+            if msg.get("v") != protocol.PROTOCOL_VERSION:
+                raise AutlearnError("protocol_version", f"daemon speaks protocol {msg.get('v')!r}, "
+                                                        f"this client speaks {protocol.PROTOCOL_VERSION}")
+            if msg.get("ok"):
+                return msg.get("result")
+            err = msg.get("error") or {}
+            raise AutlearnError(err.get("code", "internal") if err.get("code") in CATALOGUE else "internal",
+                                err.get("message", "unknown error"))
+
+    def predict_files(self, paths: list[str | Path], version: int | None = None, top: int = 3) -> dict:
+        files = [{"name": str(p), "data": base64.b64encode(Path(p).read_bytes()).decode()} for p in paths]
+        args: dict = {"files": files, "top": top}
+        if version is not None:
+            args["version"] = version
+        return self.call("predict", args)

@@ -1,0 +1,153 @@
+"""Every setting declared once: TOML section and key, default, validator, meaning.
+
+Unknown keys and bad values are errors that name the file, the key, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import AutlearnError
+
+
+# --- validators: tiny pure functions that return the value or raise ValueError("expected ...") ---
+
+def _number(lo: float | None = None, hi: float | None = None, integer: bool = False) -> Callable[[Any], Any]:
+    def check(v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+            raise ValueError("expected " + ("an integer" if integer else "a number"))
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise ValueError(f"expected a value between {lo} and {hi}")
+        return v
+    return check
+
+
+def _string(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("expected a string")
+    return v
+
+
+def _string_list(v: Any) -> list[str]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ValueError("expected a list of strings")
+    return list(v)
+
+
+def _delegate(v: Any) -> str:
+    v = _string(v)
+    if v in ("auto", "cpu", "gpu", "nnapi") or (v.startswith("external:") and len(v) > len("external:")):
+        return v
+    raise ValueError("expected one of auto, cpu, gpu, nnapi, external:<path to a delegate library>")
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError("expected true or false")
+    return v
+
+
+@dataclass(frozen=True)
+class Setting:
+    section: str
+    key: str
+    default: Any
+    check: Callable[[Any], Any]
+    help: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("paths", "root", "", _string,
+            "If set, state, cache and sockets all live below this directory (development runs)."),
+    Setting("data", "watch", [], _string_list,
+            "Directories watched for the user's samples: one sub-folder per label."),
+    Setting("data", "debounce_s", 1.0, _number(0.0, 60.0),
+            "Quiet time after the last file event before files are read (half-written files are not read)."),
+    Setting("data", "max_file_mb", 20.0, _number(0.001, 4096.0),
+            "Files larger than this are quarantined unread."),
+    Setting("data", "max_pixels", 50_000_000, _number(1, 1_000_000_000, integer=True),
+            "Images with more pixels than this are refused as decompression bombs."),
+    Setting("model", "bundle", "", _string,
+            "A bundle directory to install at start (verified first); empty keeps the installed one."),
+    Setting("model", "variant", "", _string,
+            "Which base variant of the bundle to use; empty takes the bundle's default."),
+    Setting("model", "delegate", "auto", _delegate,
+            "Delegate for the base model: auto, cpu (XNNPACK), gpu, nnapi or external:<library>."),
+    Setting("model", "threads", 2, _number(1, 64, integer=True),
+            "Interpreter threads."),
+    Setting("cache", "max_mb", 256.0, _number(1.0, 1_000_000.0),
+            "Upper bound of the feature cache; least recently used entries are evicted beyond it."),
+    Setting("training", "auto", True, _bool,
+            "Start a round by itself when enough new samples have arrived."),
+    Setting("training", "min_new_samples", 20, _number(1, 10_000_000, integer=True),
+            "New labelled samples that trigger a round."),
+    Setting("training", "epochs", 30, _number(1, 10_000, integer=True),
+            "Passes over the cached features in one round."),
+    Setting("training", "learning_rate", 0.0, _number(0.0, 10.0),
+            "Head learning rate; 0 takes the bundle's."),
+    Setting("training", "holdout_fraction", 0.2, _number(0.0, 0.9),
+            "Share of samples (chosen by content hash) kept out of training to judge candidates."),
+    Setting("training", "promote_tolerance", 0.0, _number(0.0, 1.0),
+            "A candidate is promoted if its holdout accuracy is at least the current one minus this."),
+    Setting("training", "seed", 0, _number(0, 2**31 - 1, integer=True),
+            "Seed for shuffling: the same data and seed give the same head."),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass
+class Config:
+    values: dict[str, Any] = field(default_factory=lambda: {s.name: s.default for s in SETTINGS})
+    source: str = "<defaults>"
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    def with_overrides(self, **overrides: Any) -> "Config":
+        values = dict(self.values)
+        for dotted, v in overrides.items():
+            values[dotted] = v
+        return Config(values, self.source)
+
+
+def parse(text: str, source: str) -> Config:
+    """Parse and validate TOML text; errors name the file, the key, the value and what was expected."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise AutlearnError("bad_config", f"{source}: not valid TOML: {e}") from None
+    cfg = Config(source=source)
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            raise AutlearnError("bad_config", f"{source}: '{section}' must be a [section] table")
+        for key, value in table.items():
+            name = f"{section}.{key}"
+            setting = _BY_NAME.get(name)
+            if setting is None:
+                known = ", ".join(s.name for s in SETTINGS if s.section == section) or \
+                    ", ".join(sorted({s.section for s in SETTINGS}))
+                raise AutlearnError("bad_config", f"{source}: unknown key '{name}' (known: {known})")
+            try:
+                cfg.values[name] = setting.check(value)
+            except ValueError as e:
+                raise AutlearnError("bad_config", f"{source}: {name} = {value!r}: {e}") from None
+    return cfg
+
+
+def load(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise AutlearnError("bad_config", f"{p}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise AutlearnError("bad_config", f"{p}: not UTF-8 text") from None
+    return parse(text, str(p))

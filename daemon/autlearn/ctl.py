@@ -1,0 +1,124 @@
+"""`autlearnctl`: each verb maps to one daemon API method; readable output, or --json."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+from .client import Client
+from .errors import AutlearnError
+from .paths import Paths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="autlearnctl", description="Talk to the AutLearn daemon (autlearnd).")
+    p.add_argument("--root", help="the development root the daemon was started with (autlearnd --root)")
+    p.add_argument("--socket", help="control endpoint, e.g. ipc:///run/autlearn/control.sock")
+    p.add_argument("--json", action="store_true", help="print the daemon's JSON reply")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a reply (default 10)")
+    sub = p.add_subparsers(dest="verb", required=True)
+    sub.add_parser("status", help="what the daemon is doing, its samples, head version and accuracy")
+    sub.add_parser("train", help="start a training round now")
+    pr = sub.add_parser("predict", help="classify image files with the current (or a given) head version")
+    pr.add_argument("files", nargs="+", type=Path)
+    pr.add_argument("--version", type=int, help="head version to use (default: the promoted one)")
+    pr.add_argument("--top", type=int, default=3, help="how many labels to show (default 3)")
+    sub.add_parser("versions", help="head versions with their holdout accuracy")
+    hi = sub.add_parser("history", help="recent training rounds")
+    hi.add_argument("--limit", type=int, default=20)
+    return p
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{100 * v:.1f}%"
+
+
+def show_status(r: dict) -> str:
+    s, h, c = r["samples"], r["head"], r["cache"]
+    lines = [
+        f"autlearnd {r['daemon']['version']} (pid {r['daemon']['pid']}, up {r['daemon']['uptime_s']:.0f}s, "
+        f"{r['daemon']['runtime']}, base on {r['delegate']['in_use']})",
+        f"activity:   {r['activity']} — {r['why_not_training']}",
+        f"bundle:     {r['bundle']['id']} {r['bundle']['task']} variant {r['bundle']['variant']}, "
+        f"{len(r['classes'])}/{r['bundle']['class_capacity']} classes",
+        f"samples:    {s['ok']} usable ({s['holdout']} holdout, {s['new']} not yet trained on), "
+        f"{s['quarantined']} quarantined, {s['ignored']} ignored, {s['waiting']} waiting for a class slot",
+        f"head:       v{h['version']} ({h['status']}), holdout accuracy {_pct(h['previous_accuracy'])} before → "
+        f"{_pct(h['accuracy'])} after",
+        f"cache:      {c['entries']} feature vectors, {c['hits']} hits / {c['misses']} misses",
+    ]
+    lr = r.get("last_round")
+    if lr:
+        lines.append(f"last round: #{lr['round_id']} {lr['outcome']} in {lr['seconds']:.2f}s — {lr['detail']} "
+                     f"(features computed {lr['features_computed']}, from cache {lr['features_cached']})")
+    if r.get("round"):
+        lines.append(f"round:      running, step {r['round']['step']}")
+    if r.get("last_error"):
+        lines.append(f"last error: {r['last_error']}")
+    return "\n".join(lines)
+
+
+def show_versions(r: dict) -> str:
+    lines = [f"{'':1}{'version':>7}  {'status':9} {'accuracy':>8} {'before':>7} {'train':>6} {'holdout':>7}  created"]
+    for v in r["versions"]:
+        mark = "*" if v["version"] == r["current"] else " "
+        created = datetime.datetime.fromtimestamp(v["created"]).strftime("%Y-%m-%d %H:%M:%S")
+        lines.append(f"{mark}{v['version']:>7}  {v['status']:9} {_pct(v['accuracy']):>8} "
+                     f"{_pct(v['previous_accuracy']):>7} {v['n_train']:>6} {v['n_holdout']:>7}  {created}")
+    return "\n".join(lines)
+
+
+def show_history(r: dict) -> str:
+    lines = []
+    for rd in r["rounds"]:
+        secs = "—" if rd["seconds"] is None else f"{rd['seconds']:.2f}s"
+        lines.append(f"#{rd['id']:<4} {rd['outcome'] or 'running':10} {secs:>8}  trigger: {rd['trigger']}; "
+                     f"{rd['detail'] or ''}")
+    return "\n".join(lines) or "no rounds yet"
+
+
+def show_predictions(r: dict) -> str:
+    lines = []
+    for p in r["predictions"]:
+        tops = ", ".join(f"{t['label']} {100 * t['p']:.1f}%" for t in p["top"])
+        lines.append(f"{p['name']}: {p['label']}  ({tops})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    endpoint = args.socket or (Paths.under(args.root) if args.root else Paths.packaged()).control_endpoint
+    client = Client(endpoint, args.timeout)
+    try:
+        if args.verb == "status":
+            r, show = client.call("status"), show_status
+        elif args.verb == "train":
+            r = client.call("train")
+            show = lambda r: "round queued" + (" (one is running now; this one follows)" if r["running_round"] else "")
+        elif args.verb == "predict":
+            for f in args.files:
+                if not f.is_file():
+                    raise AutlearnError("not_found", f"{f}: no such file")
+            r, show = client.predict_files(args.files, args.version, args.top), show_predictions
+        elif args.verb == "versions":
+            r, show = client.call("versions"), show_versions
+        elif args.verb == "history":
+            r, show = client.call("history", {"limit": args.limit}), show_history
+        else:  # argparse guarantees a verb
+            raise AssertionError(args.verb)
+        print(json.dumps(r, indent=2) if args.json else show(r))
+        return 0
+    except AutlearnError as e:
+        if args.json:
+            print(json.dumps({"error": e.to_dict()}))
+        print(f"autlearnctl: {e.message}", file=sys.stderr)
+        return e.exit_code
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The frozen base model as a feature extractor (int8 LiteRT, through the chosen delegate)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .bundle import Variant
+from .runtime import DelegateChoice, make_interpreter
+
+
+class FeatureExtractor:
+    """Turns preprocessed inputs [N, H, W, C] into features [N, F]. Not thread-safe: one per thread."""
+
+    def __init__(self, variant: Variant, threads: int, delegate: str = "cpu", batch: int = 64):
+        self.variant = variant
+        self.interp, self.delegate = make_interpreter(variant.base_path, threads, delegate)
+        self._in = self.interp.get_input_details()[0]
+        self._out = self.interp.get_output_details()[0]
+        self._batch = batch
+        self._size = None
+
+    @property
+    def choice(self) -> DelegateChoice:
+        return self.delegate
+
+    def _quantize(self, x: np.ndarray) -> np.ndarray:
+        dtype = self._in["dtype"]
+        if dtype == np.float32:
+            return x.astype(np.float32)
+        scale, zero = self._in["quantization"]
+        info = np.iinfo(dtype)
+        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+
+    def _dequantize(self, y: np.ndarray) -> np.ndarray:
+        if self._out["dtype"] == np.float32:
+            return y
+        scale, zero = self._out["quantization"]
+        return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        out = []
+        for i in range(0, len(x), self._batch):
+            chunk = x[i:i + self._batch]
+            if self._size != len(chunk):
+                self.interp.resize_tensor_input(self._in["index"], [len(chunk), *chunk.shape[1:]])
+                self.interp.allocate_tensors()
+                self._size = len(chunk)
+            self.interp.set_tensor(self._in["index"], self._quantize(chunk))
+            self.interp.invoke()
+            out.append(self._dequantize(self.interp.get_tensor(self._out["index"])).copy())
+        if not out:
+            return np.zeros((0, self.variant.feature_size), np.float32)
+        return np.concatenate(out).reshape(len(x), -1)

@@ -1,0 +1,206 @@
+"""One training round, in the order data flows: samples → features (cache first) → head training →
+holdout evaluation → promote the candidate head or keep the current one.
+
+Runs in the worker thread; everything it touches (interpreters, SQLite handles) belongs to that thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import imaging
+from .bundle import Bundle, Variant
+from .errors import AutlearnError
+from .featcache import FeatureCache, feature_key
+from .features import FeatureExtractor
+from .head import Head, Weights, load_weights, save_weights
+from .store import Sample, Store
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, dict], None]
+
+
+@dataclass
+class RoundResult:
+    round_id: int
+    outcome: str
+    detail: str
+    n_train: int
+    n_holdout: int
+    features_computed: int
+    features_cached: int
+    accuracy_before: float | None
+    accuracy_after: float | None
+    version: int | None
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def accuracy(probs: np.ndarray, y: np.ndarray) -> float | None:
+    if len(y) == 0:
+        return None
+    return float(np.mean(np.argmax(probs, axis=1) == y))
+
+
+class FeatureSource:
+    """Features of stored samples: from the cache when present, else computed by the base and cached."""
+
+    def __init__(self, bundle: Bundle, variant: Variant, extractor: FeatureExtractor, cache: FeatureCache,
+                 max_pixels: int):
+        self.bundle = bundle
+        self.variant = variant
+        self.extractor = extractor
+        self.cache = cache
+        self.max_pixels = max_pixels
+        self.prep_version = int(bundle.input.get("preprocessing_version", 1))
+
+    def key(self, sha256: str) -> str:
+        return feature_key(sha256, self.variant.base_sha256, self.prep_version)
+
+    def for_samples(self, samples: list[Sample]) -> tuple[np.ndarray, list[Sample], int, int]:
+        """Features for the samples still readable and unchanged; (features, kept samples, computed, cached)."""
+        keys = [self.key(s.sha256) for s in samples]
+        found = self.cache.get_many(keys)
+        todo = [(s, k) for s, k in zip(samples, keys) if k not in found]
+        computed: dict[str, np.ndarray] = {}
+        inputs, todo_keys = [], []
+        for s, k in todo:
+            x = self._read(s)
+            if x is not None:
+                inputs.append(x)
+                todo_keys.append(k)
+        if inputs:
+            feats = self.extractor(np.stack(inputs))
+            computed = dict(zip(todo_keys, feats))
+            self.cache.put_many(computed)
+        kept, rows = [], []
+        for s, k in zip(samples, keys):
+            v = found.get(k)
+            if v is None:
+                v = computed.get(k)
+            if v is not None:
+                kept.append(s)
+                rows.append(v)
+        x = np.stack(rows) if rows else np.zeros((0, self.variant.feature_size), np.float32)
+        return x, kept, len(computed), len(found)
+
+    def _read(self, s: Sample) -> np.ndarray | None:
+
+        try:
+            data = Path(s.path).read_bytes()
+        except OSError:
+            log.info("sample %s vanished before its features were computed", s.path)
+            return None
+        if hashlib.sha256(data).hexdigest() != s.sha256:
+            log.info("sample %s changed since it was ingested; it waits for the next scan", s.path)
+            return None
+        try:
+            return imaging.load_input(data, s.path, self.bundle.input, self.max_pixels)
+        except AutlearnError as e:
+            log.warning("%s", e.message)
+            return None
+
+    def for_bytes(self, data: bytes, name: str) -> tuple[np.ndarray, bool]:
+        """Features of one file's bytes, through the cache (the inference–training cache)."""
+
+        key = self.key(hashlib.sha256(data).hexdigest())
+        found = self.cache.get_many([key])
+        if key in found:
+            return found[key], True
+        x = imaging.load_input(data, name, self.bundle.input, self.max_pixels)
+        f = self.extractor(x[None])[0]
+        self.cache.put_many({key: f})
+        return f, False
+
+
+class Learner:
+    def __init__(self, bundle: Bundle, bundle_id: str, variant: Variant, store: Store, features: FeatureSource,
+                 heads_dir: Path, threads: int):
+        self.bundle = bundle
+        self.bundle_id = bundle_id
+        self.variant = variant
+        self.store = store
+        self.features = features
+        self.heads_dir = heads_dir
+        self.threads = threads
+
+    def new_head(self) -> Head:
+        return Head(self.variant, self.bundle.class_capacity, self.bundle.train_batch, self.threads)
+
+    def active(self) -> np.ndarray:
+        m = np.zeros(self.bundle.class_capacity, np.float32)
+        for slot in self.store.classes(self.bundle_id).values():
+            m[slot] = 1.0
+        return m
+
+    def current_weights(self, version: int) -> Weights:
+        row = self.store.head(version)
+        if row is None:
+            raise AutlearnError("not_found", f"head version {version} is not recorded")
+        return load_weights(self.heads_dir / row["file"])
+
+    def run(self, version: int, trigger: str, epochs: int, lr: float, tolerance: float, seed: int,
+            progress: Progress, should_stop: Callable[[], bool]) -> RoundResult:
+        t0 = time.monotonic()
+        round_id = self.store.start_round(trigger)
+        progress("round_started", {"round": round_id, "trigger": trigger})
+        slots = self.store.classes(self.bundle_id)
+        samples = [s for s in self.store.usable_samples() if s.label in slots]
+        x, kept, computed, cached = self.features.for_samples(samples)
+        progress("features", {"round": round_id, "computed": computed, "cached": cached})
+        y = np.array([slots[s.label] for s in kept], np.int32)
+        hold = np.array([s.holdout for s in kept], bool)
+        xtr, ytr, xho, yho = x[~hold], y[~hold], x[hold], y[hold]
+        active = self.active()
+
+        def finish(outcome: str, detail: str, before=None, after=None, new_version=None) -> RoundResult:
+            secs = time.monotonic() - t0
+            self.store.finish_round(round_id, n_train=len(ytr), n_holdout=len(yho), features_computed=computed,
+                                    features_cached=cached, accuracy_before=before, accuracy_after=after,
+                                    outcome=outcome, detail=detail, seconds=secs)
+            if outcome in ("promoted", "rejected"):
+                self.store.mark_trained([s.id for s in kept], round_id)
+            res = RoundResult(round_id, outcome, detail, len(ytr), len(yho), computed, cached, before, after,
+                              new_version, secs)
+            progress("round_finished", res.as_dict())
+            log.info("round %d %s: %s (%.2fs)", round_id, outcome, detail, secs)
+            return res
+
+        if len(ytr) == 0:
+            return finish("skipped", "no training samples yet")
+        if len(yho) == 0:
+            return finish("skipped", "no holdout samples yet: a candidate could not be judged")
+        base_w = self.current_weights(version)
+        head = self.new_head()
+        head.set_weights(base_w)
+        before = accuracy(head.predict(xho, active), yho)
+        losses = head.fit(xtr, ytr, active, epochs, lr, seed + round_id, should_stop)
+        if should_stop():
+            return finish("stopped", "the daemon is stopping; the candidate was discarded", before)
+        progress("trained", {"round": round_id, "epochs": len(losses), "loss_first": losses[0],
+                             "loss_last": losses[-1]})
+        after = accuracy(head.predict(xho, active), yho)
+        cand = head.get_weights()
+        new_version = self.store.next_head_version()
+        fname = f"head-v{new_version}.npz"
+        save_weights(cand, self.heads_dir / fname)
+        promote = after >= before - tolerance
+        status = "promoted" if promote else "rejected"
+        self.store.add_head(self.bundle_id, self.variant.name, status, fname, after, before, len(ytr), len(yho),
+                            round_id)
+        if promote:
+            self.store.set_meta("current_version", str(new_version))
+        detail = (f"holdout accuracy {before:.3f} → {after:.3f} on {len(yho)} samples; "
+                  f"{'promoted' if promote else 'kept the current head'} (v{new_version})")
+        progress("version_" + status, {"version": new_version, "accuracy": after, "previous_accuracy": before})
+        return finish(status, detail, before, after, new_version)

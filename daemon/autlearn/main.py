@@ -1,0 +1,109 @@
+"""`autlearnd`: parse, validate, and hand explicit settings to the service and its control server."""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import os
+import signal
+import sys
+import threading
+
+from . import __version__, config as config_mod
+from .errors import AutlearnError
+from .notify import Notifier
+from .paths import Paths
+from .server import ControlServer, EventQueue
+from .service import Service
+from .watcher import DebouncedWatcher
+
+log = logging.getLogger("autlearn")
+
+DEFAULT_CONFIG = "/etc/autlearn/autlearnd.toml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="autlearnd", description="AutLearn on-device learning daemon. "
+                                "Watches data folders, learns a personal head on the board, answers autlearnctl.")
+    p.add_argument("--config", help=f"TOML configuration file (default {DEFAULT_CONFIG} if it exists)")
+    p.add_argument("--root", help="development root: state, cache and sockets all live below this directory")
+    p.add_argument("--watch", action="append", default=[], help="a data directory to watch (repeatable; "
+                   "adds to data.watch)")
+    p.add_argument("--bundle", help="install this bundle directory at start (verified first)")
+    p.add_argument("--check-config", nargs="?", const="", metavar="FILE",
+                   help="validate the configuration (or FILE) and exit")
+    p.add_argument("--debug", action="store_true", help="debug logging and full tracebacks")
+    p.add_argument("--version", action="version", version=f"autlearnd {__version__}")
+    return p
+
+
+def load_config(args) -> config_mod.Config:
+    path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    cfg = config_mod.load(path) if path else config_mod.Config()
+    overrides = {}
+    if args.root:
+        overrides["paths.root"] = args.root
+    if args.watch:
+        overrides["data.watch"] = cfg["data.watch"] + [os.path.abspath(w) for w in args.watch]
+    if args.bundle:
+        overrides["model.bundle"] = os.path.abspath(args.bundle)
+    return cfg.with_overrides(**overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.check_config is not None:
+            path = args.check_config or args.config or DEFAULT_CONFIG
+            config_mod.load(path)
+            print(f"{path}: configuration is valid")
+            return 0
+        return run(load_config(args))
+    except AutlearnError as e:
+        if args.debug:
+            log.exception("fatal")
+        print(f"autlearnd: {e.message}", file=sys.stderr)
+        return e.exit_code
+
+
+def run(cfg: config_mod.Config) -> int:
+    paths = Paths.under(cfg["paths.root"]) if cfg["paths.root"] else Paths.packaged()
+    paths.create()
+    lock = open(paths.run / "autlearnd.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise AutlearnError("busy", f"another autlearnd already runs with {paths.run}") from None
+    notifier = Notifier()
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    events = EventQueue()
+    service = Service(cfg, paths, emit=events)
+    service.start()
+    watcher = DebouncedWatcher([os.path.abspath(w) for w in cfg["data.watch"]], cfg["data.debounce_s"])
+    server = ControlServer(service, paths.control_endpoint, paths.events_endpoint, notifier, events, watcher)
+    watcher.start()
+    notifier.ready(service.status_line())
+    log.info("control socket %s, events %s", paths.control_endpoint, paths.events_endpoint)
+    try:
+        server.serve(stop.is_set)
+    finally:
+        notifier.stopping()
+        watcher.stop()
+        service.stop()
+        server.close()
+        log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

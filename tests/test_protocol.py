@@ -1,0 +1,50 @@
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from autlearn import errors, protocol
+from autlearn.errors import AutlearnError
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
+
+
+def test_document_and_code_agree_on_the_version():
+    m = re.search(r"^Protocol version: (\d+)$", DOC.read_text(), re.M)
+    assert m and int(m.group(1)) == protocol.PROTOCOL_VERSION
+
+
+def test_document_lists_every_error_code():
+    text = DOC.read_text()
+    for code, kind in errors.CATALOGUE.items():
+        assert f"`{code}` ({kind.exit_code})" in text
+
+
+@pytest.mark.parametrize("frame, code", [
+    (b"\xff\xfe", "bad_request"),
+    (b"not json", "bad_request"),
+    (b"[1, 2]", "bad_request"),
+    (b'"scalar"', "bad_request"),
+    (json.dumps({"v": 99, "cmd": "status"}).encode(), "protocol_version"),
+    (json.dumps({"v": 1, "cmd": 5}).encode(), "bad_request"),
+    (json.dumps({"v": 1, "cmd": "status", "args": [1]}).encode(), "bad_request"),
+    (b"x" * (protocol.MAX_MESSAGE_BYTES + 1), "bad_request"),
+])
+def test_bad_frames_get_a_coded_error(frame, code):
+    with pytest.raises(AutlearnError) as e:
+        protocol.parse_request(frame)
+    assert e.value.code == code
+
+
+def test_good_request_round_trips_and_unknown_fields_are_tolerated():
+    msg = json.loads(protocol.request("status", {"a": 1}, 3))
+    msg["extra"] = "ignored"
+    parsed = protocol.parse_request(json.dumps(msg).encode())
+    assert parsed["cmd"] == "status" and parsed["args"] == {"a": 1} and parsed["id"] == 3
+
+
+def test_exit_codes_are_distinct_per_meaning():
+    assert errors.CATALOGUE["not_running"].exit_code != errors.CATALOGUE["internal"].exit_code
+    with pytest.raises(ValueError):
+        AutlearnError("no_such_code", "x")
