@@ -198,8 +198,6 @@ class Learner:
         status = "promoted" if promote else "rejected"
         self.store.add_head(self.bundle_id, self.variant.name, status, fname, after, before, len(ytr), len(yho),
                             round_id)
-        if promote:
-            self.store.set_meta("current_version", str(new_version))
         detail = (f"holdout accuracy {before:.3f} → {after:.3f} on {len(yho)} samples; "
                   f"{'promoted' if promote else 'kept the current head'} (v{new_version})")
         progress("version_" + status, {"version": new_version, "accuracy": after, "previous_accuracy": before})

@@ -5,6 +5,7 @@ Delegates accelerate the base model (inference) only; heads always train on the 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ def _try_load(libs: tuple[str, ...], options: dict | None = None):
     last = ""
     for lib in libs:
         try:
+            ctypes.CDLL(lib)  # a missing library fails here, before the runtime builds a half-made Delegate
             return load_delegate(lib, options or {}), lib
         except (OSError, ValueError, RuntimeError) as e:  # a missing library raises OSError
             last = f"{lib}: {e}"

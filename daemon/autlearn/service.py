@@ -23,8 +23,8 @@ from .errors import AutlearnError
 from .featcache import FeatureCache, Stats
 from .features import FeatureExtractor
 from .head import Head, load_weights, save_weights
-from .ingest import Ingestor
-from .learner import FeatureSource, Learner
+from .engine import Engine, current_key
+from .learner import FeatureSource
 from .paths import Paths
 from .protocol import PROTOCOL_VERSION
 from .runtime import RUNTIME
@@ -102,10 +102,10 @@ class Service:
         self.store.set_meta(self._current_key(), str(version))
 
     def _current_key(self) -> str:
-        return f"current_version:{self.bundle_id}:{self.variant.name}"
+        return current_key(self.bundle_id, self.variant.name)
 
-    def current_version(self, store: Store | None = None) -> int:
-        return int((store or self.store).get_meta(self._current_key()))
+    def current_version(self) -> int:
+        return int(self.store.get_meta(self._current_key()))
 
     def _set(self, **kw: Any) -> None:
         with self._lock:
@@ -120,16 +120,7 @@ class Service:
         self._jobs.put(("scan", "files changed"))
 
     def _work(self) -> None:
-        store = Store(self.paths.db)
-        cache = self._open_cache()
-        extractor = FeatureExtractor(self.variant, self.config["model.threads"], self.config["model.delegate"])
-        features = FeatureSource(self.bundle, self.variant, extractor, cache, self.config["data.max_pixels"])
-        learner = Learner(self.bundle, self.bundle_id, self.variant, store, features, self.paths.heads,
-                          self.config["model.threads"])
-        ingestor = Ingestor(store, self.paths.quarantine, self.bundle_id, self.bundle.labels,
-                            self.bundle.class_capacity, self.config["training.holdout_fraction"],
-                            int(self.config["data.max_file_mb"] * (1 << 20)), self.config["data.max_pixels"],
-                            self.bundle.input)
+        engine = Engine(self.config, self.paths, self.bundle, self.bundle_id, self.variant, self._cache_stats)
         try:
             while not self._stop.is_set():
                 job = self._jobs.get()
@@ -138,27 +129,26 @@ class Service:
                 kind, trigger = job
                 try:
                     if kind == "scan":
-                        self._scan(ingestor, store)
-                        if self.config["training.auto"] and store.count_new() >= self.config["training.min_new_samples"]:
-                            self._round(learner, store, "new samples")
+                        self._scan(engine)
+                        if engine.round_due():
+                            self._round(engine, "new samples")
                     elif kind == "round":
-                        self._round(learner, store, trigger)
+                        self._round(engine, trigger)
                 except Exception as e:  # a job's failure never takes the daemon down
                     log.exception("%s job failed", kind)
                     self._set(activity="idle", round=None, last_error=f"{kind}: {e}")
                     self._emit("error", {"job": kind, "message": str(e)})
         finally:
-            store.close()
-            cache.close()
+            engine.close()
 
-    def _scan(self, ingestor: Ingestor, store: Store) -> None:
+    def _scan(self, engine: Engine) -> None:
         self._set(activity="ingesting")
-        report = ingestor.scan([os.path.abspath(p) for p in self.config["data.watch"]])
+        report = engine.scan()
         self._set(activity="idle", last_scan={**report.as_dict(), "time": time.time()})
         if report.added or report.quarantined or report.removed or report.waiting:
             self._emit("import", report.as_dict())
 
-    def _round(self, learner: Learner, store: Store, trigger: str) -> None:
+    def _round(self, engine: Engine, trigger: str) -> None:
         self._set(activity="training", round={"trigger": trigger, "started": time.time(), "step": "features"})
 
         def progress(name: str, data: dict) -> None:
@@ -167,10 +157,7 @@ class Service:
                     self._state["round"]["step"] = name
             self._emit(name, data)
 
-        lr = self.config["training.learning_rate"] or self.bundle.learning_rate
-        result = learner.run(self.current_version(store), trigger, self.config["training.epochs"], lr,
-                             self.config["training.promote_tolerance"], self.config["training.seed"], progress,
-                             self._stop.is_set)
+        result = engine.round(trigger, progress, self._stop.is_set)
         self._set(activity="idle", round=None, last_round=result.as_dict())
 
     # ------------------------------------------------------------------ API (called from the request thread)

@@ -1,0 +1,60 @@
+"""The learning pipeline wired for one thread: ingest → features (cache) → train → evaluate → promote."""
+
+from __future__ import annotations
+
+import os
+
+from .bundle import Bundle, Variant
+from .config import Config
+from .featcache import FeatureCache, Stats
+from .features import FeatureExtractor
+from .ingest import IngestReport, Ingestor
+from .learner import FeatureSource, Learner, Progress, RoundResult
+from .paths import Paths
+from .store import Store
+
+
+def current_key(bundle_id: str, variant: str) -> str:
+    return f"current_version:{bundle_id}:{variant}"
+
+
+class Engine:
+    """Owns its interpreters and SQLite handles: create one per thread that learns."""
+
+    def __init__(self, config: Config, paths: Paths, bundle: Bundle, bundle_id: str, variant: Variant,
+                 cache_stats: Stats | None = None):
+        self.config = config
+        self.bundle = bundle
+        self.bundle_id = bundle_id
+        self.variant = variant
+        self.store = Store(paths.db)
+        self.cache = FeatureCache(paths.feature_cache, int(config["cache.max_mb"] * (1 << 20)), cache_stats)
+        self.extractor = FeatureExtractor(variant, config["model.threads"], config["model.delegate"])
+        self.features = FeatureSource(bundle, variant, self.extractor, self.cache, config["data.max_pixels"])
+        self.learner = Learner(bundle, bundle_id, variant, self.store, self.features, paths.heads,
+                               config["model.threads"])
+        self.ingestor = Ingestor(self.store, paths.quarantine, bundle_id, bundle.labels, bundle.class_capacity,
+                                 config["training.holdout_fraction"], int(config["data.max_file_mb"] * (1 << 20)),
+                                 config["data.max_pixels"], bundle.input)
+
+    def close(self) -> None:
+        self.store.close()
+        self.cache.close()
+
+    def current_version(self) -> int:
+        return int(self.store.get_meta(current_key(self.bundle_id, self.variant.name)))
+
+    def scan(self) -> IngestReport:
+        return self.ingestor.scan([os.path.abspath(p) for p in self.config["data.watch"]])
+
+    def round_due(self) -> bool:
+        return bool(self.config["training.auto"]) and self.store.count_new() >= self.config["training.min_new_samples"]
+
+    def round(self, trigger: str, progress: Progress, should_stop) -> RoundResult:
+        lr = self.config["training.learning_rate"] or self.bundle.learning_rate
+        result = self.learner.run(self.current_version(), trigger, self.config["training.epochs"], lr,
+                                  self.config["training.promote_tolerance"], self.config["training.seed"],
+                                  progress, should_stop)
+        if result.outcome == "promoted":
+            self.store.set_meta(current_key(self.bundle_id, self.variant.name), str(result.version))
+        return result

@@ -1,0 +1,43 @@
+"""Shared fixtures: one tiny bundle per test session (built by the real builder), simulated user images."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """A small real bundle: MNIST-5k subset, one epoch. Built once per session."""
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    subprocess.run([str(BIN / "autlearn-build"), "image", "--data", "mnist5k", "--limit", "1500", "--epochs", "2",
+                    "--out", str(out), "--seed", "0"], check=True, capture_output=True, timeout=300)
+    return out
+
+
+@pytest.fixture(scope="session")
+def user_digits():
+    """The simulated private user: UCI digits (images uint8 [N,8,8], labels), fixed order."""
+    from userdata import digits
+    return digits(0)
+
+
+@pytest.fixture
+def write_user():
+    from userdata import write_user
+    return write_user
+
+
+def no_tensorflow_env() -> dict:
+    """Environment for a child process in which `import tensorflow` fails."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "tests" / "block_tensorflow") + os.pathsep + env.get("PYTHONPATH", "")
+    return env

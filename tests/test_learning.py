@@ -1,0 +1,95 @@
+"""The learning pipeline on a real tiny bundle: rounds, cache reuse, holdout gate, new classes."""
+
+import numpy as np
+import pytest
+
+from autlearn.head import load_weights
+from engine_helpers import engine_of, make_service, never, no_progress
+
+
+@pytest.fixture
+def svc(tmp_path, tiny_bundle):
+    s = make_service(tmp_path / "root", tiny_bundle)
+    yield s
+    s.stop()
+
+
+def test_round_improves_holdout_and_second_round_reuses_cache(svc, user_digits, write_user):
+    images, labels = user_digits
+    inbox = svc.paths.state.parent / "inbox"
+    write_user(inbox, images[:600], labels[:600], prefix="a")
+    eng = engine_of(svc)
+    rep = eng.scan()
+    assert rep.added == 600 and rep.quarantined == 0
+    r1 = eng.round("test", no_progress, never)
+    assert r1.outcome == "promoted"
+    assert r1.accuracy_after > r1.accuracy_before + 0.05  # the user differs from MNIST; the head adapts
+    assert r1.features_computed == 600 and r1.features_cached == 0
+    assert eng.current_version() == r1.version
+
+    write_user(inbox, images[600:660], labels[600:660], prefix="b")  # 10 % new files
+    assert eng.scan().added == 60
+    r2 = eng.round("test", no_progress, never)
+    assert r2.features_computed == 60  # only the new files went through the base model
+    assert r2.features_cached == 600
+    eng.close()
+
+
+def test_corrupted_cache_row_is_recomputed(svc, user_digits, write_user):
+    images, labels = user_digits
+    write_user(svc.paths.state.parent / "inbox", images[:100], labels[:100])
+    eng = engine_of(svc)
+    eng.scan()
+    eng.round("test", no_progress, never)
+    key = eng.cache.db.execute("SELECT key FROM features LIMIT 1").fetchone()[0]
+    good = eng.cache.get_many([key])[key]
+    eng.cache.db.execute("UPDATE features SET data=? WHERE key=?", (np.zeros_like(good).tobytes(), key))
+    r = eng.round("test", no_progress, never)
+    assert r.features_computed == 1 and r.features_cached == 99
+    np.testing.assert_allclose(eng.cache.get_many([key])[key], good, rtol=0, atol=1e-6)
+    eng.close()
+
+
+def test_rejected_candidate_leaves_promoted_head_untouched(tmp_path, tiny_bundle, user_digits, write_user):
+    svc = make_service(tmp_path / "root", tiny_bundle)
+    images, labels = user_digits
+    inbox = svc.paths.state.parent / "inbox"
+    write_user(inbox, images[:300], labels[:300])
+    eng = engine_of(svc)
+    eng.scan()
+    good = eng.round("test", no_progress, never)
+    assert good.outcome == "promoted"
+    before = load_weights(svc.paths.heads / f"head-v{good.version}.npz")
+    # A round with a learning rate far too high: the candidate diverges and the holdout gate notices.
+    write_user(inbox, images[300:400], labels[300:400], prefix="b")
+    eng.scan()
+    svc.config = svc.config.with_overrides(**{"training.learning_rate": 10.0})
+    reckless = engine_of(svc)
+    bad = reckless.round("test", no_progress, never)
+    assert bad.outcome == "rejected"
+    assert bad.accuracy_after < bad.accuracy_before
+    assert eng.current_version() == good.version
+    assert [v["status"] for v in eng.store.heads()] == ["initial", "promoted", "rejected"]
+    after = load_weights(svc.paths.heads / f"head-v{good.version}.npz")
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k])
+    svc.stop()
+    eng.close()
+    reckless.close()
+
+
+def test_new_label_folder_becomes_a_class_up_to_capacity(svc, user_digits, write_user):
+    images, labels = user_digits
+    inbox = svc.paths.state.parent / "inbox"
+    capacity = svc.bundle.class_capacity
+    n_free = capacity - len(svc.bundle.labels)
+    for k in range(n_free + 1):  # one more new label than there are free slots
+        write_user(inbox / f"new{k}", images[k * 5:(k + 1) * 5], np.zeros(5, int), prefix=f"n{k}_")
+    eng = engine_of(svc)
+    rep = eng.scan()
+    assert len(rep.new_classes) == n_free
+    assert rep.waiting == 5  # the last label's samples wait, not lost
+    counts = eng.store.sample_counts()
+    assert counts["waiting"] == 5 and counts["ok"] == 5 * n_free
+    assert len(eng.store.classes(svc.bundle_id)) == capacity
+    eng.close()
