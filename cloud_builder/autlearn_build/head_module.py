@@ -1,0 +1,104 @@
+"""The trainable head as a `tf.Module` that converts to builtin-only TFLite (see DESIGN.md, Facts measured).
+
+Signatures (docs/bundle-format.md):
+  train(x[B,F], y[B] int32, mask[B], active[K], lr[]) -> {loss}   one Adam step, state inside the model
+  infer(x[None,F], active[K]) -> {probs[N,K]}
+  get_weights() -> {w0, b0, w1, b1}
+  set_weights(w0, b0, w1, b1) -> {ok}                               also resets the Adam state
+
+Rules kept so that no Flex op appears: plain tf.Variables (no Keras layers/optimisers), tf.maximum instead
+of relu, a fixed train batch with a per-sample mask, labels through tf.one_hot, log_softmax cross-entropy,
+no Save/Restore ops (weights travel through get_weights/set_weights).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from .image_model import MASK_NEGATIVE
+
+WEIGHT_NAMES = ("w0", "b0", "w1", "b1")
+SIGNATURES = ("train", "infer", "get_weights", "set_weights")
+
+
+class HeadModule(tf.Module):
+    def __init__(self, weights: dict[str, np.ndarray], train_batch: int,
+                 beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-7):
+        super().__init__(name="head")
+        shapes = {name: np.asarray(weights[name]).shape for name in WEIGHT_NAMES}
+        feature_size, hidden = shapes["w0"]
+        hidden1, class_capacity = shapes["w1"]
+        if hidden1 != hidden or shapes["b0"] != (hidden,) or shapes["b1"] != (class_capacity,):
+            raise ValueError(f"inconsistent head weight shapes: {shapes}")
+        self.feature_size = int(feature_size)
+        self.hidden = int(hidden)
+        self.class_capacity = int(class_capacity)
+        self.train_batch = int(train_batch)
+        self.beta1, self.beta2, self.epsilon = float(beta1), float(beta2), float(epsilon)
+
+        self.w0 = tf.Variable(np.asarray(weights["w0"], np.float32), name="w0")
+        self.b0 = tf.Variable(np.asarray(weights["b0"], np.float32), name="b0")
+        self.w1 = tf.Variable(np.asarray(weights["w1"], np.float32), name="w1")
+        self.b1 = tf.Variable(np.asarray(weights["b1"], np.float32), name="b1")
+        self.params = [self.w0, self.b0, self.w1, self.b1]
+        self.adam_m = [tf.Variable(tf.zeros_like(v), name=f"adam_m_{n}") for v, n in zip(self.params, WEIGHT_NAMES)]
+        self.adam_v = [tf.Variable(tf.zeros_like(v), name=f"adam_v_{n}") for v, n in zip(self.params, WEIGHT_NAMES)]
+        self.adam_step = tf.Variable(0.0, name="adam_step")
+
+        F, H, K, B = self.feature_size, self.hidden, self.class_capacity, self.train_batch
+        self.train = tf.function(self._train, input_signature=[
+            tf.TensorSpec([B, F], tf.float32, name="x"),
+            tf.TensorSpec([B], tf.int32, name="y"),
+            tf.TensorSpec([B], tf.float32, name="mask"),
+            tf.TensorSpec([K], tf.float32, name="active"),
+            tf.TensorSpec([], tf.float32, name="lr"),
+        ])
+        self.infer = tf.function(self._infer, input_signature=[
+            tf.TensorSpec([None, F], tf.float32, name="x"),
+            tf.TensorSpec([K], tf.float32, name="active"),
+        ])
+        self.get_weights = tf.function(self._get_weights, input_signature=[])
+        self.set_weights = tf.function(self._set_weights, input_signature=[
+            tf.TensorSpec([F, H], tf.float32, name="w0"),
+            tf.TensorSpec([H], tf.float32, name="b0"),
+            tf.TensorSpec([H, K], tf.float32, name="w1"),
+            tf.TensorSpec([K], tf.float32, name="b1"),
+        ])
+
+    def _logits(self, x, active):
+        hidden = tf.maximum(tf.matmul(x, self.w0) + self.b0, 0.0)
+        logits = tf.matmul(hidden, self.w1) + self.b1
+        return logits + (active - 1.0) * MASK_NEGATIVE
+
+    def _train(self, x, y, mask, active, lr):
+        with tf.GradientTape() as tape:
+            log_probs = tf.nn.log_softmax(self._logits(x, active), axis=-1)
+            cross_entropy = -tf.reduce_sum(tf.one_hot(y, self.class_capacity) * log_probs, axis=-1)
+            loss = tf.reduce_sum(mask * cross_entropy) / tf.maximum(tf.reduce_sum(mask), 1.0)
+        grads = tape.gradient(loss, self.params)
+        step = self.adam_step.assign_add(1.0)
+        lr_t = lr * tf.sqrt(1.0 - tf.pow(self.beta2, step)) / (1.0 - tf.pow(self.beta1, step))
+        for var, grad, m, v in zip(self.params, grads, self.adam_m, self.adam_v):
+            m_new = m.assign(self.beta1 * m + (1.0 - self.beta1) * grad)
+            v_new = v.assign(self.beta2 * v + (1.0 - self.beta2) * tf.square(grad))
+            var.assign_sub(lr_t * m_new / (tf.sqrt(v_new) + self.epsilon))
+        return {"loss": loss}
+
+    def _infer(self, x, active):
+        return {"probs": tf.nn.softmax(self._logits(x, active), axis=-1)}
+
+    def _get_weights(self):
+        return {name: tf.identity(var) for name, var in zip(WEIGHT_NAMES, self.params)}
+
+    def _set_weights(self, w0, b0, w1, b1):
+        for var, value in zip(self.params, (w0, b0, w1, b1)):
+            var.assign(value)
+        for m, v in zip(self.adam_m, self.adam_v):
+            m.assign(tf.zeros_like(m))
+            v.assign(tf.zeros_like(v))
+        self.adam_step.assign(0.0)
+        return {"ok": tf.ones([], tf.int32)}
+
+    def concrete_signatures(self) -> dict:
+        return {name: getattr(self, name).get_concrete_function() for name in SIGNATURES}
