@@ -6,6 +6,7 @@ import base64
 import itertools
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,23 @@ class Client:
         if version is not None:
             args["version"] = version
         return self.call("predict", args)
+
+
+class Events:
+    """Subscriber to the daemon's event socket."""
+
+    def __init__(self, endpoint: str, topics: tuple[str, ...] = ("",)):
+        self._sock = zmq.Context.instance().socket(zmq.SUB)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        for t in topics:
+            self._sock.setsockopt(zmq.SUBSCRIBE, t.encode())
+        self._sock.connect(endpoint)
+        time.sleep(0.1)  # let the subscription reach the publisher before the caller triggers anything
+
+    def next(self, timeout_s: float | None = None) -> dict:
+        if not self._sock.poll(None if timeout_s is None else int(timeout_s * 1000)):
+            raise TimeoutError("no event")
+        return json.loads(self._sock.recv_multipart()[-1])
+
+    def close(self) -> None:
+        self._sock.close(0)

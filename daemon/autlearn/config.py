@@ -84,10 +84,26 @@ SETTINGS: tuple[Setting, ...] = (
             "Interpreter threads."),
     Setting("cache", "max_mb", 256.0, _number(1.0, 1_000_000.0),
             "Upper bound of the feature cache; least recently used entries are evicted beyond it."),
+    Setting("policy", "require_mains", True, _bool,
+            "When the board has a battery, train only on external power."),
+    Setting("policy", "max_temp_c", 80.0, _number(0.0, 250.0),
+            "Train only while the hottest thermal zone is at or below this (°C); 0 = no limit."),
+    Setting("policy", "max_load", 0.0, _number(0.0, 10_000.0),
+            "Train only while the 1-minute load average is at or below this; 0 = no limit."),
+    Setting("policy", "gpu_max_util", 100, _number(0, 100, integer=True),
+            "Train only while every NVIDIA GPU is at most this busy (%, through NVML); 100 = no limit."),
+    Setting("policy", "window", "", _string,
+            "Train only inside this daily window, HH:MM-HH:MM (may wrap midnight); empty = any time."),
+    Setting("policy", "sysfs", "/sys", _string,
+            "Where power supplies and thermal zones are read (a test can point this at a fake tree)."),
+    Setting("policy", "procfs", "/proc", _string,
+            "Where the load average is read."),
     Setting("training", "auto", True, _bool,
             "Start a round by itself when enough new samples have arrived."),
     Setting("training", "min_new_samples", 20, _number(1, 10_000_000, integer=True),
             "New labelled samples that trigger a round."),
+    Setting("training", "interval_s", 0.0, _number(0.0, 30 * 86400.0),
+            "Also start a round when this many seconds passed since the last one and any new sample waits; 0 = off."),
     Setting("training", "epochs", 30, _number(1, 10_000, integer=True),
             "Passes over the cached features in one round."),
     Setting("training", "learning_rate", 0.0, _number(0.0, 10.0),
@@ -139,7 +155,17 @@ def parse(text: str, source: str) -> Config:
                 cfg.values[name] = setting.check(value)
             except ValueError as e:
                 raise AutlearnError("bad_config", f"{source}: {name} = {value!r}: {e}") from None
+    _cross_check(cfg)
     return cfg
+
+
+def _cross_check(cfg: Config) -> None:
+    """Checks that need the policy module's own validation (the time window's syntax)."""
+    from .policy import parse_window
+    try:
+        parse_window(cfg["policy.window"])
+    except ValueError as e:
+        raise AutlearnError("bad_config", f"{cfg.source}: policy.window = {cfg['policy.window']!r}: {e}") from None
 
 
 def load(path: str | Path) -> Config:

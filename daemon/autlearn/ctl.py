@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from .client import Client
+from .client import Client, Events
 from .errors import AutlearnError
 from .paths import Paths
 
@@ -17,11 +17,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="autlearnctl", description="Talk to the AutLearn daemon (autlearnd).")
     p.add_argument("--root", help="the development root the daemon was started with (autlearnd --root)")
     p.add_argument("--socket", help="control endpoint, e.g. ipc:///run/autlearn/control.sock")
+    p.add_argument("--events", help="event endpoint, e.g. ipc:///run/autlearn/events.sock")
     p.add_argument("--json", action="store_true", help="print the daemon's JSON reply")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a reply (default 10)")
     sub = p.add_subparsers(dest="verb", required=True)
     sub.add_parser("status", help="what the daemon is doing, its samples, head version and accuracy")
-    sub.add_parser("train", help="start a training round now")
+    tr = sub.add_parser("train", help="start a training round now")
+    tr.add_argument("--follow", action="store_true", help="show the round's progress until it finishes")
+    sub.add_parser("pause", help="pause training (a running round waits at its next step)")
+    sub.add_parser("resume", help="allow training again")
+    rb = sub.add_parser("rollback", help="make an earlier head version current (default: the one before)")
+    rb.add_argument("version", nargs="?", type=int)
+    sub.add_parser("config", help="the settings in force")
+    sub.add_parser("cache", help="feature cache size, hits and misses")
+    ev = sub.add_parser("events", help="print the daemon's events as they happen")
+    ev.add_argument("--count", type=int, default=0, help="stop after this many events (default: never)")
     pr = sub.add_parser("predict", help="classify image files with the current (or a given) head version")
     pr.add_argument("files", nargs="+", type=Path)
     pr.add_argument("--version", type=int, help="head version to use (default: the promoted one)")
@@ -88,16 +98,71 @@ def show_predictions(r: dict) -> str:
     return "\n".join(lines)
 
 
+def show_event(ev: dict) -> str:
+    d = ev["data"]
+    name = ev["event"]
+    when = datetime.datetime.fromtimestamp(ev["time"]).strftime("%H:%M:%S")
+    if name == "round_finished":
+        text = f"round #{d['round_id']} {d['outcome']} in {d['seconds']:.2f}s: {d['detail']}"
+    elif name == "trained":
+        text = f"trained {d['epochs']} epochs, loss {d['loss_first']:.3f} → {d['loss_last']:.3f}"
+    elif name == "features":
+        text = f"features: {d['computed']} computed, {d['cached']} from the cache"
+    elif name == "epoch":
+        width = 30
+        done = int(width * d["epoch"] / d["epochs"])
+        text = f"[{'#' * done}{'.' * (width - done)}] epoch {d['epoch']}/{d['epochs']} loss {d['loss']:.4f}"
+    else:
+        text = json.dumps(d)
+    return f"{when} {name}: {text}"
+
+
+def follow(events: Events, until_round_end: bool, count: int, as_json: bool) -> int:
+    seen = 0
+    while True:
+        ev = events.next()
+        print(json.dumps(ev) if as_json else show_event(ev), flush=True)
+        seen += 1
+        if until_round_end and ev["event"] == "round_finished":
+            return 0 if ev["data"]["outcome"] in ("promoted", "rejected", "skipped") else 1
+        if count and seen >= count:
+            return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    endpoint = args.socket or (Paths.under(args.root) if args.root else Paths.packaged()).control_endpoint
+    paths = Paths.under(args.root) if args.root else Paths.packaged()
+    endpoint = args.socket or paths.control_endpoint
     client = Client(endpoint, args.timeout)
     try:
         if args.verb == "status":
             r, show = client.call("status"), show_status
         elif args.verb == "train":
+            events = Events(args.events or paths.events_endpoint) if args.follow else None
             r = client.call("train")
-            show = lambda r: "round queued" + (" (one is running now; this one follows)" if r["running_round"] else "")
+            if events is not None:
+                return follow(events, True, 0, args.json)
+            show = lambda r: "round queued" + (" (one is running now; this one follows)" if r["running_round"]
+                                               else "") + ("; waiting: " + "; ".join(r["blocked_by"])
+                                                           if r["blocked_by"] else "")
+        elif args.verb == "events":
+            return follow(Events(args.events or paths.events_endpoint), False, args.count, args.json)
+        elif args.verb in ("pause", "resume"):
+            r = client.call(args.verb)
+            show = lambda r: ("training paused" if r["paused"] else "training allowed") + (
+                "; still waiting: " + "; ".join(r["blocked_by"]) if r.get("blocked_by") else "")
+        elif args.verb == "rollback":
+            r = client.call("rollback", {} if args.version is None else {"version": args.version})
+            show = lambda r: f"head v{r['previous']} → v{r['current']}"
+        elif args.verb == "config":
+            r = client.call("config")
+            show = lambda r: f"# in force, from {r['source']}\n" + "\n".join(
+                f"{k} = {json.dumps(v)}" for k, v in sorted(r["values"].items()))
+        elif args.verb == "cache":
+            r = client.call("cache")
+            show = lambda r: (f"{r['entries']} entries, {r['bytes'] / 1e6:.1f} MB of {r['max_bytes'] / 1e6:.0f} MB; "
+                              f"{r['hits']} hits, {r['misses']} misses, {r['corrupt']} corrupt, "
+                              f"{r['evicted']} evicted")
         elif args.verb == "predict":
             for f in args.files:
                 if not f.is_file():
@@ -116,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"error": e.to_dict()}))
         print(f"autlearnctl: {e.message}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:
+        return 130
     finally:
         client.close()
 

@@ -49,7 +49,7 @@ class Head:
         return float(out["loss"])
 
     def fit(self, x: np.ndarray, y: np.ndarray, active: np.ndarray, epochs: int, lr: float,
-            seed: int, should_stop=lambda: False) -> list[float]:
+            seed: int, should_stop=lambda: False, on_epoch=lambda epoch, epochs, loss: None) -> list[float]:
         """Mini-batch training over cached features; the last batch is padded and masked."""
         rng = np.random.default_rng(seed)
         n, b = len(x), self.batch
@@ -69,6 +69,7 @@ class Head:
                 total += self.step(xb, yb, mb, active, lr) * real
                 count += real
             losses.append(total / count)
+            on_epoch(len(losses), epochs, losses[-1])
             if should_stop():
                 break
         return losses

@@ -158,6 +158,7 @@ class Learner:
         samples = [s for s in self.store.usable_samples() if s.label in slots]
         x, kept, computed, cached = self.features.for_samples(samples)
         progress("features", {"round": round_id, "computed": computed, "cached": cached})
+        stopping = should_stop()  # a step boundary: waits here while training must pause
         y = np.array([slots[s.label] for s in kept], np.int32)
         hold = np.array([s.holdout for s in kept], bool)
         xtr, ytr, xho, yho = x[~hold], y[~hold], x[hold], y[hold]
@@ -176,6 +177,8 @@ class Learner:
             log.info("round %d %s: %s (%.2fs)", round_id, outcome, detail, secs)
             return res
 
+        if stopping:
+            return finish("stopped", "the daemon is stopping")
         if len(ytr) == 0:
             return finish("skipped", "no training samples yet")
         if len(yho) == 0:
@@ -184,7 +187,9 @@ class Learner:
         head = self.new_head()
         head.set_weights(base_w)
         before = accuracy(head.predict(xho, active), yho)
-        losses = head.fit(xtr, ytr, active, epochs, lr, seed + round_id, should_stop)
+        losses = head.fit(xtr, ytr, active, epochs, lr, seed + round_id, should_stop,
+                          lambda e, n, loss: progress("epoch", {"round": round_id, "epoch": e, "epochs": n,
+                                                                "loss": loss}))
         if should_stop():
             return finish("stopped", "the daemon is stopping; the candidate was discarded", before)
         progress("trained", {"round": round_id, "epochs": len(losses), "loss_first": losses[0],

@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_config(args) -> config_mod.Config:
+def load_config(args) -> tuple[config_mod.Config, str | None, dict]:
+    """The configuration file's settings, then the command line's overrides (kept for reloads)."""
     path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
     cfg = config_mod.load(path) if path else config_mod.Config()
     overrides = {}
@@ -48,7 +49,22 @@ def load_config(args) -> config_mod.Config:
         overrides["data.watch"] = cfg["data.watch"] + [os.path.abspath(w) for w in args.watch]
     if args.bundle:
         overrides["model.bundle"] = os.path.abspath(args.bundle)
-    return cfg.with_overrides(**overrides)
+    return cfg.with_overrides(**overrides), path, overrides
+
+
+def reload_config(service: Service, path: str | None, overrides: dict) -> None:
+    """SIGHUP: read the file again; an invalid file is refused and the settings in force stay."""
+    if path is None:
+        log.info("SIGHUP: no configuration file to reload")
+        return
+    try:
+        new = config_mod.load(path).with_overrides(**overrides)
+    except AutlearnError as e:
+        log.error("SIGHUP: new configuration refused, the old settings stay in force: %s", e.message)
+        return
+    later = service.reload(new)
+    log.info("SIGHUP: configuration %s reloaded%s", path,
+             f"; these take effect after a restart: {', '.join(later)}" if later else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             config_mod.load(path)
             print(f"{path}: configuration is valid")
             return 0
-        return run(load_config(args))
+        cfg, path, overrides = load_config(args)
+        return run(cfg, path, overrides)
     except AutlearnError as e:
         if args.debug:
             log.exception("fatal")
@@ -69,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
 
 
-def run(cfg: config_mod.Config) -> int:
+def run(cfg: config_mod.Config, config_path: str | None = None, overrides: dict | None = None) -> int:
+    overrides = overrides or {}
     paths = Paths.under(cfg["paths.root"]) if cfg["paths.root"] else Paths.packaged()
     paths.create()
     lock = open(paths.run / "autlearnd.lock", "w")
@@ -84,18 +102,27 @@ def run(cfg: config_mod.Config) -> int:
         log.info("received %s, stopping", signal.Signals(signum).name)
         stop.set()
 
+    reload_requested = threading.Event()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, lambda signum, frame: reload_requested.set())
     events = EventQueue()
     service = Service(cfg, paths, emit=events)
     service.start()
+    service.use_policy()
     watcher = DebouncedWatcher([os.path.abspath(w) for w in cfg["data.watch"]], cfg["data.debounce_s"])
     server = ControlServer(service, paths.control_endpoint, paths.events_endpoint, notifier, events, watcher)
     watcher.start()
     notifier.ready(service.status_line())
     log.info("control socket %s, events %s", paths.control_endpoint, paths.events_endpoint)
+
+    def on_tick() -> None:
+        if reload_requested.is_set():
+            reload_requested.clear()
+            reload_config(service, config_path, overrides)
+
     try:
-        server.serve(stop.is_set)
+        server.serve(stop.is_set, on_tick)
     finally:
         notifier.stopping()
         watcher.stop()

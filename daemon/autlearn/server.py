@@ -80,7 +80,7 @@ class ControlServer:
     def serve(self, should_stop, on_tick=None) -> None:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
-        last_ping, last_status = 0.0, ""
+        last_ping, last_tick, last_status = 0.0, 0.0, ""
         ping_every = self.notifier.watchdog_s / 3 if self.notifier.watchdog_s else 5.0
         while not should_stop():
             for sock, _ in poller.poll(50):
@@ -102,6 +102,9 @@ class ControlServer:
             if now - last_ping >= ping_every:
                 self.notifier.watchdog()
                 last_ping = now
+            if now - last_tick >= 0.5:
+                self.service.tick()
+                last_tick = now
             line = self.service.status_line()
             if line != last_status:
                 self.notifier.status(line)

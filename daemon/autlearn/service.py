@@ -7,6 +7,7 @@ ingestion and training rounds. Each thread has its own interpreters and SQLite h
 from __future__ import annotations
 
 import base64
+import datetime
 import binascii
 import logging
 import os
@@ -49,6 +50,12 @@ class Service:
         self._cache_stats = Stats()
         self._worker: threading.Thread | None = None
         self._predictor: tuple[int, Head] | None = None
+        self._paused_by_user = False
+        self._round_queued = False
+        self._last_round_end = time.monotonic()
+        # Conditions that forbid training now (battery, heat, load, time window…): sentences, empty = allowed.
+        self.gate: Callable[[], list[str]] = lambda: []
+        self.policy_readings: dict = {}
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -127,12 +134,12 @@ class Service:
                 if job is None:
                     break
                 kind, trigger = job
+                engine.config = self.config  # a reloaded configuration applies from the next job on
                 try:
                     if kind == "scan":
                         self._scan(engine)
-                        if engine.round_due():
-                            self._round(engine, "new samples")
                     elif kind == "round":
+                        self._round_queued = False
                         self._round(engine, trigger)
                 except Exception as e:  # a job's failure never takes the daemon down
                     log.exception("%s job failed", kind)
@@ -157,8 +164,72 @@ class Service:
                     self._state["round"]["step"] = name
             self._emit(name, data)
 
-        result = engine.round(trigger, progress, self._stop.is_set)
+        try:
+            result = engine.round(trigger, progress, self._checkpoint)
+        finally:
+            self._last_round_end = time.monotonic()
         self._set(activity="idle", round=None, last_round=result.as_dict())
+
+    def _checkpoint(self) -> bool:
+        """Called between training steps: waits while training must pause; True means stop the round."""
+        announced = False
+        while not self._stop.is_set():
+            reasons = self.blocking_reasons()
+            if not reasons:
+                if announced:
+                    self._set(activity="training")
+                    self._emit("round_resumed", {})
+                return False
+            if not announced:
+                log.info("round paused: %s", "; ".join(reasons))
+                self._set(activity="paused")
+                self._emit("round_paused", {"reasons": reasons})
+                announced = True
+            self._stop.wait(1.0)
+        return True
+
+    def use_policy(self) -> None:
+        """Gate training on the board's real conditions (power, heat, load, GPU, time window)."""
+        from . import policy
+        probe = policy.SystemProbe(self.config["policy.sysfs"], self.config["policy.procfs"])
+        cache: dict = {"at": -1e9, "verdict": None, "config": None}
+
+        def gate() -> list[str]:
+            now = time.monotonic()
+            if now - cache["at"] >= 1.0 or cache["config"] is not self.config:
+                c = self.config
+                pc = policy.PolicyConfig.from_values({
+                    "require_mains": c["policy.require_mains"], "max_temp_c": c["policy.max_temp_c"] or None,
+                    "max_load": c["policy.max_load"] or None,
+                    "gpu_max_util": None if c["policy.gpu_max_util"] >= 100 else c["policy.gpu_max_util"],
+                    "window": c["policy.window"]})
+                cache.update(at=now, config=c, verdict=policy.evaluate(pc, probe, datetime.datetime.now()))
+            self.policy_readings = cache["verdict"].readings
+            return list(cache["verdict"].reasons)
+
+        self.gate = gate
+
+    def blocking_reasons(self) -> list[str]:
+        reasons = ["paused with 'autlearnctl pause'"] if self._paused_by_user else []
+        return reasons + list(self.gate())
+
+    # ------------------------------------------------------------------ scheduling (request thread, every tick)
+    def tick(self) -> None:
+        """Start a round when one is due and the board can afford it."""
+        if self._round_queued or self._stop.is_set() or self._get()["activity"] != "idle":
+            return
+        if not self.config["training.auto"] or self.blocking_reasons():
+            return
+        new = self.store.count_new()
+        interval = self.config["training.interval_s"]
+        if new >= self.config["training.min_new_samples"]:
+            trigger = f"{new} new samples"
+        elif new and interval and time.monotonic() - self._last_round_end >= interval:
+            trigger = f"interval of {interval:g}s passed with {new} new samples"
+        else:
+            return
+        self._round_queued = True
+        self._jobs.put(("round", trigger))
 
     # ------------------------------------------------------------------ API (called from the request thread)
     def status(self, args: dict) -> dict:
@@ -185,11 +256,16 @@ class Service:
                      "previous_accuracy": head.get("previous_accuracy"),
                      "initial_version": initial[0]["version"] if initial else None},
             "cache": self.cache.summary(),
+            "paused_by_user": self._paused_by_user,
+            "conditions": self.policy_readings,
         }
 
     def _why_not_training(self, st: dict) -> str:
         if st["activity"] == "training":
             return "training now"
+        reasons = self.blocking_reasons()
+        if reasons:
+            return ("round paused: " if st["activity"] == "paused" else "not training: ") + "; ".join(reasons)
         new = self.store.count_new()
         need = self.config["training.min_new_samples"]
         if not self.config["training.auto"]:
@@ -201,10 +277,58 @@ class Service:
     def train(self, args: dict) -> dict:
         if self._stop.is_set():
             raise AutlearnError("busy", "the daemon is stopping")
-        running = self._get()["activity"] == "training"
+        running = self._get()["activity"] in ("training", "paused")
+        self._round_queued = True
         self._jobs.put(("scan", "before a requested round"))
         self._jobs.put(("round", "requested"))
-        return {"queued": True, "running_round": running}
+        return {"queued": True, "running_round": running, "blocked_by": self.blocking_reasons()}
+
+    def pause(self, args: dict) -> dict:
+        self._paused_by_user = True
+        self._emit("paused", {})
+        return {"paused": True}
+
+    def resume(self, args: dict) -> dict:
+        self._paused_by_user = False
+        self._emit("resumed", {})
+        return {"paused": False, "blocked_by": self.blocking_reasons()}
+
+    def rollback(self, args: dict) -> dict:
+        """Make an earlier head version current (default: the one before the current)."""
+        if self._get()["activity"] in ("training", "paused"):
+            raise AutlearnError("busy", "a round is running; roll back when it has finished")
+        heads = {h["version"]: h for h in self.store.heads(self.bundle_id)}
+        current = self.current_version()
+        version = args.get("version")
+        if version is None:
+            earlier = [v for v, h in heads.items() if v < current and h["status"] in ("initial", "promoted")]
+            if not earlier:
+                raise AutlearnError("not_found", f"head v{current} has no earlier version to roll back to")
+            version = max(earlier)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise AutlearnError("bad_argument", "'version' must be an integer head version")
+        if version not in heads:
+            raise AutlearnError("not_found", f"head version {version} does not exist for the installed bundle "
+                                             f"(versions: {', '.join(map(str, sorted(heads)))})")
+        self.store.set_meta(self._current_key(), str(version))
+        self._emit("rollback", {"from": current, "to": version})
+        log.info("rolled back from head v%d to v%d", current, version)
+        return {"previous": current, "current": version}
+
+    def config_show(self, args: dict) -> dict:
+        return {"source": self.config.source, "values": self.config.values}
+
+    def cache_info(self, args: dict) -> dict:
+        return self.cache.summary()
+
+    def reload(self, new: Config) -> list[str]:
+        """Apply a validated configuration; returns the keys that only take effect after a restart."""
+        restart_only = ("paths.", "model.", "data.watch", "cache.")
+        changed = [k for k in new.values if new.values[k] != self.config.values.get(k)]
+        later = [k for k in changed if k.startswith(restart_only)]
+        self.config = Config({**new.values, **{k: self.config.values[k] for k in later}}, new.source)
+        self._emit("config_reloaded", {"changed": changed, "needs_restart": later})
+        return later
 
     def versions(self, args: dict) -> dict:
         return {"current": self.current_version(), "versions": self.store.heads(self.bundle_id)}
@@ -260,12 +384,14 @@ class Service:
         self._predictor = (version, head)
         return head
 
-    COMMANDS = ("status", "train", "predict", "versions", "history")
+    COMMANDS = {"status": "status", "train": "train", "predict": "predict", "versions": "versions",
+                "history": "history", "pause": "pause", "resume": "resume", "rollback": "rollback",
+                "config": "config_show", "cache": "cache_info"}
 
     def handle(self, cmd: str, args: dict) -> Any:
         if cmd not in self.COMMANDS:
             raise AutlearnError("unknown_command", f"unknown command {cmd!r} (known: {', '.join(self.COMMANDS)})")
-        return getattr(self, cmd)(args)
+        return getattr(self, self.COMMANDS[cmd])(args)
 
     def status_line(self) -> str:
         st = self._get()
