@@ -33,9 +33,9 @@ DEFAULT_COPIES = 1  # the paper's cap: at most one augmented copy per original
 @dataclass(frozen=True)
 class AugmentConfig:
     """Ranges of the random image transforms."""
-    min_crop: float = 0.80  # the crop keeps this fraction of each side, at least
+    min_crop: float = 0.85  # the crop keeps this fraction of each side, at least
     max_rotation_deg: float = 12.0  # rotation uniformly in ±this
-    max_shift: float = 0.10  # shift up to this fraction of each side (rounded to whole pixels)
+    max_shift: float = 0.08  # shift up to this fraction of each side, in whole pixels (±2 on 28)
 
     def tag(self) -> str:
         return f"{self.min_crop:g},{self.max_rotation_deg:g},{self.max_shift:g}"
@@ -76,7 +76,7 @@ def augment_params(seed: int, config: AugmentConfig = DEFAULT_CONFIG) -> Augment
 
 
 def variant_name(seed: int, config: AugmentConfig = DEFAULT_CONFIG) -> str:
-    """The augmentation part of the feature-cache key, e.g. 'aug1:17:c0.912@+0.31,-0.75:r-3.41:t+0.062,+0.010'."""
+    """The augmentation part of the feature-cache key, e.g. 'aug1:17:c0.929@+0.34,+1.00:r+8.28:t-0.029,-0.045'."""
     p = augment_params(seed, config)
     cfg = "" if config == DEFAULT_CONFIG else f"[{config.tag()}]"
     return (f"{AUG_VERSION}{cfg}:{int(seed)}:c{p.crop:.3f}@{p.crop_x:+.2f},{p.crop_y:+.2f}"

@@ -38,10 +38,13 @@ def _string_list(v: Any) -> list[str]:
 
 
 def _delegate(v: Any) -> str:
+    from .runtime import parse_delegate_spec
     v = _string(v)
-    if v in ("auto", "cpu", "gpu", "nnapi") or (v.startswith("external:") and len(v) > len("external:")):
-        return v
-    raise ValueError("expected one of auto, cpu, gpu, nnapi, external:<path to a delegate library>")
+    try:
+        parse_delegate_spec(v)
+    except ValueError as e:
+        raise ValueError(f"expected one of auto, cpu, gpu, nnapi, external:<library>[?key=value&…] ({e})") from None
+    return v
 
 
 def _bool(v: Any) -> bool:
