@@ -182,3 +182,45 @@ sys.exit("nobody was answered")
             assert d.status()["activity"] == "idle"  # root still gets in
         finally:
             assert d.stop() == 0
+
+
+def test_tcp_listener_lets_in_only_authorized_curve_keys(tmp_path, tiny_bundle):
+    import socket as so
+
+    from autlearn.client import Client
+    from autlearn.curve import load_pair, load_public
+    from autlearn.errors import AutlearnError
+
+    keys = tmp_path / "keys"
+    for name in ("alice", "mallory"):
+        p = subprocess.run([str(BIN / "autlearnctl"), "keygen", str(keys), "--name", name], capture_output=True,
+                           text=True)
+        assert p.returncode == 0, p.stderr
+    assert (keys / "alice.key_secret").stat().st_mode & 0o077 == 0  # the secret key is owner-only
+    authorized = tmp_path / "authorized_keys"
+    authorized.write_text("# the owner's laptop\n" + next(l.strip() for l in (keys / "alice.key").read_text()
+                                                         .splitlines() if "public-key" in l) + "\n")
+    s = so.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    d = ready(Daemon(tmp_path / "r", tiny_bundle,
+                     extra_config=f'[control]\ntcp = "tcp://127.0.0.1:{port}"\nauthorized_keys = "{authorized}"\n'))
+    try:
+        server_pub = load_public(d.root / "state" / "curve" / "server.key")
+        alice = Client(f"tcp://127.0.0.1:{port}", 5, (*load_pair(keys / "alice.key_secret"), server_pub))
+        assert alice.call("status")["activity"] == "idle"
+        mallory = Client(f"tcp://127.0.0.1:{port}", 2, (*load_pair(keys / "mallory.key_secret"), server_pub))
+        with pytest.raises(AutlearnError) as e:
+            mallory.call("status")
+        assert e.value.code == "not_running"  # nothing came back: no reply, no error, nothing
+        assert "unknown CURVE key" in (d.root / "autlearnd.log").read_text()
+        p = subprocess.run([str(BIN / "autlearnctl"), "--socket", f"tcp://127.0.0.1:{port}", "--key",
+                            str(keys / "alice.key_secret"), "--server-key", str(d.root / "state" / "curve" /
+                                                                               "server.key"), "status"],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0 and "activity:" in p.stdout, p.stderr
+        alice.close()
+        mallory.close()
+    finally:
+        assert d.stop() == 0

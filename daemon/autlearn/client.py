@@ -17,8 +17,10 @@ from .errors import CATALOGUE, AutlearnError
 
 
 class Client:
-    def __init__(self, endpoint: str, timeout_s: float = 10.0):
+    def __init__(self, endpoint: str, timeout_s: float = 10.0, curve: tuple[bytes, bytes, bytes] | None = None):
+        """`curve` = (client public key, client secret key, server public key) for a TCP listener."""
         self.endpoint = endpoint
+        self.curve = curve
         self.timeout_ms = int(timeout_s * 1000)
         self._ids = itertools.count(1)
         self._ctx = zmq.Context.instance()
@@ -28,7 +30,11 @@ class Client:
         if not self.endpoint.startswith("ipc://"):
             return
         path = Path(self.endpoint[len("ipc://"):])
-        if not path.exists():
+        try:
+            exists = path.exists()
+        except PermissionError:
+            exists = True  # a directory on the way is closed to us: say so below
+        if not exists:
             raise AutlearnError("not_running", f"no control socket at {path}: is autlearnd running?")
         if not os.access(path, os.R_OK | os.W_OK):
             raise AutlearnError("not_running", f"permission denied on {path}: "
@@ -39,6 +45,8 @@ class Client:
             self._check_reachable()
             s = self._ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
+            if self.curve is not None:
+                s.curve_publickey, s.curve_secretkey, s.curve_serverkey = self.curve
             s.connect(self.endpoint)
             self._sock = s
         return self._sock

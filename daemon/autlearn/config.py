@@ -85,6 +85,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Delegate for the base model: auto, cpu (XNNPACK), gpu, nnapi or external:<library>."),
     Setting("model", "threads", 2, _number(1, 64, integer=True),
             "Interpreter threads."),
+    Setting("control", "group", "autlearn", _string,
+            "Group given the control socket (mode 0660): its members may use autlearnctl."),
+    Setting("control", "tcp", "", _string,
+            "Optional TCP listener, e.g. tcp://0.0.0.0:7557; only clients with an authorized CURVE key get in. "
+            "Empty = off."),
+    Setting("control", "authorized_keys", "/etc/autlearn/authorized_keys", _string,
+            "Client public keys allowed on the TCP listener, one per line (autlearnctl keygen makes them)."),
     Setting("cache", "max_mb", 256.0, _number(1.0, 1_000_000.0),
             "Upper bound of the feature cache; least recently used entries are evicted beyond it."),
     Setting("policy", "require_mains", True, _bool,

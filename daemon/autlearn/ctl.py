@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .client import Client, Events
+from .curve import keygen as curve_keygen, load_pair, load_public
 from .errors import AutlearnError
 from .paths import Paths
 
@@ -18,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="the development root the daemon was started with (autlearnd --root)")
     p.add_argument("--socket", help="control endpoint, e.g. ipc:///run/autlearn/control.sock")
     p.add_argument("--events", help="event endpoint, e.g. ipc:///run/autlearn/events.sock")
+    p.add_argument("--key", type=Path, help="your CURVE secret key file (NAME.key_secret) for a tcp:// --socket")
+    p.add_argument("--server-key", type=Path, help="the daemon's public key file (server.key) for a tcp:// --socket")
     p.add_argument("--json", action="store_true", help="print the daemon's JSON reply")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a reply (default 10)")
     sub = p.add_subparsers(dest="verb", required=True)
@@ -30,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("version", nargs="?", type=int)
     sub.add_parser("config", help="the settings in force")
     sub.add_parser("cache", help="feature cache size, hits and misses")
+    kg = sub.add_parser("keygen", help="make a CURVE key pair for the TCP control listener (no daemon needed)")
+    kg.add_argument("directory", type=Path)
+    kg.add_argument("--name", default="client", help="file name stem (default client)")
     ev = sub.add_parser("events", help="print the daemon's events as they happen")
     ev.add_argument("--count", type=int, default=0, help="stop after this many events (default: never)")
     pr = sub.add_parser("predict", help="classify image files with the current (or a given) head version")
@@ -129,11 +135,34 @@ def follow(events: Events, until_round_end: bool, count: int, as_json: bool) -> 
             return 0
 
 
+def keygen(args) -> int:
+    try:
+        public, secret = curve_keygen(args.directory, args.name)
+    except AutlearnError as e:
+        print(f"autlearnctl: {e.message}", file=sys.stderr)
+        return e.exit_code
+    print(f"public key: {public}\nsecret key: {secret} (keep it private)\n"
+          f"allow it on the daemon: add the public-key line of {public.name} to /etc/autlearn/authorized_keys")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     paths = Paths.under(args.root) if args.root else Paths.packaged()
     endpoint = args.socket or paths.control_endpoint
-    client = Client(endpoint, args.timeout)
+    if args.verb == "keygen":
+        return keygen(args)
+    curve = None
+    try:
+        if endpoint.startswith("tcp://"):
+            if not (args.key and args.server_key):
+                raise AutlearnError("bad_argument", "a tcp:// control socket needs --key and --server-key")
+            public, secret = load_pair(args.key)
+            curve = (public, secret, load_public(args.server_key))
+    except AutlearnError as e:
+        print(f"autlearnctl: {e.message}", file=sys.stderr)
+        return e.exit_code
+    client = Client(endpoint, args.timeout, curve)
     try:
         if args.verb == "status":
             r, show = client.call("status"), show_status

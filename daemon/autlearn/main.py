@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from . import __version__, config as config_mod
 from .errors import AutlearnError
@@ -36,6 +37,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="debug logging and full tracebacks")
     p.add_argument("--version", action="version", version=f"autlearnd {__version__}")
     return p
+
+
+def setup_logging(debug: bool) -> None:
+    """The journal (with structured fields) when systemd started us and systemd-python exists; else stderr."""
+    level = logging.DEBUG if debug else logging.INFO
+    if os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"):
+        try:
+            from systemd.journal import JournalHandler  # type: ignore
+        except ImportError:
+            pass
+        else:
+            handler = JournalHandler(SYSLOG_IDENTIFIER="autlearnd")
+            logging.basicConfig(level=level, handlers=[handler])
+            return
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def load_config(args) -> tuple[config_mod.Config, str | None, dict]:
@@ -69,8 +85,7 @@ def reload_config(service: Service, path: str | None, overrides: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.debug)
     try:
         if args.check_config is not None:
             path = args.check_config or args.config or DEFAULT_CONFIG
@@ -111,7 +126,13 @@ def run(cfg: config_mod.Config, config_path: str | None = None, overrides: dict 
     service.start()
     service.use_policy()
     watcher = DebouncedWatcher([os.path.abspath(w) for w in cfg["data.watch"]], cfg["data.debounce_s"])
-    server = ControlServer(service, paths.control_endpoint, paths.events_endpoint, notifier, events, watcher)
+    curve_keys = None
+    if cfg["control.tcp"]:
+        from .curve import server_pair
+        curve_keys = server_pair(paths.state)
+    server = ControlServer(service, paths.control_endpoint, paths.events_endpoint, notifier, events, watcher,
+                           group=cfg["control.group"], tcp=cfg["control.tcp"], curve_keys=curve_keys,
+                           authorized_keys=Path(cfg["control.authorized_keys"]))
     watcher.start()
     notifier.ready(service.status_line())
     log.info("control socket %s, events %s", paths.control_endpoint, paths.events_endpoint)

@@ -5,6 +5,7 @@ The loop never blocks on a client: replies go out with NOBLOCK, a vanished clien
 
 from __future__ import annotations
 
+import grp
 import logging
 import os
 import queue
@@ -37,28 +38,60 @@ class EventQueue:
 
 class ControlServer:
     def __init__(self, service: Service, control: str, events: str, notifier: Notifier, event_queue: EventQueue,
-                 watcher: DebouncedWatcher | None):
+                 watcher: DebouncedWatcher | None, group: str = "", tcp: str = "", curve_keys=None,
+                 authorized_keys: Path | None = None):
         self.service = service
         self.notifier = notifier
         self.events = event_queue
         self.watcher = watcher
+        self.group = group
         self.ctx = zmq.Context.instance()
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES + 4096)
-        self.router.setsockopt(zmq.LINGER, 0)
-        self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        self.router.setsockopt(zmq.SNDHWM, 1000)
+        self.router = self._router()
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.setsockopt(zmq.SNDHWM, 1000)
         self._bind(self.router, control)
         self._bind(self.pub, events)
+        self.routers = [self.router]
+        self.auth = None
+        if tcp:
+            self._listen_tcp(tcp, curve_keys, authorized_keys)
 
-    @staticmethod
-    def _bind(sock: zmq.Socket, endpoint: str) -> None:
+    def _router(self) -> zmq.Socket:
+        r = self.ctx.socket(zmq.ROUTER)
+        r.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES + 4096)
+        r.setsockopt(zmq.LINGER, 0)
+        r.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        r.setsockopt(zmq.SNDHWM, 1000)
+        return r
+
+    def _listen_tcp(self, endpoint: str, curve_keys: tuple[bytes, bytes], authorized_keys: Path) -> None:
+        """A CURVE-encrypted listener that lets in only clients whose public key is authorized."""
+        from zmq.auth.thread import ThreadAuthenticator
+
+        from .curve import AuthorizedKeys
+        self.auth = ThreadAuthenticator(self.ctx)
+        self.auth.start()
+        self.auth.configure_curve_callback("*", credentials_provider=AuthorizedKeys(authorized_keys))
+        r = self._router()
+        r.curve_publickey, r.curve_secretkey = curve_keys
+        r.curve_server = True
+        r.bind(endpoint)
+        self.routers.append(r)
+        log.info("TCP control listener on %s (CURVE; authorized keys in %s)", endpoint, authorized_keys)
+
+    def _bind(self, sock: zmq.Socket, endpoint: str) -> None:
         sock.bind(endpoint)
         if endpoint.startswith("ipc://"):
-            os.chmod(Path(endpoint[len("ipc://"):]), 0o660)  # owner and group only
+            path = Path(endpoint[len("ipc://"):])
+            os.chmod(path, 0o660)  # owner and group only
+            if self.group:
+                try:
+                    os.chown(path, -1, grp.getgrnam(self.group).gr_gid)
+                except KeyError:
+                    log.info("group %r does not exist: only the daemon's own user can use %s", self.group, path)
+                except PermissionError as e:
+                    log.warning("cannot give %s to group %r: %s", path, self.group, e)
 
     def handle_frames(self, frames: list[bytes]) -> list[bytes] | None:
         """Route one multipart message: [identity, (empty,) payload]. Returns the reply frames."""
@@ -79,20 +112,21 @@ class ControlServer:
 
     def serve(self, should_stop, on_tick=None) -> None:
         poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
+        for r in self.routers:
+            poller.register(r, zmq.POLLIN)
         last_ping, last_tick, last_status = 0.0, 0.0, ""
         ping_every = self.notifier.watchdog_s / 3 if self.notifier.watchdog_s else 5.0
         while not should_stop():
             for sock, _ in poller.poll(50):
                 for _ in range(100):  # drain, but stay responsive to stop and events
                     try:
-                        frames = self.router.recv_multipart(zmq.NOBLOCK)
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
                     reply = self.handle_frames(frames)
                     if reply is not None:
                         try:
-                            self.router.send_multipart(reply, zmq.NOBLOCK)
+                            sock.send_multipart(reply, zmq.NOBLOCK)
                         except zmq.ZMQError:
                             pass  # the client went away
             self._publish_events()
@@ -125,5 +159,8 @@ class ControlServer:
                 pass
 
     def close(self) -> None:
-        self.router.close(0)
+        for r in self.routers:
+            r.close(0)
         self.pub.close(0)
+        if self.auth is not None:
+            self.auth.stop()
