@@ -32,6 +32,9 @@ def test_round_improves_holdout_and_second_round_reuses_cache(svc, user_digits, 
     r2 = eng.round("test", no_progress, never)
     assert r2.features_computed == 60  # only the new files went through the base model
     assert r2.features_cached == 600
+    # one augmented copy per training image (the paper's cap), cached under its own key like the originals
+    assert r1.n_augmented == r1.n_train and r1.augmented_computed == r1.n_train
+    assert r2.augmented_cached == r1.n_train and r2.augmented_computed == r2.n_train - r1.n_train
     eng.close()
 
 

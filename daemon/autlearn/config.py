@@ -116,6 +116,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Also start a round when this many seconds passed since the last one and any new sample waits; 0 = off."),
     Setting("training", "epochs", 30, _number(1, 10_000, integer=True),
             "Passes over the cached features in one round."),
+    Setting("training", "augment_copies", 1, _number(0, 8, integer=True),
+            "Augmented copies (random crop, rotation, shift) per training image; 1 is the paper's cap, 0 = off."),
     Setting("training", "learning_rate", 0.0, _number(0.0, 10.0),
             "Head learning rate; 0 takes the bundle's."),
     Setting("training", "holdout_fraction", 0.2, _number(0.0, 0.9),

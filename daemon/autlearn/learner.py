@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import imaging
+from . import augment, imaging
 from .bundle import Bundle, Variant
 from .errors import AutlearnError
 from .featcache import FeatureCache, feature_key
@@ -41,6 +41,9 @@ class RoundResult:
     accuracy_after: float | None
     version: int | None
     seconds: float
+    n_augmented: int = 0
+    augmented_computed: int = 0
+    augmented_cached: int = 0
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -64,27 +67,36 @@ class FeatureSource:
         self.max_pixels = max_pixels
         self.prep_version = int(bundle.input.get("preprocessing_version", 1))
 
-    def key(self, sha256: str) -> str:
-        return feature_key(sha256, self.variant.base_sha256, self.prep_version)
+    def key(self, sha256: str, augmentation: str = "none") -> str:
+        return feature_key(sha256, self.variant.base_sha256, self.prep_version, augmentation)
 
     def for_samples(self, samples: list[Sample]) -> tuple[np.ndarray, list[Sample], int, int]:
         """Features for the samples still readable and unchanged; (features, kept samples, computed, cached)."""
-        keys = [self.key(s.sha256) for s in samples]
+        return self.for_items([(s, "none", None) for s in samples])
+
+    def augmented(self, samples: list[Sample], copies: int, seed: int) -> tuple[np.ndarray, list[Sample], int, int]:
+        """Features of up to `copies` augmented copies per sample, each cached under its own variant key."""
+        items = [(s, name, vseed) for s in samples for name, vseed in augment.image_variants(copies, seed, s.sha256)]
+        return self.for_items(items)
+
+    def for_items(self, items: list[tuple[Sample, str, int | None]]) -> tuple[np.ndarray, list[Sample], int, int]:
+        keys = [self.key(s.sha256, name) for s, name, _ in items]
         found = self.cache.get_many(keys)
-        todo = [(s, k) for s, k in zip(samples, keys) if k not in found]
         computed: dict[str, np.ndarray] = {}
         inputs, todo_keys = [], []
-        for s, k in todo:
+        for (s, _, vseed), k in zip(items, keys):
+            if k in found or k in computed:
+                continue
             x = self._read(s)
             if x is not None:
-                inputs.append(x)
+                inputs.append(x if vseed is None else augment.augment_image(x, vseed))
                 todo_keys.append(k)
         if inputs:
             feats = self.extractor(np.stack(inputs))
             computed = dict(zip(todo_keys, feats))
             self.cache.put_many(computed)
         kept, rows = [], []
-        for s, k in zip(samples, keys):
+        for (s, _, _), k in zip(items, keys):
             v = found.get(k)
             if v is None:
                 v = computed.get(k)
@@ -150,7 +162,7 @@ class Learner:
         return load_weights(self.heads_dir / row["file"])
 
     def run(self, version: int, trigger: str, epochs: int, lr: float, tolerance: float, seed: int,
-            progress: Progress, should_stop: Callable[[], bool]) -> RoundResult:
+            progress: Progress, should_stop: Callable[[], bool], augment_copies: int = 0) -> RoundResult:
         t0 = time.monotonic()
         round_id = self.store.start_round(trigger)
         progress("round_started", {"round": round_id, "trigger": trigger})
@@ -162,17 +174,26 @@ class Learner:
         y = np.array([slots[s.label] for s in kept], np.int32)
         hold = np.array([s.holdout for s in kept], bool)
         xtr, ytr, xho, yho = x[~hold], y[~hold], x[hold], y[hold]
+        aug_computed = aug_cached = 0
+        if augment_copies > 0 and len(ytr):  # training samples only: the holdout judges real data
+            train_samples = [s for s, h in zip(kept, hold) if not h]
+            xa, kept_a, aug_computed, aug_cached = self.features.augmented(train_samples, augment_copies, seed)
+            if len(kept_a):
+                xtr = np.concatenate([xtr, xa])
+                ytr = np.concatenate([ytr, np.array([slots[s.label] for s in kept_a], np.int32)])
+            progress("augmented", {"round": round_id, "computed": aug_computed, "cached": aug_cached})
+        n_original = int((~hold).sum())
         active = self.active()
 
         def finish(outcome: str, detail: str, before=None, after=None, new_version=None) -> RoundResult:
             secs = time.monotonic() - t0
-            self.store.finish_round(round_id, n_train=len(ytr), n_holdout=len(yho), features_computed=computed,
+            self.store.finish_round(round_id, n_train=n_original, n_holdout=len(yho), features_computed=computed,
                                     features_cached=cached, accuracy_before=before, accuracy_after=after,
                                     outcome=outcome, detail=detail, seconds=secs)
             if outcome in ("promoted", "rejected"):
                 self.store.mark_trained([s.id for s in kept], round_id)
-            res = RoundResult(round_id, outcome, detail, len(ytr), len(yho), computed, cached, before, after,
-                              new_version, secs)
+            res = RoundResult(round_id, outcome, detail, n_original, len(yho), computed, cached, before, after,
+                              new_version, secs, len(ytr) - n_original, aug_computed, aug_cached)
             progress("round_finished", res.as_dict())
             log.info("round %d %s: %s (%.2fs)", round_id, outcome, detail, secs)
             return res
@@ -201,7 +222,7 @@ class Learner:
         save_weights(cand, self.heads_dir / fname)
         promote = after >= before - tolerance
         status = "promoted" if promote else "rejected"
-        self.store.add_head(self.bundle_id, self.variant.name, status, fname, after, before, len(ytr), len(yho),
+        self.store.add_head(self.bundle_id, self.variant.name, status, fname, after, before, n_original, len(yho),
                             round_id)
         detail = (f"holdout accuracy {before:.3f} → {after:.3f} on {len(yho)} samples; "
                   f"{'promoted' if promote else 'kept the current head'} (v{new_version})")
