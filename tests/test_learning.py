@@ -96,3 +96,31 @@ def test_new_label_folder_becomes_a_class_up_to_capacity(svc, user_digits, write
     assert counts["waiting"] == 5 and counts["ok"] == 5 * n_free
     assert len(eng.store.classes(svc.bundle_id)) == capacity
     eng.close()
+
+
+def test_online_mode_predicts_each_chunk_before_training_on_it(tmp_path, tiny_bundle, user_digits, write_user):
+    from autlearn.head import Head
+    svc = make_service(tmp_path / "root", tiny_bundle, **{"training.mode": "online"})
+    images, labels = user_digits
+    write_user(svc.paths.state.parent / "inbox", images[:400], labels[:400])
+    eng = engine_of(svc)
+    eng.scan()
+    start = eng.current_version()
+    r = eng.round("test", no_progress, never)
+    assert r.mode == "online" and r.prequential and sum(n for _, n in r.prequential) == r.n_train
+    # The first chunk's score is what the head scored *before* any training in this round.
+    slots = eng.store.classes(svc.bundle_id)
+    stream = [s for s in eng.store.usable_samples() if not s.holdout][:svc.bundle.train_batch]
+    x, kept, _, _ = eng.features.for_samples(stream)
+    head = Head(svc.variant, svc.bundle.class_capacity, svc.bundle.train_batch, 1)
+    head.set_weights(eng.learner.current_weights(start))
+    y = np.array([slots[s.label] for s in kept])
+    expected = int(np.sum(np.argmax(head.predict(x, eng.learner.active()), axis=1) == y))
+    assert r.prequential[0] == (expected, len(y))
+    # and learning happened along the stream: later chunks score better than the first ones
+    first, last = r.prequential[:3], r.prequential[-3:]
+    assert sum(h for h, _ in last) / sum(n for _, n in last) > sum(h for h, _ in first) / sum(n for _, n in first)
+    # a second round has nothing new to learn online
+    assert eng.round("test", no_progress, never).outcome == "skipped"
+    svc.stop()
+    eng.close()

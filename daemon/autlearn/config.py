@@ -47,6 +47,14 @@ def _delegate(v: Any) -> str:
     return v
 
 
+def _choice(*options: str) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if v not in options:
+            raise ValueError("expected one of " + ", ".join(options))
+        return v
+    return check
+
+
 def _bool(v: Any) -> bool:
     if not isinstance(v, bool):
         raise ValueError("expected true or false")
@@ -116,6 +124,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Also start a round when this many seconds passed since the last one and any new sample waits; 0 = off."),
     Setting("training", "epochs", 30, _number(1, 10_000, integer=True),
             "Passes over the cached features in one round."),
+    Setting("training", "mode", "offline", _choice("offline", "online"),
+            "offline: each round trains epochs over all samples; online (the paper's): each new sample is first "
+            "predicted, then learnt from, in arrival order; prequential accuracy is reported."),
+    Setting("training", "online_steps", 3, _number(1, 1000, integer=True),
+            "Online mode: optimiser steps on each chunk of new samples after it was predicted."),
     Setting("training", "augment_copies", 1, _number(0, 8, integer=True),
             "Augmented copies (random crop, rotation, shift) per training image; 1 is the paper's cap, 0 = off."),
     Setting("training", "learning_rate", 0.0, _number(0.0, 10.0),

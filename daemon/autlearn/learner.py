@@ -44,9 +44,16 @@ class RoundResult:
     n_augmented: int = 0
     augmented_computed: int = 0
     augmented_cached: int = 0
+    mode: str = "offline"
+    prequential: list[tuple[int, int]] | None = None  # online mode: (hits, seen) per chunk, predicted before training
+
+    @property
+    def prequential_accuracy(self) -> float | None:
+        seen = sum(n for _, n in self.prequential or [])
+        return sum(h for h, _ in self.prequential) / seen if seen else None
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {**self.__dict__, "prequential_accuracy": self.prequential_accuracy}
 
 
 def accuracy(probs: np.ndarray, y: np.ndarray) -> float | None:
@@ -161,8 +168,29 @@ class Learner:
             raise AutlearnError("not_found", f"head version {version} is not recorded")
         return load_weights(self.heads_dir / row["file"])
 
+    def _online(self, head: Head, xs: np.ndarray, ys: np.ndarray, active: np.ndarray, lr: float, steps: int,
+                prequential: list[tuple[int, int]], should_stop) -> list[float]:
+        """The paper's online mode: each chunk of new samples (in arrival order) is first predicted with the
+        head as it stands — that is the prequential score — and only then trained on."""
+        b = head.batch
+        losses = []
+        for i in range(0, len(xs), b):
+            xc, yc = xs[i:i + b], ys[i:i + b]
+            hits = int(np.sum(np.argmax(head.predict(xc, active), axis=1) == yc))
+            prequential.append((hits, len(yc)))
+            xb = np.zeros((b, xs.shape[1]), np.float32)
+            yb = np.zeros(b, np.int32)
+            mb = np.zeros(b, np.float32)
+            xb[:len(yc)], yb[:len(yc)], mb[:len(yc)] = xc, yc, 1.0
+            for _ in range(steps):
+                losses.append(head.step(xb, yb, mb, active, lr))
+            if should_stop():
+                break
+        return losses
+
     def run(self, version: int, trigger: str, epochs: int, lr: float, tolerance: float, seed: int,
-            progress: Progress, should_stop: Callable[[], bool], augment_copies: int = 0) -> RoundResult:
+            progress: Progress, should_stop: Callable[[], bool], augment_copies: int = 0, mode: str = "offline",
+            online_steps: int = 3) -> RoundResult:
         t0 = time.monotonic()
         round_id = self.store.start_round(trigger)
         progress("round_started", {"round": round_id, "trigger": trigger})
@@ -175,7 +203,7 @@ class Learner:
         hold = np.array([s.holdout for s in kept], bool)
         xtr, ytr, xho, yho = x[~hold], y[~hold], x[hold], y[hold]
         aug_computed = aug_cached = 0
-        if augment_copies > 0 and len(ytr):  # training samples only: the holdout judges real data
+        if augment_copies > 0 and mode == "offline" and len(ytr):  # training samples only: holdout judges real data
             train_samples = [s for s, h in zip(kept, hold) if not h]
             xa, kept_a, aug_computed, aug_cached = self.features.augmented(train_samples, augment_copies, seed)
             if len(kept_a):
@@ -184,6 +212,7 @@ class Learner:
             progress("augmented", {"round": round_id, "computed": aug_computed, "cached": aug_cached})
         n_original = int((~hold).sum())
         active = self.active()
+        prequential: list[tuple[int, int]] = []
 
         def finish(outcome: str, detail: str, before=None, after=None, new_version=None) -> RoundResult:
             secs = time.monotonic() - t0
@@ -193,7 +222,8 @@ class Learner:
             if outcome in ("promoted", "rejected"):
                 self.store.mark_trained([s.id for s in kept], round_id)
             res = RoundResult(round_id, outcome, detail, n_original, len(yho), computed, cached, before, after,
-                              new_version, secs, len(ytr) - n_original, aug_computed, aug_cached)
+                              new_version, secs, len(ytr) - n_original, aug_computed, aug_cached, mode,
+                              prequential)
             progress("round_finished", res.as_dict())
             log.info("round %d %s: %s (%.2fs)", round_id, outcome, detail, secs)
             return res
@@ -208,9 +238,15 @@ class Learner:
         head = self.new_head()
         head.set_weights(base_w)
         before = accuracy(head.predict(xho, active), yho)
-        losses = head.fit(xtr, ytr, active, epochs, lr, seed + round_id, should_stop,
-                          lambda e, n, loss: progress("epoch", {"round": round_id, "epoch": e, "epochs": n,
-                                                                "loss": loss}))
+        if mode == "online":
+            stream = [i for i, s in enumerate(kept) if not s.holdout and not s.trained]
+            losses = self._online(head, x[stream], y[stream], active, lr, online_steps, prequential, should_stop)
+        else:
+            losses = head.fit(xtr, ytr, active, epochs, lr, seed + round_id, should_stop,
+                              lambda e, n, loss: progress("epoch", {"round": round_id, "epoch": e, "epochs": n,
+                                                                    "loss": loss}))
+        if not losses:
+            return finish("skipped", "no new samples to learn from online", before)
         if should_stop():
             return finish("stopped", "the daemon is stopping; the candidate was discarded", before)
         progress("trained", {"round": round_id, "epochs": len(losses), "loss_first": losses[0],
@@ -224,7 +260,11 @@ class Learner:
         status = "promoted" if promote else "rejected"
         self.store.add_head(self.bundle_id, self.variant.name, status, fname, after, before, n_original, len(yho),
                             round_id)
-        detail = (f"holdout accuracy {before:.3f} → {after:.3f} on {len(yho)} samples; "
+        online = ""
+        if prequential:
+            seen = sum(n for _, n in prequential)
+            online = f"online: {sum(h for h, _ in prequential) / seen:.3f} predicted right before learning {seen}; "
+        detail = (online + f"holdout accuracy {before:.3f} → {after:.3f} on {len(yho)} samples; "
                   f"{'promoted' if promote else 'kept the current head'} (v{new_version})")
         progress("version_" + status, {"version": new_version, "accuracy": after, "previous_accuracy": before})
         return finish(status, detail, before, after, new_version)

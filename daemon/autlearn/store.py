@@ -65,6 +65,7 @@ class Sample:
     label: str
     kind: str
     holdout: bool
+    trained: bool = False
 
 
 class Store:
@@ -118,8 +119,9 @@ class Store:
 
     def usable_samples(self) -> list[Sample]:
         rows = self.db.execute(
-            "SELECT id, path, sha256, label, kind, holdout FROM samples WHERE status='ok' ORDER BY id").fetchall()
-        return [Sample(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows]
+            "SELECT id, path, sha256, label, kind, holdout, trained_round IS NOT NULL FROM samples "
+            "WHERE status='ok' ORDER BY mtime_ns, id").fetchall()  # arrival order, for online learning
+        return [Sample(r[0], r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6])) for r in rows]
 
     def waiting_labels(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT DISTINCT label FROM samples WHERE status='waiting'")]

@@ -45,7 +45,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from . import runtime
 from .bundle import Bundle, sha256_file
@@ -247,7 +247,8 @@ def choose(bundle: Bundle, measurements: list[Measurement], budget: Budget) -> C
         acc = _accuracy(info[best.name])
         acc_text = f"int8 accuracy {acc:.4f}" if acc is not None else "no accuracy in the manifest"
         if budget.unlimited:
-            reason = f"variant {best.name!r}: no budget is set, so the most accurate variant ({acc_text}; {_describe(best)})"
+            reason = (f"variant {best.name!r}: no budget is set, so the most accurate variant "
+                      f"({acc_text}; {_describe(best)})")
         elif len(fitting) == len(usable):
             reason = (f"variant {best.name!r}: every variant fits the budget ({budget.describe()}); it is the most "
                       f"accurate ({acc_text}; {_describe(best)})")
