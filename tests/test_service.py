@@ -224,3 +224,17 @@ def test_tcp_listener_lets_in_only_authorized_curve_keys(tmp_path, tiny_bundle):
         mallory.close()
     finally:
         assert d.stop() == 0
+
+
+def test_bench_times_the_variants_on_this_board_and_remembers(tmp_path, tiny_bundle):
+    d = ready(Daemon(tmp_path / "r", tiny_bundle))
+    try:
+        p = subprocess.run([str(BIN / "autlearnctl"), "--root", str(d.root), "bench"], capture_output=True,
+                           text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        assert "full" in p.stdout and "chosen" in p.stdout
+        assert (d.root / "state" / "variant_measurements.json").exists()  # a restart does not measure again
+        st = d.status()
+        assert st["variant_choice"]["name"] == "full"
+    finally:
+        assert d.stop() == 0

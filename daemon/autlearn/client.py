@@ -56,15 +56,16 @@ class Client:
             self._sock.close(0)
             self._sock = None
 
-    def call(self, cmd: str, args: dict | None = None) -> Any:
+    def call(self, cmd: str, args: dict | None = None, timeout_s: float | None = None) -> Any:
         """Send one request; return its result or raise AutlearnError with the daemon's code and sentence."""
+        timeout_ms = self.timeout_ms if timeout_s is None else int(timeout_s * 1000)
         sock = self._socket()
         req_id = next(self._ids)
         sock.send_multipart([b"", protocol.request(cmd, args, req_id)])
         while True:
-            if not sock.poll(self.timeout_ms):
+            if not sock.poll(timeout_ms):
                 self.close()  # a late reply must not be read as the answer to the next request
-                raise AutlearnError("not_running", f"no reply from {self.endpoint} within {self.timeout_ms} ms: "
+                raise AutlearnError("not_running", f"no reply from {self.endpoint} within {timeout_ms} ms: "
                                                    "is autlearnd running?")
             frames = sock.recv_multipart()
             try:

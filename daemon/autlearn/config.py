@@ -88,7 +88,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("model", "bundle", "", _string,
             "A bundle directory to install at start (verified first); empty keeps the installed one."),
     Setting("model", "variant", "", _string,
-            "Which base variant of the bundle to use; empty takes the bundle's default."),
+            "Which base variant of the bundle to use; empty = the most accurate one within the budget below, "
+            "measured on this board on first use (autlearnctl bench measures again)."),
+    Setting("model", "max_latency_ms", 0.0, _number(0.0, 1e6),
+            "Budget for choosing a variant: base latency per sample (ms, batch 1) on this board; 0 = no limit."),
+    Setting("model", "max_memory_mb", 0.0, _number(0.0, 1e6),
+            "Budget for choosing a variant: model plus tensor memory (MiB); 0 = no limit."),
     Setting("model", "delegate", "auto", _delegate,
             "Delegate for the base model: auto, cpu (XNNPACK), gpu, nnapi or external:<library>."),
     Setting("model", "threads", 2, _number(1, 64, integer=True),

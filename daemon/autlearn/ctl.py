@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("version", nargs="?", type=int)
     sub.add_parser("config", help="the settings in force")
     sub.add_parser("cache", help="feature cache size, hits and misses")
+    sub.add_parser("bench", help="time every base variant on this board again and show the choice")
     kg = sub.add_parser("keygen", help="make a CURVE key pair for the TCP control listener (no daemon needed)")
     kg.add_argument("directory", type=Path)
     kg.add_argument("--name", default="client", help="file name stem (default client)")
@@ -187,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
             r = client.call("config")
             show = lambda r: f"# in force, from {r['source']}\n" + "\n".join(
                 f"{k} = {json.dumps(v)}" for k, v in sorted(r["values"].items()))
+        elif args.verb == "bench":
+            r = client.call("bench", timeout_s=max(args.timeout, 120))
+            show = lambda r: (r.get("table") or f"{r['name']}: {r['reason']}") + (
+                f"\nnote: {r['note']}" if r.get("note") else "")
         elif args.verb == "cache":
             r = client.call("cache")
             show = lambda r: (f"{r['entries']} entries, {r['bytes'] / 1e6:.1f} MB of {r['max_bytes'] / 1e6:.0f} MB; "

@@ -72,7 +72,8 @@ class Service:
                 log.error("refused bundle %s, keeping the installed one: %s", source, e.message)
         self.bundle = bundle_mod.load(self.paths.bundle)
         self.bundle_id = bundle_mod.sha256_file(self.paths.bundle / "manifest.json")[:16]
-        self.variant = self.bundle.variant(self.config["model.variant"])
+        self.variant_choice = self._choose_variant(force=False)
+        self.variant = self.bundle.variant(self.variant_choice["name"])
         self.store.ensure_public_classes(self.bundle_id, self.bundle.labels)
         self.cache = self._open_cache()
         self.extractor = FeatureExtractor(self.variant, self.config["model.threads"], self.config["model.delegate"])
@@ -84,6 +85,33 @@ class Service:
         self._set(activity="idle")
         log.info("ready: bundle %s variant %s, head v%d, %s (%s)", self.bundle_id, self.variant.name,
                  self.current_version(), RUNTIME, self.extractor.choice.in_use)
+
+    def _budget(self):
+        from .variants import Budget
+        return Budget(self.config["model.max_latency_ms"] or None, self.config["model.max_memory_mb"] or None)
+
+    def _choose_variant(self, force: bool) -> dict:
+        """The configured variant, or the most accurate one this board can afford (measured once, remembered)."""
+        if self.config["model.variant"] and not force:
+            return {"name": self.bundle.variant(self.config["model.variant"]).name,
+                    "reason": "set in the configuration (model.variant)"}
+        if len(self.bundle.variant_names) == 1 and not force:
+            return {"name": self.bundle.variant_names[0], "reason": "the bundle has one variant"}
+        from .variants import choose_variant, format_table
+        choice = choose_variant(self.bundle, self.bundle_id, self.paths.state, self.config["model.threads"],
+                                self.config["model.delegate"], self._budget(), force=force)
+        return {"name": choice.name, "reason": choice.reason, "table": format_table(choice),
+                "measurements": choice.as_dict()}
+
+    def bench(self, args: dict) -> dict:
+        """Time every variant on this board again (training is paused meanwhile so it does not skew timings)."""
+        if self._get()["activity"] in ("training", "paused", "ingesting"):
+            raise AutlearnError("busy", "a round is running; measure when the daemon is idle (or pause it first)")
+        choice = self._choose_variant(force=True)
+        choice["in_use"] = self.variant.name
+        if choice["name"] != self.variant.name:
+            choice["note"] = f"variant {choice['name']!r} would be chosen now; restart the daemon to switch"
+        return choice
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
@@ -246,6 +274,7 @@ class Service:
             "last_round": st["last_round"],
             "last_scan": st["last_scan"],
             "last_error": st["last_error"],
+            "variant_choice": {k: v for k, v in self.variant_choice.items() if k in ("name", "reason")},
             "bundle": {"id": self.bundle_id, "task": self.bundle.task, "variant": self.variant.name,
                        "labels": len(self.bundle.labels), "class_capacity": self.bundle.class_capacity},
             "delegate": {"requested": self.extractor.choice.requested, "in_use": self.extractor.choice.in_use,
@@ -386,7 +415,7 @@ class Service:
 
     COMMANDS = {"status": "status", "train": "train", "predict": "predict", "versions": "versions",
                 "history": "history", "pause": "pause", "resume": "resume", "rollback": "rollback",
-                "config": "config_show", "cache": "cache_info"}
+                "config": "config_show", "cache": "cache_info", "bench": "bench"}
 
     def handle(self, cmd: str, args: dict) -> Any:
         if cmd not in self.COMMANDS:
