@@ -27,6 +27,7 @@ class Engine:
         self.bundle = bundle
         self.bundle_id = bundle_id
         self.variant = variant
+        self.paths = paths
         self.store = Store(paths.db)
         self.cache = FeatureCache(paths.feature_cache, int(config["cache.max_mb"] * (1 << 20)), cache_stats)
         self.extractor = FeatureExtractor(variant, config["model.threads"], config["model.delegate"])
@@ -45,7 +46,13 @@ class Engine:
         return int(self.store.get_meta(current_key(self.bundle_id, self.variant.name)))
 
     def scan(self) -> IngestReport:
-        return self.ingestor.scan([os.path.abspath(p) for p in self.config["data.watch"]])
+        roots = [os.path.abspath(p) for p in self.config["data.watch"]] + [str(self.paths.imported)]
+        return self.ingestor.scan(roots)
+
+    def rebuild_extractor(self) -> None:
+        """Choose the delegate again (an accelerator came or went)."""
+        self.extractor = FeatureExtractor(self.variant, self.config["model.threads"], self.config["model.delegate"])
+        self.features.extractor = self.extractor
 
     def round_due(self) -> bool:
         return bool(self.config["training.auto"]) and self.store.count_new() >= self.config["training.min_new_samples"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import __version__, config as config_mod
 from .errors import AutlearnError
+from .media import MediaWatcher
 from .notify import Notifier
 from .paths import Paths
 from .server import ControlServer, EventQueue
@@ -130,9 +131,14 @@ def run(cfg: config_mod.Config, config_path: str | None = None, overrides: dict 
     if cfg["control.tcp"]:
         from .curve import server_pair
         curve_keys = server_pair(paths.state)
+    media = None
+    if cfg["media.enabled"]:
+        media = MediaWatcher(Path(cfg["media.mounts"]), cfg["media.under"], cfg["media.folder"],
+                             on_accelerator_change=service.accelerator_changed)
+        media.start()
     server = ControlServer(service, paths.control_endpoint, paths.events_endpoint, notifier, events, watcher,
                            group=cfg["control.group"], tcp=cfg["control.tcp"], curve_keys=curve_keys,
-                           authorized_keys=Path(cfg["control.authorized_keys"]))
+                           authorized_keys=Path(cfg["control.authorized_keys"]), media=media)
     watcher.start()
     notifier.ready(service.status_line())
     log.info("control socket %s, events %s", paths.control_endpoint, paths.events_endpoint)
@@ -147,6 +153,8 @@ def run(cfg: config_mod.Config, config_path: str | None = None, overrides: dict 
     finally:
         notifier.stopping()
         watcher.stop()
+        if media is not None:
+            media.stop()
         service.stop()
         server.close()
         log.info("stopped")

@@ -34,6 +34,10 @@ class Paths:
         return self.state / "quarantine"
 
     @property
+    def imported(self) -> Path:
+        return self.state / "imported"
+
+    @property
     def bundle(self) -> Path:
         return self.state / "bundle"
 
@@ -50,5 +54,5 @@ class Paths:
         return f"ipc://{self.run / 'events.sock'}"
 
     def create(self) -> None:
-        for d in (self.state, self.cache, self.run, self.heads, self.quarantine):
+        for d in (self.state, self.cache, self.run, self.heads, self.quarantine, self.imported):
             d.mkdir(parents=True, exist_ok=True)

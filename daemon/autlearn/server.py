@@ -39,12 +39,13 @@ class EventQueue:
 class ControlServer:
     def __init__(self, service: Service, control: str, events: str, notifier: Notifier, event_queue: EventQueue,
                  watcher: DebouncedWatcher | None, group: str = "", tcp: str = "", curve_keys=None,
-                 authorized_keys: Path | None = None):
+                 authorized_keys: Path | None = None, media=None):
         self.service = service
         self.notifier = notifier
         self.events = event_queue
         self.watcher = watcher
         self.group = group
+        self.media = media
         self.ctx = zmq.Context.instance()
         self.router = self._router()
         self.pub = self.ctx.socket(zmq.PUB)
@@ -114,7 +115,7 @@ class ControlServer:
         poller = zmq.Poller()
         for r in self.routers:
             poller.register(r, zmq.POLLIN)
-        last_ping, last_tick, last_status = 0.0, 0.0, ""
+        last_ping, last_tick, last_media, last_status = 0.0, 0.0, 0.0, ""
         ping_every = self.notifier.watchdog_s / 3 if self.notifier.watchdog_s else 5.0
         while not should_stop():
             for sock, _ in poller.poll(50):
@@ -136,6 +137,10 @@ class ControlServer:
             if now - last_ping >= ping_every:
                 self.notifier.watchdog()
                 last_ping = now
+            if self.media is not None and (self.media.wake.is_set() or now - last_media >= 2.0):
+                for mount in sorted(self.media.new_media()):
+                    self.service.request_import(mount)
+                last_media = now
             if now - last_tick >= 0.5:
                 self.service.tick()
                 last_tick = now

@@ -45,15 +45,17 @@ class Service:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._state = {"activity": "starting", "round": None, "last_round": None, "last_scan": None,
-                       "last_error": None}
+                       "last_error": None, "last_import": None}
         self._started = time.time()
         self._cache_stats = Stats()
         self._worker: threading.Thread | None = None
         self._predictor: tuple[int, Head] | None = None
         self._paused_by_user = False
+        self._redelegate_worker = False
         self._round_queued = False
         self._last_round_end = time.monotonic()
         # Conditions that forbid training now (battery, heat, load, time window…): sentences, empty = allowed.
+        self._redelegate_here = False
         self.gate: Callable[[], list[str]] = lambda: []
         self.policy_readings: dict = {}
 
@@ -82,6 +84,8 @@ class Service:
         self._ensure_initial_head()
         self._worker = threading.Thread(target=self._work, name="autlearn-worker", daemon=True)
         self._worker.start()
+        from .media import Importer
+        Importer(self.paths.imported).clean_partial()
         self._set(activity="idle")
         log.info("ready: bundle %s variant %s, head v%d, %s (%s)", self.bundle_id, self.variant.name,
                  self.current_version(), RUNTIME, self.extractor.choice.in_use)
@@ -164,7 +168,13 @@ class Service:
                 kind, trigger = job
                 engine.config = self.config  # a reloaded configuration applies from the next job on
                 try:
+                    if self._redelegate_worker:
+                        self._redelegate_worker = False
+                        engine.rebuild_extractor()
                     if kind == "scan":
+                        self._scan(engine)
+                    elif kind == "import":
+                        self._import(trigger)
                         self._scan(engine)
                     elif kind == "round":
                         self._round_queued = False
@@ -175,6 +185,28 @@ class Service:
                     self._emit("error", {"job": kind, "message": str(e)})
         finally:
             engine.close()
+
+    def request_import(self, mount: str) -> None:
+        self._jobs.put(("import", mount))
+
+    def _import(self, mount: str) -> None:
+        from .media import Importer
+        self._set(activity="importing")
+        log.info("importing samples from %s", mount)
+        importer = Importer(self.paths.imported, self.config["media.folder"],
+                            int(self.config["data.max_file_mb"] * (1 << 20)))
+        report = importer.import_mount(mount, self._stop.is_set)
+        self._set(activity="idle", last_import={**report.as_dict(), "time": time.time()})
+        log.info("imported from %s: %d copied, %d already there, %d skipped", mount, report.copied, report.already,
+                 len(report.skipped))
+        self._emit("media_import", report.as_dict())
+
+    def accelerator_changed(self, what: str) -> None:
+        """A device came or went: choose the base model's delegate again, in both threads."""
+        log.info("device change (%s): choosing the delegate again", what)
+        self._redelegate_worker = True
+        self._redelegate_here = True
+        self._jobs.put(("scan", "device change"))
 
     def _scan(self, engine: Engine) -> None:
         self._set(activity="ingesting")
@@ -244,6 +276,12 @@ class Service:
     # ------------------------------------------------------------------ scheduling (request thread, every tick)
     def tick(self) -> None:
         """Start a round when one is due and the board can afford it."""
+        if self._redelegate_here:
+            self._redelegate_here = False
+            self.extractor = FeatureExtractor(self.variant, self.config["model.threads"],
+                                              self.config["model.delegate"])
+            self.features.extractor = self.extractor
+            self._emit("delegate", {"in_use": self.extractor.choice.in_use, "reason": self.extractor.choice.reason})
         if self._round_queued or self._stop.is_set() or self._get()["activity"] != "idle":
             return
         if not self.config["training.auto"] or self.blocking_reasons():
@@ -274,6 +312,7 @@ class Service:
             "last_round": st["last_round"],
             "last_scan": st["last_scan"],
             "last_error": st["last_error"],
+            "last_import": st["last_import"],
             "variant_choice": {k: v for k, v in self.variant_choice.items() if k in ("name", "reason")},
             "bundle": {"id": self.bundle_id, "task": self.bundle.task, "variant": self.variant.name,
                        "labels": len(self.bundle.labels), "class_capacity": self.bundle.class_capacity},
@@ -319,6 +358,7 @@ class Service:
 
     def resume(self, args: dict) -> dict:
         self._paused_by_user = False
+        self._redelegate_worker = False
         self._emit("resumed", {})
         return {"paused": False, "blocked_by": self.blocking_reasons()}
 
