@@ -32,7 +32,8 @@ def wait_until(check, timeout: float, what: str):
 
 
 class Daemon:
-    def __init__(self, root: Path, bundle: Path, extra_config: str = "", env=None, training: str = ""):
+    def __init__(self, root: Path, bundle: Path, extra_config: str = "", env=None, training: str = "",
+                 data: str = ""):
         self.root = root
         self.inbox = root / "inbox"
         self.inbox.mkdir(parents=True, exist_ok=True)
@@ -42,7 +43,7 @@ class Daemon:
         self.notify.bind(str(self.notify_path))
         self.notify.settimeout(0.2)
         cfg = root / "autlearnd.toml"
-        cfg.write_text(f'[paths]\nroot = "{root}"\n[data]\nwatch = ["{self.inbox}"]\ndebounce_s = 0.5\n'
+        cfg.write_text(f'[paths]\nroot = "{root}"\n[data]\nwatch = ["{self.inbox}"]\ndebounce_s = 0.5\n' + data +
                        f'[model]\nbundle = "{bundle}"\n[training]\n'
                        + (training or "min_new_samples = 20\nepochs = 20\n") + extra_config)
         self.config_path = cfg

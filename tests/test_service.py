@@ -238,3 +238,23 @@ def test_bench_times_the_variants_on_this_board_and_remembers(tmp_path, tiny_bun
         assert st["variant_choice"]["name"] == "full"
     finally:
         assert d.stop() == 0
+
+
+def test_watchdog_pings_and_learning_waits_for_disk_space(tmp_path, tiny_bundle, user_digits, write_user):
+    env = dict(os.environ, WATCHDOG_USEC="600000")  # as systemd sets it for WatchdogSec=0.6
+    # A board whose disk is "full": the configured minimum is more than any disk here has free.
+    d = ready(Daemon(tmp_path / "r", tiny_bundle, env=env, data="min_free_mb = 1000000.0\n"))
+    try:
+        wait_until(lambda: sum("WATCHDOG=1" in m for m in d.read_notify()) >= 3, 10, "watchdog pings")
+        images, labels = user_digits
+        write_user(d.inbox, images[:60], labels[:60])
+        st = wait_until(lambda: (s := d.status())["samples"]["ok"] == 60 and s, 30, "ingestion")
+        st = wait_until(lambda: "waiting for space" in (s := d.status())["why_not_training"] and s, 10, "reason")
+        assert st["last_round"] is None  # nothing learnt while space is short, nothing lost either
+        good = d.config_path.read_text().replace("min_free_mb = 1000000.0", "min_free_mb = 1.0")
+        d.config_path.write_text(good)
+        d.proc.send_signal(signal.SIGHUP)  # space came back (here: the limit went down)
+        st = d.wait_round()
+        assert st["last_round"]["outcome"] in ("promoted", "rejected") and st["samples"]["ok"] == 60
+    finally:
+        assert d.stop() == 0

@@ -83,6 +83,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Quiet time after the last file event before files are read (half-written files are not read)."),
     Setting("data", "max_file_mb", 20.0, _number(0.001, 4096.0),
             "Files larger than this are quarantined unread."),
+    Setting("data", "min_free_mb", 20.0, _number(0.0, 1e6),
+            "Learning pauses while the state or cache file system has less free space than this (MiB)."),
     Setting("data", "max_pixels", 50_000_000, _number(1, 1_000_000_000, integer=True),
             "Images with more pixels than this are refused as decompression bombs."),
     Setting("model", "bundle", "", _string,

@@ -19,6 +19,7 @@ class Notifier:
         self._sock = None
         if self.address:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock.setblocking(False)  # a listener that stops reading must never stall the main loop
         usec = os.environ.get("WATCHDOG_USEC", "")
         pid = os.environ.get("WATCHDOG_PID", "")
         self.watchdog_s = int(usec) / 1e6 if usec.isdigit() and (not pid or pid == str(os.getpid())) else 0.0
@@ -33,7 +34,7 @@ class Notifier:
         msg = "\n".join(f"{k.upper()}={v}" for k, v in fields.items())
         try:
             self._sock.sendto(msg.encode(), self.address)
-        except OSError as e:
+        except OSError as e:  # BlockingIOError included: a full queue drops the message, as systemd allows
             log.debug("notify socket %s: %s", self.address, e)
 
     def ready(self, status: str) -> None:

@@ -7,11 +7,14 @@ ingestion and training rounds. Each thread has its own interpreters and SQLite h
 from __future__ import annotations
 
 import base64
-import datetime
 import binascii
+import datetime
+import errno
 import logging
 import os
 import queue
+import shutil
+import sqlite3
 import threading
 import time
 from typing import Any, Callable
@@ -34,6 +37,12 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[str, dict], None]
+
+
+def _disk_full(e: BaseException) -> bool:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(e, sqlite3.OperationalError) and "full" in str(e)
 
 
 class Service:
@@ -180,7 +189,13 @@ class Service:
                         self._round_queued = False
                         self._round(engine, trigger)
                 except Exception as e:  # a job's failure never takes the daemon down
-                    log.exception("%s job failed", kind)
+                    if _disk_full(e):
+                        log.error("%s job stopped: the disk is full (%s); it is retried when space returns", kind, e)
+                        if kind == "scan":
+                            self._jobs.put(("scan", "retry after a full disk"))
+                            self._stop.wait(5.0)
+                    else:
+                        log.exception("%s job failed", kind)
                     self._set(activity="idle", round=None, last_error=f"{kind}: {e}")
                     self._emit("error", {"job": kind, "message": str(e)})
         finally:
@@ -271,7 +286,20 @@ class Service:
 
     def blocking_reasons(self) -> list[str]:
         reasons = ["paused with 'autlearnctl pause'"] if self._paused_by_user else []
-        return reasons + list(self.gate())
+        return reasons + self._disk_reasons() + list(self.gate())
+
+    def _disk_reasons(self) -> list[str]:
+        """Learning writes head versions, rounds and cached features: it waits while space is short."""
+        need = self.config["data.min_free_mb"]
+        out = []
+        for where in {self.paths.state, self.paths.cache}:
+            try:
+                free = shutil.disk_usage(where).free / (1 << 20)
+            except OSError:
+                continue
+            if free < need:
+                out.append(f"only {free:.1f} MB free on {where} (learning needs {need:g} MB): waiting for space")
+        return out
 
     # ------------------------------------------------------------------ scheduling (request thread, every tick)
     def tick(self) -> None:
