@@ -48,3 +48,10 @@ def test_exit_codes_are_distinct_per_meaning():
     assert errors.CATALOGUE["not_running"].exit_code != errors.CATALOGUE["internal"].exit_code
     with pytest.raises(ValueError):
         AutlearnError("no_such_code", "x")
+
+
+def test_every_command_of_the_service_is_documented():
+    from autlearn.service import Service
+    text = DOC.read_text()
+    for cmd in Service.COMMANDS:
+        assert f"| `{cmd}` |" in text, cmd
