@@ -16,7 +16,7 @@ from .errors import AutlearnError
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-TASKS = ("image_classification",)
+TASKS = ("image_classification", "next_word")
 
 
 def sha256_file(path: Path) -> str:

@@ -144,6 +144,8 @@ SETTINGS: tuple[Setting, ...] = (
             "predicted, then learnt from, in arrival order; prequential accuracy is reported."),
     Setting("training", "online_steps", 3, _number(1, 1000, integer=True),
             "Online mode: optimiser steps on each chunk of new samples after it was predicted."),
+    Setting("training", "min_word_count", 2, _number(1, 1_000_000, integer=True),
+            "Keyboard: an out-of-vocabulary word the user wrote this often claims a spare output slot."),
     Setting("training", "augment_copies", 1, _number(0, 8, integer=True),
             "Augmented copies (random crop, rotation, shift) per training image; 1 is the paper's cap, 0 = off."),
     Setting("training", "learning_rate", 0.0, _number(0.0, 10.0),

@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     kg.add_argument("--name", default="client", help="file name stem (default client)")
     ev = sub.add_parser("events", help="print the daemon's events as they happen")
     ev.add_argument("--count", type=int, default=0, help="stop after this many events (default: never)")
-    pr = sub.add_parser("predict", help="classify image files with the current (or a given) head version")
-    pr.add_argument("files", nargs="+", type=Path)
+    pr = sub.add_parser("predict", help="classify image files, or suggest the next words after --text")
+    pr.add_argument("files", nargs="*", type=Path)
+    pr.add_argument("--text", help="keyboard bundles: what was typed so far")
     pr.add_argument("--version", type=int, help="head version to use (default: the promoted one)")
     pr.add_argument("--top", type=int, default=3, help="how many labels to show (default 3)")
     sub.add_parser("versions", help="head versions with their holdout accuracy")
@@ -197,7 +198,15 @@ def main(argv: list[str] | None = None) -> int:
             show = lambda r: (f"{r['entries']} entries, {r['bytes'] / 1e6:.1f} MB of {r['max_bytes'] / 1e6:.0f} MB; "
                               f"{r['hits']} hits, {r['misses']} misses, {r['corrupt']} corrupt, "
                               f"{r['evicted']} evicted")
+        elif args.verb == "predict" and args.text is not None:
+            a = {"text": args.text, "top": args.top}
+            if args.version is not None:
+                a["version"] = args.version
+            r = client.call("predict", a)
+            show = lambda r: "  ".join(f"{s['word']} ({100 * s['p']:.1f}%)" for s in r["suggestions"]) or "—"
         elif args.verb == "predict":
+            if not args.files:
+                raise AutlearnError("bad_argument", "give image files, or --text for a keyboard bundle")
             for f in args.files:
                 if not f.is_file():
                     raise AutlearnError("not_found", f"{f}: no such file")

@@ -32,11 +32,17 @@ class Engine:
         self.cache = FeatureCache(paths.feature_cache, int(config["cache.max_mb"] * (1 << 20)), cache_stats)
         self.extractor = FeatureExtractor(variant, config["model.threads"], config["model.delegate"])
         self.features = FeatureSource(bundle, variant, self.extractor, self.cache, config["data.max_pixels"])
-        self.learner = Learner(bundle, bundle_id, variant, self.store, self.features, paths.heads,
-                               config["model.threads"])
+        if bundle.task == "next_word":
+            from .keyboard import KeyboardLearner
+            self.learner = KeyboardLearner(bundle, bundle_id, variant, self.store, self.extractor, self.cache,
+                                           paths.heads, config["model.threads"], config["training.holdout_fraction"],
+                                           config["training.min_word_count"])
+        else:
+            self.learner = Learner(bundle, bundle_id, variant, self.store, self.features, paths.heads,
+                                   config["model.threads"])
         self.ingestor = Ingestor(self.store, paths.quarantine, bundle_id, bundle.labels, bundle.class_capacity,
                                  config["training.holdout_fraction"], int(config["data.max_file_mb"] * (1 << 20)),
-                                 config["data.max_pixels"], bundle.input)
+                                 config["data.max_pixels"], bundle.input, bundle.task)
 
     def close(self) -> None:
         self.store.close()
@@ -53,6 +59,7 @@ class Engine:
         """Choose the delegate again (an accelerator came or went)."""
         self.extractor = FeatureExtractor(self.variant, self.config["model.threads"], self.config["model.delegate"])
         self.features.extractor = self.extractor
+        self.learner.extractor = self.extractor
 
     def round_due(self) -> bool:
         return bool(self.config["training.auto"]) and self.store.count_new() >= self.config["training.min_new_samples"]

@@ -28,6 +28,8 @@ class FeatureExtractor:
         if dtype == np.float32:
             return x.astype(np.float32)
         scale, zero = self._in["quantization"]
+        if not scale:  # integer input that is not quantised (token ids)
+            return x.astype(dtype)
         info = np.iinfo(dtype)
         return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
 

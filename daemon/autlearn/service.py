@@ -59,6 +59,7 @@ class Service:
         self._cache_stats = Stats()
         self._worker: threading.Thread | None = None
         self._predictor: tuple[int, Head] | None = None
+        self._keyboard = None
         self._paused_by_user = False
         self._redelegate_worker = False
         self._round_queued = False
@@ -437,6 +438,10 @@ class Service:
         return {"rounds": self.store.rounds(limit)}
 
     def predict(self, args: dict) -> dict:
+        if self.bundle.task == "next_word":
+            return self._predict_text(args)
+        if "text" in args:
+            raise AutlearnError("bad_argument", "this bundle classifies images; 'text' needs a keyboard bundle")
         files = args.get("files")
         if not isinstance(files, list) or not files:
             raise AutlearnError("bad_argument", "'files' must be a non-empty list of {name, data} objects")
@@ -469,6 +474,25 @@ class Service:
             out.append({"name": f["name"], "label": names[int(order[0])], "cached": hit,
                         "top": [{"label": names[int(k)], "p": round(float(p[k]), 6)} for k in order]})
         return {"version": version, "predictions": out}
+
+    def _predict_text(self, args: dict) -> dict:
+        text = args.get("text")
+        if not isinstance(text, str):
+            raise AutlearnError("bad_argument", "a keyboard bundle predicts from 'text' (a string: what was typed)")
+        version = args.get("version", self.current_version())
+        top = args.get("top", 3)
+        if not isinstance(version, int) or isinstance(version, bool) or not isinstance(top, int) or top < 1:
+            raise AutlearnError("bad_argument", "'version' and 'top' must be positive integers")
+        row = self.store.head(version)
+        if row is None or row["bundle"] != self.bundle_id:
+            raise AutlearnError("not_found", f"head version {version} does not exist for the installed bundle")
+        if self._keyboard is None:
+            from .keyboard import KeyboardLearner, KeyboardPredictor
+            self._keyboard = KeyboardPredictor(KeyboardLearner(
+                self.bundle, self.bundle_id, self.variant, self.store, self.extractor, self.cache, self.paths.heads,
+                self.config["model.threads"], self.config["training.holdout_fraction"]))
+        self._keyboard.learner.extractor = self.extractor
+        return {"version": version, **self._keyboard.suggest(text, version, top)}
 
     def _head_for(self, version: int) -> Head:
         if self._predictor is not None and self._predictor[0] == version:

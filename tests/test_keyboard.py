@@ -1,0 +1,88 @@
+"""The keyboard on the board: personal words, the memory of the user's contexts, fine-tuning, online mode,
+`predict --text`. A real tiny text bundle from the builder, the real interpreter, SQLite and files."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import BIN
+from engine_helpers import engine_of, make_service, never, no_progress
+
+NAMES = ["zorbek", "quilla", "mardok", "tevvy"]
+PLACES = ["market", "garden", "river", "church"]
+
+
+@pytest.fixture(scope="session")
+def text_bundle(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("textbundle") / "kb"
+    subprocess.run([str(BIN / "autlearn-build"), "text", "--data", "shakespeare", "--limit", "20000", "--epochs", "2",
+                    "--vocab", "300", "--seq-len", "10", "--spare-slots", "20", "--embed", "16", "--hidden", "32",
+                    "--out", str(out), "--seed", "0"], check=True, capture_output=True, timeout=300)
+    return out
+
+
+def user_text(n: int, seed: int) -> str:
+    """A writer with their own words and phrasing: names the public corpus never saw, in fixed phrases."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        name, place = rng.choice(NAMES), rng.choice(PLACES)
+        lines.append(rng.choice([f"I met {name} at the {place} today.", f"Tomorrow {name} and I go to the {place}.",
+                                 f"Have you seen {name} lately?"]))
+    return "\n".join(lines) + "\n"
+
+
+def test_keyboard_round_learns_personal_words_and_phrasing(tmp_path, text_bundle):
+    svc = make_service(tmp_path / "root", text_bundle, **{"training.epochs": 5})
+    inbox = svc.paths.state.parent / "inbox"
+    (inbox / "notes.txt").write_text(user_text(300, 0), encoding="utf-8")
+    (inbox / "bad.txt").write_bytes(b"caf\xe9 au lait")  # Latin-1, not UTF-8
+    eng = engine_of(svc)
+    rep = eng.scan()
+    assert rep.added == 1 and rep.quarantined == 1
+    r = eng.round("test", no_progress, never)
+    kb = r.keyboard
+    assert set(NAMES) <= set(kb["personal_words"])  # the user's own words claimed spare slots
+    assert r.outcome == "promoted"
+    assert kb["with_memory"]["top3"] >= kb["pretrained"]["top3"] + 0.10  # the user's phrasing is learnt
+    assert kb["fine_tuned"]["top1"] >= kb["pretrained"]["top1"]
+    s = svc.predict({"text": "Lunch was fine. Then I met"})
+    assert s["context"] == ["then", "i", "met"]  # the sentence being typed
+    assert len(s["suggestions"]) == 3
+    assert any(x["word"] in NAMES for x in s["suggestions"])  # a personal word is now predictable
+    assert all(not x["word"].startswith("<") for x in s["suggestions"])
+    # before personalisation no personal word could be suggested
+    before = svc.predict({"text": "Lunch was fine. Then I met", "version": 1})
+    assert not any(x["word"] in NAMES for x in before["suggestions"])
+    svc.stop()
+    eng.close()
+
+
+def test_keyboard_online_mode_scores_each_sentence_before_learning_it(tmp_path, text_bundle):
+    svc = make_service(tmp_path / "root", text_bundle, **{"training.mode": "online"})
+    inbox = svc.paths.state.parent / "inbox"
+    (inbox / "a.txt").write_text(user_text(200, 1), encoding="utf-8")
+    eng = engine_of(svc)
+    eng.scan()
+    r = eng.round("test", no_progress, never)
+    assert r.mode == "online" and r.prequential
+    first = r.prequential[:3]
+    last = r.prequential[-3:]
+    acc = lambda chunks: sum(h for h, _ in chunks) / max(1, sum(n for _, n in chunks))
+    assert acc(last) > acc(first)  # predicted before learning: early chunks could not know the names yet
+    svc.stop()
+    eng.close()
+
+
+def test_tokenizer_matches_the_builder(text_bundle):
+    from autlearn.bundle import load
+    from autlearn.keyboard import Tokenizer
+    from autlearn_build import text_data  # the cloud's own tokenizer (importing it loads no TensorFlow)
+    tok = Tokenizer(load(text_bundle).manifest["tokenizer"])
+    sample = "O’er the hills! Don't go…\n\nA new paragraph, with 3 numbers? 'Tis “quoted” — ÉTÉ."
+    assert tok.sentences(sample) == text_data.sentences(sample)
