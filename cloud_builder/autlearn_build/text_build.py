@@ -1,0 +1,313 @@
+"""The keyboard pipeline: public text → word tokenizer + vocabulary → pretrain embedding + LSTM + softmax →
+int8 base (converted in a child process) + builtin-only softmax head with spare slots → synonym table →
+measure top-1/top-3 next-word accuracy on held-out documents → bundle (task `next_word`)."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import __version__
+from . import text_data as td
+from .bundle_writer import Variant, check_output_dir, created_timestamp, verify_bundle, write_bundle
+from .errors import BuildError, InputError
+
+TASK = "next_word"
+VARIANT_NAME = "full"
+SYNONYM_FILE = "synonyms.json"
+LATENCY_BATCH = 32
+PREPROCESSING_VERSION = 1
+
+
+@dataclass
+class TextBuildOptions:
+    data: str
+    out: Path
+    epochs: int = 2
+    limit: int | None = None
+    seed: int = 0
+    vocab: int = 5000
+    seq_len: int = 20
+    spare_slots: int = 500
+    embed: int = 96
+    hidden: int = 192
+    train_batch: int = 32
+    val_fraction: float = 0.1
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    head_learning_rate: float = 1e-3
+    head_epochs: int = 0
+    head_positions: int = 100_000
+    synonym_threshold: float = 0.75
+    synonyms_per_word: int = 5
+    synonym_source: str = "both"
+    strategy: str = "default"
+    force: bool = False
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.limit is None or self.limit >= 50, "--limit must be at least 50 tokens"),
+            (self.seed >= 0, "--seed must not be negative"),
+            (1 <= self.vocab <= 200_000, "--vocab must be between 1 and 200000"),
+            (2 <= self.seq_len <= 200, "--seq-len must be between 2 and 200"),
+            (0 <= self.spare_slots <= 100_000, "--spare-slots must be between 0 and 100000"),
+            (2 <= self.embed <= 2048, "--embed must be between 2 and 2048"),
+            (2 <= self.hidden <= 4096, "--hidden must be between 2 and 4096"),
+            (1 <= self.train_batch <= 4096, "--train-batch must be between 1 and 4096"),
+            (0.0 < self.val_fraction <= 0.5, "--val-fraction must be in (0, 0.5]"),
+            (1 <= self.batch_size <= 65536, "--batch-size must be between 1 and 65536"),
+            (0.0 < self.learning_rate < 1.0, "--learning-rate must be in (0, 1)"),
+            (0.0 < self.head_learning_rate < 1.0, "--head-lr must be in (0, 1)"),
+            (0 <= self.head_epochs <= 1000, "--head-epochs must be between 0 and 1000"),
+            (self.head_positions >= 1, "--head-positions must be at least 1"),
+            (-1.0 <= self.synonym_threshold <= 1.0, "--synonym-threshold must be a cosine in [-1, 1]"),
+            (1 <= self.synonyms_per_word <= 100, "--synonyms-per-word must be between 1 and 100"),
+            (self.synonym_source in ("input", "output", "both"), "--synonym-source must be input, output or both"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+
+
+@dataclass
+class TextBuildResult:
+    out: Path | None  # None on a multi-worker process that is not the chief
+    manifest: dict
+    seconds: float
+    pretrain_seconds: float
+    train_tokens: int
+    val_tokens: int
+    notes: list[str] = field(default_factory=list)
+
+
+def _hits(scores: np.ndarray, targets: np.ndarray, excluded: list[int]) -> tuple[int, int]:
+    scores = np.array(scores, dtype=np.float32, copy=True)
+    scores[:, excluded] = -np.inf
+    top3 = np.argpartition(-scores, 2, axis=1)[:, :3]
+    return int(np.sum(np.argmax(scores, axis=1) == targets)), int(np.sum(np.any(top3 == targets[:, None], axis=1)))
+
+
+def build_text_bundle(opts: TextBuildOptions, progress: Callable[[str], None] = print) -> TextBuildResult:
+    start = time.perf_counter()
+    opts.validate()
+    out = Path(opts.out)
+    from .distribute import make_distribution, parse_tf_config
+
+    if opts.strategy == "multi-worker":
+        parse_tf_config()  # a clear error before any work
+    # Every multi-worker process checks the output; only the chief will write it.
+    check_output_dir(out, opts.force)
+    dist = make_distribution(opts.strategy)
+
+    progress(f"loading {opts.data} …")
+    corpus = td.load_corpus(opts.data)
+    train_docs, val_docs = td.split_documents(corpus, opts.val_fraction)
+    vocabulary = td.build_vocabulary(train_docs, opts.vocab)
+    n_vocab = len(vocabulary)
+    capacity = n_vocab + opts.spare_slots
+    val_limit = None if opts.limit is None else max(opts.limit // 5, 10 * opts.seq_len)
+    train_stream = td.token_stream(train_docs, vocabulary, opts.limit)
+    val_stream = td.token_stream(val_docs, vocabulary, val_limit)
+    x_train, y_train = td.windows(train_stream, opts.seq_len)
+    x_val, y_val = td.windows(val_stream, opts.seq_len)
+    if len(x_train) < 2:
+        raise InputError(f"too little training text: {len(train_stream)} tokens give fewer than 2 sequences of "
+                         f"{opts.seq_len} (raise --limit or add text)")
+    w_train, w_val = td.target_weights(y_train), td.target_weights(y_val)
+    unk_rate = float(np.mean(val_stream == td.UNK_ID)) if len(val_stream) else float("nan")
+    progress(f"  {len(corpus.documents)} documents ({sum(d.n_words for d in corpus.documents)} words); "
+             f"held out: {', '.join(d.name for d in val_docs)}")
+    progress(f"  vocabulary {n_vocab} tokens (4 special + {n_vocab - 4} words), {opts.spare_slots} spare slots; "
+             f"{len(train_stream)} training / {len(val_stream)} held-out tokens; <unk> {unk_rate * 100:.1f}% of "
+             f"held-out tokens")
+
+    import tensorflow as tf
+
+    from . import text_model
+    from .image_model import set_seed
+
+    set_seed(opts.seed)
+
+    def make_classifier():
+        base = text_model.build_text_base(n_vocab, opts.seq_len, opts.embed, opts.hidden)
+        return text_model.build_text_classifier(base, capacity, n_vocab)
+
+    with dist.scope():
+        classifier = make_classifier()
+    cost = text_model.text_base_cost(n_vocab, opts.seq_len, opts.embed, opts.hidden)
+    progress(f"pretraining embedding {opts.embed} + LSTM {opts.hidden} + softmax {capacity} "
+             f"({cost['params']} base params, {cost['flops'] / 1e6:.2f} MFLOPs per sequence of {opts.seq_len}) "
+             f"for {opts.epochs} epoch(s), strategy {dist.name} ({dist.replicas} replica(s), {dist.task})")
+    pre = text_model.pretrain_text(classifier, x_train, y_train, w_train, x_val, y_val, w_val, epochs=opts.epochs,
+                                   batch_size=opts.batch_size, learning_rate=opts.learning_rate,
+                                   progress=progress, strategy=dist.strategy)
+    if not dist.is_chief:
+        progress(f"pretraining done on {dist.task}; the chief writes the bundle")
+        return TextBuildResult(None, {}, time.perf_counter() - start, pre.seconds, len(train_stream),
+                               len(val_stream))
+    if dist.strategy is not None:
+        from .distribute import local_copy
+
+        classifier = local_copy(classifier, make_classifier)
+
+    from .convert import convert_head, convert_int8_in_subprocess
+    from .evaluate import BaseRunner
+    from .head_module import SIGNATURES, SOFTMAX_WEIGHT_NAMES, SoftmaxHead, train_head
+
+    base = text_model.text_base_of(classifier)
+    progress("converting the base to int8 (in a child process) …")
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(opts.seed)
+    calibration = x_train[rng.permutation(len(x_train))[:200]]
+    base_model = convert_int8_in_subprocess(base, calibration, "LSTM base")
+    runner = BaseRunner(base_model, batch=LATENCY_BATCH)
+    latency = runner.latency_ms(x_val if len(x_val) else x_train)
+    progress(f"  int8 base {len(base_model)} bytes, {latency:.4f} ms per sequence  {time.perf_counter() - t0:.1f}s")
+
+    active = np.zeros(capacity, np.float32)
+    active[:n_vocab] = 1.0
+    weights = text_model.softmax_weights(classifier, n_vocab)
+    if opts.head_epochs > 0:
+        pos = np.flatnonzero(w_train.reshape(-1) > 0)
+        rows = np.unique(pos[rng.permutation(len(pos))[:opts.head_positions]] // opts.seq_len)
+        feats = runner.features(x_train[rows]).reshape(-1, opts.hidden)
+        targets = y_train[rows].reshape(-1)
+        keep = w_train[rows].reshape(-1) > 0
+        progress(f"training the head {opts.head_epochs} epoch(s) on {int(keep.sum())} int8 feature positions …")
+        weights = train_head(SoftmaxHead(weights, opts.train_batch), feats[keep], targets[keep].astype(np.int32),
+                             active, epochs=opts.head_epochs, lr=opts.head_learning_rate, seed=opts.seed)
+    head = SoftmaxHead(weights, opts.train_batch)
+    progress("converting the softmax head (builtin operators only) …")
+    head_model = _quiet(convert_head, head, SIGNATURES)
+
+    progress("measuring next-word accuracy on the held-out documents …")
+    t0 = time.perf_counter()
+    metrics = _evaluate(classifier, runner, head_model, x_val, y_val, active, opts)
+    progress(f"  top-1 float {_pct(metrics['top1_float'])}, int8 {_pct(metrics['top1_int8'])}; top-3 float "
+             f"{_pct(metrics['top3_float'])}, int8 {_pct(metrics['top3_int8'])} over {metrics['positions']} "
+             f"word positions  {time.perf_counter() - t0:.1f}s")
+
+    from .synonyms import synonym_file, synonym_table, synonym_vectors
+
+    vectors = synonym_vectors(text_model.embedding_matrix(classifier), classifier.get_layer("softmax").get_weights()[0],
+                              opts.synonym_source, len(td.SPECIALS), n_vocab)
+    table = synonym_table(vectors, vocabulary, len(td.SPECIALS), opts.synonym_threshold, opts.synonyms_per_word)
+    synonyms = synonym_file(table, opts.synonym_threshold, opts.synonyms_per_word, opts.synonym_source)
+    n_pairs = sum(len(v) for v in table.values())
+    example = next(iter(sorted(table.items(), key=lambda kv: -kv[1][0][1])), None)
+    progress(f"  synonym table: {len(table)} words with {n_pairs} synonyms at cosine ≥ {opts.synonym_threshold}"
+             + (f" (e.g. {example[0]} → {', '.join(w for w, _ in example[1][:3])})" if example else ""))
+
+    head_params = int(weights["w0"].size + weights["b0"].size)
+    variant = Variant(name=VARIANT_NAME, base_model=base_model, head_model=head_model,
+                      head_weights=list(SOFTMAX_WEIGHT_NAMES), feature_size=opts.hidden, params=cost["params"],
+                      flops=cost["flops"], latency_ms=latency, accuracy_int8=metrics["top1_int8"],
+                      accuracy_float=metrics["top1_float"],
+                      extra={"top3_int8": _round(metrics["top3_int8"]), "top3_float": _round(metrics["top3_float"]),
+                             "features": "per_position", "head_params": head_params,
+                             "head_flops": int(2 * weights["w0"].size)})
+    from ai_edge_litert import __version__ as litert_version  # noqa: N813
+
+    fields = {
+        "vocabulary": vocabulary,
+        "tokenizer": td.tokenizer_manifest(),
+        "seq_len": opts.seq_len,
+        "spare_slots": opts.spare_slots,
+        "synonyms": {"file": SYNONYM_FILE, "source": opts.synonym_source, "threshold": opts.synonym_threshold,
+                     "max_per_word": opts.synonyms_per_word, "words": len(table), "pairs": n_pairs},
+        "metrics": {
+            "held_out_documents": [d.name for d in val_docs],
+            "positions": metrics["positions"],
+            "top1_float": _round(metrics["top1_float"]), "top1_int8": _round(metrics["top1_int8"]),
+            "top3_float": _round(metrics["top3_float"]), "top3_int8": _round(metrics["top3_int8"]),
+            "unk_rate": _round(unk_rate),
+            "definition": "next-word accuracy on the held-out documents at every position whose next token is a "
+                          "vocabulary word (targets <unk>, <bos>, <eos>, <pad> not counted); predictions among "
+                          "vocabulary words (special tokens inactive), int8 = int8 base + converted head",
+        },
+    }
+    input_spec = {"kind": "tokens", "dtype": "int32", "seq_len": opts.seq_len, "pad_id": td.PAD_ID,
+                  "features": "per_position", "preprocessing_version": PREPROCESSING_VERSION}
+    build = {
+        "builder_version": __version__,
+        "tensorflow": tf.__version__,
+        "seed": opts.seed,
+        "data": corpus.description,
+        "created": created_timestamp(),
+        "litert": litert_version,
+        "python": platform.python_version(),
+        "documents": len(corpus.documents),
+        "train_tokens": int(len(train_stream)),
+        "val_tokens": int(len(val_stream)),
+        "limit": opts.limit,
+        "epochs": opts.epochs,
+        "embed": opts.embed,
+        "hidden": opts.hidden,
+        "batch_size": opts.batch_size,
+        "pretrain_seconds": round(pre.seconds, 2),
+        "pretrain_loss": _round(pre.train_loss),
+        "val_loss": _round(pre.val_loss),
+        "head_epochs": opts.head_epochs,
+        "distribution": dist.describe(),
+        "latency": {"threads": 2, "batch": LATENCY_BATCH, "per": f"sequence of {opts.seq_len} tokens",
+                    "interpreter": "ai_edge_litert"},
+    }
+    manifest = write_bundle(out, task=TASK, input_spec=input_spec, labels=vocabulary, class_capacity=capacity,
+                            train_batch=opts.train_batch,
+                            optimizer={"name": "adam", "learning_rate": opts.head_learning_rate},
+                            variants=[variant], build=build, force=opts.force,
+                            extra_files={SYNONYM_FILE: synonyms}, fields=fields)
+    verify_bundle(out)
+    return TextBuildResult(out, manifest, time.perf_counter() - start, pre.seconds, len(train_stream),
+                           len(val_stream))
+
+
+def _evaluate(classifier, runner, head_model: bytes, x_val: np.ndarray, y_val: np.ndarray, active: np.ndarray,
+              opts: TextBuildOptions, chunk: int = 128) -> dict:
+    """Top-1/top-3 of the float classifier and of int8 base + converted head (its `infer` top_ids)."""
+    import tensorflow as tf
+
+    from .evaluate import _interpreter
+
+    excluded = list(range(len(td.SPECIALS)))
+    active_words = active.copy()
+    active_words[excluded] = 0.0
+    infer = _interpreter(head_model).get_signature_runner("infer")
+    f1 = f3 = q1 = q3 = n = 0
+    for start in range(0, len(x_val), chunk):
+        xb, yb = x_val[start:start + chunk], y_val[start:start + chunk].reshape(-1)
+        counted = td.word_targets(yb)
+        if not counted.any():
+            continue
+        logits = classifier(tf.constant(xb), training=False).numpy().reshape(-1, len(active))
+        h1, h3 = _hits(logits[counted], yb[counted], excluded)
+        f1, f3 = f1 + h1, f3 + h3
+        feats = runner.features(xb).reshape(-1, opts.hidden)[counted]
+        top = infer(x=feats.astype(np.float32), active=active_words)["top_ids"]
+        q1 += int(np.sum(top[:, 0] == yb[counted]))
+        q3 += int(np.sum(np.any(top == yb[counted][:, None], axis=1)))
+        n += int(counted.sum())
+    nan = float("nan")
+    return {"top1_float": f1 / n if n else nan, "top3_float": f3 / n if n else nan,
+            "top1_int8": q1 / n if n else nan, "top3_int8": q3 / n if n else nan, "positions": n}
+
+
+def _quiet(fn, *args, **kwargs):
+    from .image_build import quiet_output
+
+    with quiet_output():
+        return fn(*args, **kwargs)
+
+
+def _pct(value: float) -> str:
+    return "n/a" if value != value else f"{value * 100:.2f}%"
+
+
+def _round(value: float):
+    return None if value != value else round(float(value), 4)
