@@ -15,7 +15,7 @@ import numpy as np
 from . import __version__
 from . import text_data as td
 from .bundle_writer import Variant, check_output_dir, created_timestamp, verify_bundle, write_bundle
-from .errors import BuildError, InputError
+from .errors import InputError
 
 TASK = "next_word"
 VARIANT_NAME = "full"

@@ -110,19 +110,3 @@ def pretrain_text(classifier, x_train, y_train, w_train, x_val, y_val, w_val, *,
     h = history.history
     return TextPretrainResult(epochs, time.perf_counter() - start, float(h["loss"][-1]),
                               float(h["val_loss"][-1]) if "val_loss" in h else float("nan"))
-
-
-def topk_accuracy(logits_or_probs: np.ndarray, y: np.ndarray, counted: np.ndarray,
-                  excluded: np.ndarray) -> tuple[float, float, int]:
-    """Top-1 and top-3 accuracy over the positions where `counted`; ids in `excluded` are never predicted.
-    logits_or_probs [M, K], y [M]."""
-    scores = np.array(logits_or_probs[counted], dtype=np.float32, copy=True)
-    targets = y[counted]
-    if len(targets) == 0:
-        return float("nan"), float("nan"), 0
-    scores[:, excluded] = -np.inf
-    top3 = np.argpartition(-scores, 3, axis=1)[:, :3]
-    top1 = np.argmax(scores, axis=1)
-    hit1 = float(np.mean(top1 == targets))
-    hit3 = float(np.mean(np.any(top3 == targets[:, None], axis=1)))
-    return hit1, hit3, int(len(targets))
