@@ -51,6 +51,7 @@ def test_keyboard_round_learns_personal_words_and_phrasing(tmp_path, text_bundle
     assert r.outcome == "promoted"
     assert kb["with_memory"]["top3"] >= kb["pretrained"]["top3"] + 0.10  # the user's phrasing is learnt
     assert kb["fine_tuned"]["top1"] >= kb["pretrained"]["top1"]
+    assert kb["augmented_positions"] > 0  # synonym replacement from the bundle's table added training text
     s = svc.predict({"text": "Lunch was fine. Then I met"})
     assert s["context"] == ["then", "i", "met"]  # the sentence being typed
     assert len(s["suggestions"]) == 3
@@ -86,3 +87,20 @@ def test_tokenizer_matches_the_builder(text_bundle):
     tok = Tokenizer(load(text_bundle).manifest["tokenizer"])
     sample = "O’er the hills! Don't go…\n\nA new paragraph, with 3 numbers? 'Tis “quoted” — ÉTÉ."
     assert tok.sentences(sample) == text_data.sentences(sample)
+
+
+def test_synonym_augmentation_uses_the_bundle_table(text_bundle, tmp_path):
+    from autlearn.bundle import load
+    from autlearn.keyboard import load_synonyms
+    table = load_synonyms(load(text_bundle))
+    assert table and all(isinstance(v, list) and all(isinstance(w, str) for w in v) for v in table.values())
+    svc = make_service(tmp_path / "root", text_bundle)
+    eng = engine_of(svc)
+    word = next(iter(table))
+    sentences = [[word, "and", word]] * 20
+    aug = eng.learner.augmented(sentences, 1, 0, rate=1.0)
+    assert aug and all(len(a) >= 3 for a in aug)
+    assert all(a[0] in table[word] or a[0] == word for a in aug)
+    assert eng.learner.augmented(sentences, 1, 0, rate=1.0) == aug  # seeded: reproducible
+    svc.stop()
+    eng.close()

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import augment
 from .bundle import Bundle, Variant
 from .featcache import FeatureCache, feature_key
 from .features import FeatureExtractor
@@ -168,6 +169,19 @@ class KeyboardLearner:
         self.base_index = {w: i for i, w in enumerate(self.vocab)}
         self.t = int(bundle.manifest["seq_len"])
         self.prep = int(bundle.input.get("preprocessing_version", 1))
+        self.synonyms = load_synonyms(bundle)
+
+    def augmented(self, sentences: list[list[str]], copies: int, seed: int, rate: float = 0.15) -> list[list[str]]:
+        """The paper's text augmentation: synonym replacement from the bundle's table, seeded per sentence;
+        only copies that differ from their original are kept."""
+        out = []
+        for words in sentences:
+            sha = hashlib.sha256(" ".join(words).encode()).hexdigest()
+            for _, vseed in augment.text_variants(copies, seed, sha, rate):
+                new = augment.synonym_replace(words, self.synonyms, rate, vseed)
+                if new != words:
+                    out.append(new)
+        return out
 
     # --- pieces ---------------------------------------------------------------------------------------
     def active(self) -> np.ndarray:
@@ -270,6 +284,12 @@ class KeyboardLearner:
         slots = self.store.classes(self.bundle_id)
         active = self.active()
         ftr, ytr, c1, k1 = self.positions(train, slots)
+        faug = np.zeros((0, ftr.shape[1]), np.float32)
+        yaug = np.zeros(0, np.int32)
+        if augment_copies > 0 and mode == "offline" and self.synonyms:
+            aug = self.augmented(train, augment_copies, seed)
+            if aug:
+                faug, yaug, _, _ = self.positions(aug, slots)
         fho, yho, c2, k2 = self.positions(hold, slots)
         computed, cached = c1 + c2, k1 + k2
         progress("features", {"round": round_id, "computed": computed, "cached": cached,
@@ -277,7 +297,8 @@ class KeyboardLearner:
         words_only = yho >= SPECIAL_COUNT  # accuracy counts real words (vocabulary or personal), as the cloud did
         fhw, yhw = fho[words_only], yho[words_only]
         stopping = should_stop()
-        report: dict = {"personal_words": personal, "sentences": len(train), "holdout_sentences": len(hold)}
+        report: dict = {"personal_words": personal, "sentences": len(train), "holdout_sentences": len(hold),
+                        "augmented_positions": int(len(yaug))}
         prequential: list[tuple[int, int]] = []
 
         def finish(outcome, detail, before=None, after=None, new_version=None) -> RoundResult:
@@ -333,7 +354,8 @@ class KeyboardLearner:
             if not prequential:
                 return finish("skipped", "no new sentences to learn from online")
         else:
-            head.fit(ftr, ytr, active, epochs, lr, seed + round_id, should_stop,
+            head.fit(np.concatenate([ftr, faug]), np.concatenate([ytr, yaug]), active, epochs, lr, seed + round_id,
+                     should_stop,
                      lambda e, n, loss: progress("epoch", {"round": round_id, "epoch": e, "epochs": n, "loss": loss}))
         if should_stop():
             return finish("stopped", "the daemon is stopping; the candidate was discarded", before1)
@@ -373,6 +395,25 @@ class KeyboardLearner:
                   f"{'promoted' if promote else 'kept the current head'} (v{new_version})")
         progress("version_" + status, {"version": new_version, "accuracy": after1, "previous_accuracy": before1})
         return finish(status, detail, before1, after1, new_version)
+
+
+def load_synonyms(bundle: Bundle) -> dict[str, list[str]]:
+    """The bundle's synonym table as word → synonyms (its scores dropped); empty when the bundle has none."""
+    spec = bundle.manifest.get("synonyms") or {}
+    name = spec.get("file")
+    if not name or name not in bundle.manifest.get("files", {}):
+        return {}
+    try:
+        raw = json.loads((bundle.root / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        log.warning("synonym table %s unreadable (%s): text augmentation is off", name, e)
+        return {}
+    table = raw.get("synonyms", raw) if isinstance(raw, dict) else {}
+    out = {}
+    for word, entries in table.items():
+        if isinstance(entries, list):
+            out[word] = [e[0] if isinstance(e, list) else e for e in entries if e]
+    return out
 
 
 def memory_file(head_file: str) -> str:
