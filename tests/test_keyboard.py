@@ -104,3 +104,22 @@ def test_synonym_augmentation_uses_the_bundle_table(text_bundle, tmp_path):
     assert eng.learner.augmented(sentences, 1, 0, rate=1.0) == aug  # seeded: reproducible
     svc.stop()
     eng.close()
+
+
+def test_daemon_keyboard_end_to_end_with_autlearnctl(tmp_path, text_bundle):
+    from daemon_helpers import Daemon, ctl
+    from test_service import ready
+    d = ready(Daemon(tmp_path / "r", text_bundle, training="min_new_samples = 1\nepochs = 5\n"))
+    try:
+        (tmp_path / "notes.txt").write_text(user_text(300, 2), encoding="utf-8")
+        (tmp_path / "notes.txt").rename(d.inbox / "notes.txt")
+        st = d.wait_round()
+        assert st["last_round"]["outcome"] == "promoted"
+        assert set(NAMES) <= set(st["personal_words"])
+        p = subprocess.run([str(BIN / "autlearnctl"), "--root", str(d.root), "predict", "--text", "I met"],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        assert any(name in p.stdout for name in NAMES)
+        assert ctl(d.root, "predict", "--text", "I met")["context"] == ["i", "met"]
+    finally:
+        assert d.stop() == 0

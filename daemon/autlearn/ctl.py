@@ -61,7 +61,8 @@ def show_status(r: dict) -> str:
         f"{r['daemon']['runtime']}, base on {r['delegate']['in_use']})",
         f"activity:   {r['activity']} — {r['why_not_training']}",
         f"bundle:     {r['bundle']['id']} {r['bundle']['task']} variant {r['bundle']['variant']}, "
-        f"{len(r['classes'])}/{r['bundle']['class_capacity']} classes",
+        f"{r['classes_count']}/{r['bundle']['class_capacity']} classes"
+        + (f" ({len(r['personal_words'])} personal words)" if "personal_words" in r else ""),
         f"samples:    {s['ok']} usable ({s['holdout']} holdout, {s['new']} not yet trained on), "
         f"{s['quarantined']} quarantined, {s['ignored']} ignored, {s['waiting']} waiting for a class slot",
         f"head:       v{h['version']} ({h['status']}), holdout accuracy {_pct(h['previous_accuracy'])} before → "

@@ -6,11 +6,14 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .errors import AutlearnError
 
 PREPROCESS_RESAMPLE = Image.BILINEAR
+# The decoders Pillow may use, matching the suffixes ingestion accepts. Pillow picks a decoder by content, not by
+# name: without this list a file named .png could reach any of its ~40 plugins (EPS even starts Ghostscript).
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "PPM")
 
 
 def decode(data: bytes, name: str, max_pixels: int) -> Image.Image:
@@ -20,18 +23,20 @@ def decode(data: bytes, name: str, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            probe = Image.open(io.BytesIO(data))
+            probe = Image.open(io.BytesIO(data), formats=FORMATS)
             w, h = probe.size
             if w * h > max_pixels:
                 raise AutlearnError("bad_input", f"{name}: {w}x{h} pixels is over the limit of {max_pixels} "
                                                  "(possible decompression bomb)")
             probe.verify()  # structure and checksums
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
             img.load()  # actually decode: catches truncated data
     except AutlearnError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise AutlearnError("bad_input", f"{name}: refused as a decompression bomb ({e})") from None
+    except UnidentifiedImageError:
+        raise AutlearnError("bad_input", f"{name}: not a readable image (not {', '.join(FORMATS)})") from None
     except Exception as e:  # Pillow raises many types for corrupt data
         raise AutlearnError("bad_input", f"{name}: not a readable image ({type(e).__name__}: {e})") from None
     return img

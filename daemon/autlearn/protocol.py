@@ -23,9 +23,13 @@ def parse_request(frame: bytes) -> dict:
         msg = json.loads(frame.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise AutlearnError("bad_request", f"not UTF-8 JSON: {e}") from None
+    except RecursionError:
+        raise AutlearnError("bad_request", "JSON nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise AutlearnError("bad_request", f"unreadable JSON: {e}") from None
     if not isinstance(msg, dict):
         raise AutlearnError("bad_request", "a request must be a JSON object")
-    if msg.get("v") != PROTOCOL_VERSION:
+    if isinstance(msg.get("v"), bool) or msg.get("v") != PROTOCOL_VERSION:
         raise AutlearnError("protocol_version",
                             f"client speaks protocol version {msg.get('v')!r}, this daemon speaks {PROTOCOL_VERSION}")
     if not isinstance(msg.get("cmd"), str):
@@ -39,13 +43,23 @@ def parse_request(frame: bytes) -> dict:
     return msg
 
 
+def _dump(msg: dict) -> bytes:
+    """Encode a reply. An `id` the encoder cannot write back (nested to the recursion limit) is replaced by null:
+    the client still gets its one reply, never an exception in the daemon's loop."""
+    try:
+        return json.dumps(msg).encode()
+    except (RecursionError, ValueError, TypeError):
+        if msg.get("id") is None:
+            raise
+        return json.dumps({**msg, "id": None}).encode()
+
+
 def reply_ok(req_id: Any, result: Any) -> bytes:
-    return json.dumps({"v": PROTOCOL_VERSION, "id": req_id, "ok": True, "result": result}).encode()
+    return _dump({"v": PROTOCOL_VERSION, "id": req_id, "ok": True, "result": result})
 
 
 def reply_error(req_id: Any, code: str, message: str) -> bytes:
-    return json.dumps({"v": PROTOCOL_VERSION, "id": req_id, "ok": False,
-                       "error": {"code": code, "message": message}}).encode()
+    return _dump({"v": PROTOCOL_VERSION, "id": req_id, "ok": False, "error": {"code": code, "message": message}})
 
 
 def event(name: str, when: float, data: dict) -> list[bytes]:

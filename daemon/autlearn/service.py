@@ -347,7 +347,7 @@ class Service:
                        "labels": len(self.bundle.labels), "class_capacity": self.bundle.class_capacity},
             "delegate": {"requested": self.extractor.choice.requested, "in_use": self.extractor.choice.in_use,
                          "reason": self.extractor.choice.reason},
-            "classes": sorted(self.store.classes(self.bundle_id), key=lambda n: self.store.classes(self.bundle_id)[n]),
+            **self._classes_summary(),
             "samples": self.store.sample_counts(),
             "head": {"version": version, "status": head.get("status"), "accuracy": head.get("accuracy"),
                      "previous_accuracy": head.get("previous_accuracy"),
@@ -356,6 +356,15 @@ class Service:
             "paused_by_user": self._paused_by_user,
             "conditions": self.policy_readings,
         }
+
+    def _classes_summary(self) -> dict:
+        """Class names in slot order; a keyboard's vocabulary is long, so it lists only the user's own words."""
+        slots = self.store.classes(self.bundle_id)
+        names = sorted(slots, key=slots.get)
+        public = len(self.bundle.labels)
+        if self.bundle.task == "next_word":
+            return {"classes_count": len(names), "personal_words": names[public:]}
+        return {"classes_count": len(names), "classes": names}
 
     def _why_not_training(self, st: dict) -> str:
         if st["activity"] == "training":
