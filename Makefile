@@ -34,3 +34,6 @@ test: $(STAMP)
 
 clean:
 	rm -rf var build .pytest_cache
+
+# Longer jobs: the Debian package, benchmarks, evaluation, stress runs (one file each under mk/).
+include $(sort $(wildcard mk/*.mk))

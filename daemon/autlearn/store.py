@@ -211,6 +211,7 @@ class Store:
     def rounds(self, limit: int = 20) -> list[dict]:
         keys = ("id", "started", "finished", "trigger", "n_train", "n_holdout", "features_computed",
                 "features_cached", "accuracy_before", "accuracy_after", "outcome", "detail", "seconds")
+        limit = max(0, min(int(limit), 1 << 62))  # SQLite integers are 64-bit: a larger limit means "all"
         rows = self.db.execute(f"SELECT {', '.join(keys)} FROM rounds ORDER BY id DESC LIMIT ?", (limit,))
         return [dict(zip(keys, r)) for r in rows]
 
