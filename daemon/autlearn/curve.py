@@ -2,7 +2,9 @@
 
 Key files use ZeroMQ's certificate format (`zmq.auth.create_certificates`): `NAME.key` holds the public key,
 `NAME.key_secret` the secret one (mode 0600). An authorized-keys file lists one client public key per line
-(the Z85 text, or a `public-key = "..."` line as in a `.key` file); `#` starts a comment. It is read on every
+(the Z85 text, or a `public-key = "..."` line as in a `.key` file), optionally followed by blanks and a
+`# comment`; any other line starting with `#` is a comment. (`#` is itself a Z85 digit, so a key may begin
+with or contain one: a line is a key when it is one, before it is a comment.) The file is read on every
 connection, so adding or removing a key needs no restart.
 """
 
@@ -20,7 +22,8 @@ from .errors import AutlearnError
 
 log = logging.getLogger(__name__)
 
-_Z85_KEY = re.compile(r'^(?:public-key\s*=\s*"(?P<q>[^"]{40})"|(?P<bare>[0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}))$')
+_Z85 = r"[0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}"
+_Z85_KEY = re.compile(rf'^(?:public-key\s*=\s*"(?P<q>{_Z85})"|(?P<bare>{_Z85}))(?:\s+#.*)?$')
 
 
 def keygen(directory: Path, name: str) -> tuple[Path, Path]:
@@ -77,13 +80,11 @@ def authorized(path: Path) -> set[bytes]:
         return set()
     keys = set()
     for n, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line or line in ("curve", "metadata"):
-            continue
+        line = line.strip()
         m = _Z85_KEY.match(line)
         if m:
             keys.add((m.group("q") or m.group("bare")).encode())
-        else:
+        elif line and not line.startswith("#") and line not in ("curve", "metadata"):
             log.warning("%s:%d: not a CURVE public key, ignored", path, n)
     return keys
 
