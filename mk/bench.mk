@@ -1,0 +1,25 @@
+# Cost benchmark of issue 7: `make bench` (included by the top-level Makefile, which defines PYTHON, BIN, STAMP).
+#
+#   make bench   -> reports/bench.json, reports/bench.md, reports/bench_cost.png, reports/bench_curve.png
+#
+# One run on this machine, side by side: the daemon's round on 500 new images (a real autlearnd subprocess),
+# Keras head-only and whole-model fine-tuning in full TensorFlow, whole-model training through a flex-free
+# TFLite `train` signature; then the +10 % round, peak RSS, `status` latency during a round, READY time, CPU
+# seconds and per-variant feature-extraction latency (tools/bench.py). The bundle it measures is built once
+# with the real builder under $(BENCH_WORK) and reused. Timings are benchmarks, never test assertions.
+
+BIN   ?= .venv/bin
+STAMP ?= .venv/.installed
+
+BENCH_WORK    ?= build/bench
+BENCH_REPORTS ?= reports
+BENCH_REPEATS ?= 5
+BENCH_ARGS    ?=
+
+.PHONY: bench bench-clean
+
+bench: $(STAMP)
+	$(BIN)/python tools/bench.py --work $(BENCH_WORK) --reports $(BENCH_REPORTS) --repeats $(BENCH_REPEATS) $(BENCH_ARGS)
+
+bench-clean:
+	rm -rf $(BENCH_WORK)

