@@ -1,0 +1,32 @@
+# Accuracy evaluation (issue 7): `make eval` (included by the top-level Makefile, which defines PYTHON, BIN
+# and STAMP — the development venv with the builder, the daemon and TensorFlow).
+#
+#   make eval   -> reports/eval.json, reports/eval.md, reports/eval_*.png
+#
+# Both scenarios, every method, per simulated user (tools/evaluate.py; sizes, epochs and seeds are its
+# defaults, written into the report). About 25-30 minutes on a 2-core machine. The keyboard's second group
+# of users are the topic files of Debian's `fortunes` package, installed here when missing. Bundles are built
+# once under build/eval/ and reused; `make eval-clean` removes them.
+
+PYTHON ?= python3
+BIN    ?= .venv/bin
+STAMP  ?= .venv/.installed
+
+EVAL_OUT  ?= reports
+EVAL_WORK ?= build/eval
+EVAL_ARGS ?=
+
+.PHONY: eval eval-deps eval-clean
+
+eval-deps:
+	@if [ ! -d /usr/share/games/fortunes ] || ! dpkg-query -W -f='$${Status}\n' fortunes 2>/dev/null | grep -q '^install ok installed'; then \
+		echo "installing Debian package: fortunes (the keyboard users' text)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fortunes >/dev/null; \
+	fi
+
+eval: $(STAMP) eval-deps
+	@mkdir -p $(EVAL_OUT) $(EVAL_WORK)
+	$(BIN)/python tools/evaluate.py --out $(EVAL_OUT) --work $(EVAL_WORK) $(EVAL_ARGS)
+
+eval-clean:
+	rm -rf $(EVAL_WORK)

@@ -1,0 +1,133 @@
+"""The evaluation's own machinery (tools/partition.py, tools/eval_*.py) on tiny sizes: the Dirichlet partition,
+the bookkeeping (mean/spread, top-k), that a method that cannot learn scores at chance through the pipeline,
+and the online (prequential) accounting through the board's real online round. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from partition import (accuracy, dirichlet_partition, evaluate_per_user, label_skew, summarise, topk_accuracy,
+                       train_test_split_user)
+
+
+# ------------------------------------------------------------------------------------------ partition
+
+@pytest.mark.parametrize("alpha", [0.1, 1.0, 100.0])
+def test_dirichlet_partition_uses_every_index_exactly_once(alpha):
+    labels = np.random.default_rng(3).integers(0, 10, 1797)
+    users = dirichlet_partition(labels, 12, alpha, seed=0, min_size=10)
+    assert len(users) == 12 and all(len(u) >= 10 for u in users)
+    allidx = np.concatenate(users)
+    assert len(allidx) == len(labels) and np.array_equal(np.sort(allidx), np.arange(len(labels)))
+    assert dirichlet_partition(labels, 12, alpha, seed=0, min_size=10)[3].tolist() == users[3].tolist()
+
+
+def test_label_skew_responds_to_alpha():
+    labels = np.repeat(np.arange(10), 180)
+    skews = [np.mean([label_skew(labels, dirichlet_partition(labels, 10, a, seed=s, min_size=5)) for s in range(3)])
+             for a in (0.05, 0.5, 5.0, 500.0)]
+    assert skews == sorted(skews, reverse=True)  # smaller alpha, stronger skew
+    assert skews[0] > 0.6 and skews[-1] < 0.1
+    assert label_skew(labels, [np.arange(len(labels))]) == 0.0  # one user holding everything: no skew
+
+
+def test_user_split_is_disjoint_and_complete():
+    idx = np.arange(100, 150)
+    tr, te = train_test_split_user(idx, 0.3, seed=1)
+    assert len(te) == 15 and len(tr) == 35
+    assert not set(tr) & set(te) and set(tr) | set(te) == set(idx.tolist())
+    tr1, te1 = train_test_split_user(np.array([5, 6]), 0.01, seed=0)
+    assert len(tr1) == 1 and len(te1) == 1  # both sides non-empty for two samples
+
+
+# ------------------------------------------------------------------------------------------ bookkeeping
+
+def test_mean_and_spread_over_users_leave_missing_users_out():
+    s = summarise([0.5, 1.0, None, float("nan"), 0.0])
+    assert s.n == 3 and s.mean == pytest.approx(0.5) and s.std == pytest.approx(np.std([0.5, 1.0, 0.0]))
+    assert (s.min, s.max, s.median) == (0.0, 1.0, 0.5)
+    assert summarise([]).mean is None and summarise([None]).n == 0
+    users = [{"test_y": np.array([1, 1, 0, 0])}, {"test_y": np.array([2, 2])}, {"test_y": np.array([], int)}]
+    r = evaluate_per_user(users, lambda u: np.ones(len(u["test_y"]), int))
+    assert r["per_user"] == [0.5, 0.0, None] and r["mean"] == 0.25 and r["n_users"] == 2  # mean of users
+
+
+def test_topk_and_word_scoring():
+    probs = np.array([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3], [0.2, 0.3, 0.5]])
+    truth = np.array([2, 0, 1])
+    assert topk_accuracy(probs, truth, 1) == pytest.approx(1 / 3)
+    assert topk_accuracy(probs, truth, 2) == pytest.approx(1.0)
+    assert accuracy(np.argmax(probs, 1), truth) == pytest.approx(1 / 3)
+    from eval_text import score_words, truth_of
+
+    truth_words = truth_of([["to", "be", "or"], ["not"]])
+    assert truth_words == ["to", "be", "or", None, "not", None]  # sentence ends are not counted
+    top = [["to", "a", "b"], ["a", "be", "c"], ["x", "y", "z"], ["<eos>", "a", "b"], [None, "not", "a"], ["q"] * 3]
+    assert score_words(top, truth_words) == {"top1": 0.25, "top3": 0.75, "words": 4}
+
+
+def test_constant_word_predictor_scores_its_words_share():
+    from eval_text import score_words, truth_of
+
+    rng = np.random.default_rng(0)
+    vocab = [f"w{i}" for i in range(50)]
+    sents = [[vocab[j] for j in rng.integers(0, 50, 12)] for _ in range(200)]
+    truth = truth_of(sents)
+    words = [w for w in truth if w is not None]
+    r = score_words([["w1", "w2", "w3"]] * len(truth), truth)
+    assert r["top1"] == pytest.approx(np.mean([w == "w1" for w in words]))
+    assert r["top3"] == pytest.approx(np.mean([w in ("w1", "w2", "w3") for w in words]))
+    assert abs(r["top3"] - 3 / 50) < 0.02  # chance for 3 guesses among 50 equally likely words
+
+
+def test_prequential_accounting():
+    from eval_board import prequential_curve
+
+    c = prequential_curve([(1, 4), (3, 4), (2, 2)])
+    assert c["seen"] == 10 and c["accuracy"] == pytest.approx(0.6)
+    assert c["seen_after_chunk"] == [4, 8, 10] and c["cumulative"] == pytest.approx([0.25, 0.5, 0.6])
+    assert prequential_curve([])["accuracy"] is None
+    with pytest.raises(ValueError):
+        prequential_curve([(5, 4)])
+
+
+# ------------------------------------------------------------------------------------------ through the pipeline
+
+@pytest.fixture(scope="module")
+def tiny_users(tiny_bundle, tmp_path_factory):
+    import eval_image as ei
+
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    work = tmp_path_factory.mktemp("eval")
+    # near-IID users (large alpha): a test set balanced over the 10 digits, so chance is about 1/10
+    data = ei.load_users(work, manifest["input"], 3, 1000.0, 0.3, seed=0, limit=450)
+    return ei, manifest, work, data
+
+
+def test_board_online_round_accounts_every_training_sample_once(tiny_users, tiny_bundle):
+    ei, manifest, work, data = tiny_users
+    u = data.users[0]
+    r = ei.board_user(data, u, tiny_bundle, work / "boards", epochs=2, augment_copies=1)
+    online = r["online_prequential"]
+    rnd = r["autlearn_online_round"]
+    # every training sample the board kept for learning (not its holdout) is predicted once, before training
+    assert online["seen"] == rnd["n_train"] == r["pretrained_stream"]["seen"]
+    assert rnd["n_train"] + rnd["n_holdout"] == len(u["train"])
+    assert online["cumulative"][-1] == pytest.approx(online["accuracy"])
+    assert r["autlearn_offline_aug_round"]["n_augmented"] > 0 and r["autlearn_offline_round"]["n_augmented"] == 0
+    for m in ("pretrained", "autlearn_offline", "autlearn_offline_aug", "autlearn_online"):
+        assert 0.0 <= r[m] <= 1.0
+    assert r["n_test"] == len(u["test"])
+
+
+def test_a_model_trained_on_shuffled_labels_scores_at_chance(tiny_users):
+    ei, manifest, work, data = tiny_users
+    rng = np.random.default_rng(0)
+    shuffled = {u["name"]: rng.permutation(data.labels[u["train"]]) for u in data.users}
+    accs = ei.local_only(data, manifest, epochs=3, seed=0, train_labels=shuffled)
+    n_test = sum(len(u["test"]) for u in data.users)
+    assert len(accs) == 3 and n_test >= 120
+    assert abs(float(np.mean(accs)) - 0.1) < 0.1  # labels carry no information: about 1 in 10 right
