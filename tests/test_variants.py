@@ -37,6 +37,7 @@ def _write_manifest(root: Path, manifest: dict) -> None:
         meta["sha256"] = bundle_mod.sha256_file(root / name)
         meta["bytes"] = (root / name).stat().st_size
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    (root / "manifest.sha256").write_text(bundle_mod.manifest_digest_line((root / "manifest.json").read_bytes()))
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
-"""Writes a bundle directory (docs/bundle-format.md, format_version 1): the .tflite files and manifest.json
-with the sha256 and size of every file. The directory appears complete or not at all (written beside the
-target, then renamed)."""
+"""Writes a bundle directory (docs/bundle-format.md, format_version 1): the .tflite files, manifest.json
+with the sha256 and size of every file, and manifest.sha256 with the sha256 of manifest.json itself (a
+`sha256sum` line). The directory appears complete or not at all (written beside the target, then renamed)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .errors import InputError
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+MANIFEST_DIGEST_NAME = "manifest.sha256"  # covers manifest.json's exact bytes; the daemon checks it first
 
 
 @dataclass
@@ -67,6 +68,11 @@ def _metric(value: float):
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def manifest_digest_line(manifest_bytes: bytes) -> str:
+    """manifest.sha256's content: `<sha256 of manifest.json's bytes>  manifest.json` (sha256sum's format)."""
+    return f"{sha256_bytes(manifest_bytes)}  {MANIFEST_NAME}\n"
 
 
 def created_timestamp() -> str:
@@ -130,7 +136,7 @@ def write_bundle(out: str | Path, *, task: str, input_spec: dict, labels: list[s
         blobs[variant.base_file] = variant.base_model
         blobs[variant.head_file] = variant.head_model
     for name, data in (extra_files or {}).items():
-        if name in blobs or name == MANIFEST_NAME or "/" in name or name.startswith("."):
+        if name in blobs or name in (MANIFEST_NAME, MANIFEST_DIGEST_NAME) or "/" in name or name.startswith("."):
             raise ValueError(f"bad extra bundle file name {name!r}")
         blobs[name] = data
     files = {name: {"sha256": sha256_bytes(data), "bytes": len(data)} for name, data in sorted(blobs.items())}
@@ -144,8 +150,9 @@ def write_bundle(out: str | Path, *, task: str, input_spec: dict, labels: list[s
             os.chmod(staging, 0o755)  # mkdtemp makes it 0700; the daemon may run as another user
             for name, data in blobs.items():
                 (staging / name).write_bytes(data)
-            (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
-                                                 encoding="utf-8")
+            manifest_bytes = (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+            (staging / MANIFEST_NAME).write_bytes(manifest_bytes)
+            (staging / MANIFEST_DIGEST_NAME).write_text(manifest_digest_line(manifest_bytes), encoding="ascii")
             if out.exists():
                 shutil.rmtree(out)
             os.replace(staging, out)
@@ -160,7 +167,10 @@ def write_bundle(out: str | Path, *, task: str, input_spec: dict, labels: list[s
 def verify_bundle(out: str | Path) -> dict:
     """Re-read a written bundle and check every file against the manifest (used after writing)."""
     out = Path(out)
-    manifest = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
+    raw = (out / MANIFEST_NAME).read_bytes()
+    if (out / MANIFEST_DIGEST_NAME).read_text(encoding="ascii") != manifest_digest_line(raw):
+        raise RuntimeError(f"{MANIFEST_NAME} does not match {MANIFEST_DIGEST_NAME}")
+    manifest = json.loads(raw.decode("utf-8"))
     for name, entry in manifest["files"].items():
         data = (out / name).read_bytes()
         if len(data) != entry["bytes"] or sha256_bytes(data) != entry["sha256"]:

@@ -1,4 +1,9 @@
-"""Reads and verifies a model bundle (docs/bundle-format.md) and installs it atomically."""
+"""Reads and verifies a model bundle (docs/bundle-format.md) and installs it atomically.
+
+Integrity: `manifest.sha256` (one `sha256sum` line) covers the exact bytes of manifest.json, and manifest.json
+covers every other file. A bundle without manifest.sha256 (written by a builder before it existed) still loads,
+with a warning: a damaged manifest.json cannot be detected there.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +23,14 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 TASKS = ("image_classification", "next_word")
+MANIFEST = "manifest.json"
+MANIFEST_DIGEST = "manifest.sha256"  # `<sha256 hex>  manifest.json`, as sha256sum writes it
+_DIGEST_LINE = re.compile(rb"([0-9a-f]{64})  manifest\.json\n?")
+
+
+def manifest_digest_line(manifest_bytes: bytes) -> str:
+    """The content of manifest.sha256 for these manifest.json bytes (`sha256sum -c manifest.sha256` checks it)."""
+    return f"{hashlib.sha256(manifest_bytes).hexdigest()}  {MANIFEST}\n"
 
 
 def sha256_file(path: Path) -> str:
@@ -42,6 +56,7 @@ class Variant:
 class Bundle:
     root: Path
     manifest: dict[str, Any]
+    manifest_covered: bool = True  # False: a legacy bundle without manifest.sha256
 
     @property
     def task(self) -> str:
@@ -99,12 +114,17 @@ def _require(m: dict, key: str, kind: type | tuple, where: str) -> Any:
 def load(root: str | Path) -> Bundle:
     """Load a bundle and verify every file's sha256; raise bad_bundle naming what is wrong."""
     root = Path(root)
-    mpath = root / "manifest.json"
+    mpath = root / MANIFEST
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        raw = mpath.read_bytes()
     except FileNotFoundError:
         raise AutlearnError("no_bundle", f"{mpath}: no manifest.json") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except OSError as e:
+        raise AutlearnError("bad_bundle", f"{mpath}: unreadable manifest: {e}") from None
+    covered = _check_manifest_digest(root, raw)
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise AutlearnError("bad_bundle", f"{mpath}: unreadable manifest: {e}") from None
     if not isinstance(manifest, dict):
         raise AutlearnError("bad_bundle", f"{mpath}: manifest is not a JSON object")
@@ -125,6 +145,8 @@ def load(root: str | Path) -> Bundle:
     if not variants:
         raise AutlearnError("bad_bundle", f"{mpath}: no variants")
     for v in variants:
+        if not isinstance(v, dict):
+            raise AutlearnError("bad_bundle", f"{mpath}: a variant is not a JSON object")
         for key in ("base", "head"):
             if v.get(key) not in files:
                 raise AutlearnError("bad_bundle", f"{mpath}: variant {v.get('name')!r}: {key} file not listed in 'files'")
@@ -132,28 +154,113 @@ def load(root: str | Path) -> Bundle:
         path = root / name
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise AutlearnError("bad_bundle", f"{mpath}: file name {name!r} leaves the bundle directory")
+        if not isinstance(meta, dict):
+            raise AutlearnError("bad_bundle", f"{mpath}: the entry of {name!r} in 'files' is not a JSON object")
         if not path.is_file():
             raise AutlearnError("bad_bundle", f"{path}: listed in the manifest but missing")
         actual = sha256_file(path)
         if actual != meta.get("sha256"):
             raise AutlearnError("bad_bundle", f"{path}: sha256 {actual[:12]}… does not match the manifest")
-    return Bundle(root, manifest)
+    if not covered:
+        log.warning("%s: no %s beside it (a bundle from an older builder): damage inside manifest.json itself "
+                    "cannot be detected; rebuild the bundle to get it", mpath, MANIFEST_DIGEST)
+    return Bundle(root, manifest, covered)
+
+
+def _check_manifest_digest(root: Path, raw: bytes) -> bool:
+    """Check manifest.json's bytes against manifest.sha256; False if there is none (legacy bundle)."""
+    dpath = root / MANIFEST_DIGEST
+    try:
+        line = dpath.read_bytes()
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise AutlearnError("bad_bundle", f"{dpath}: unreadable: {e}") from None
+    m = _DIGEST_LINE.fullmatch(line)
+    if not m:
+        raise AutlearnError("bad_bundle", f"{dpath}: not a '<sha256>  manifest.json' line (damaged)")
+    actual = hashlib.sha256(raw).hexdigest()
+    if actual != m.group(1).decode():
+        raise AutlearnError("bad_bundle", f"{root / MANIFEST}: sha256 {actual[:12]}… does not match "
+                                          f"{MANIFEST_DIGEST} ({m.group(1)[:12].decode()}…): manifest.json or "
+                                          f"{MANIFEST_DIGEST} is damaged")
+    return True
+
+
+def _fsync_tree(top: Path) -> None:
+    """Flush every file and directory below `top` (and `top`) to the disk before it is renamed into place."""
+    for dirpath, _, filenames in os.walk(top):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def recover(dest: Path) -> str:
+    """Repair what an install() cut off by a power loss left: it swaps directories with two renames
+    (dest -> dest.old, dest.new -> dest), so a cut between them leaves no `dest`. Then the verified dest.new
+    (what was being installed) is put in place, else dest.old (the previous bundle). Leftover .new/.old
+    directories beside a whole `dest` are removed. Returns what was done ("" if nothing)."""
+    dest = Path(dest)
+    tmp, old = dest.with_name(dest.name + ".new"), dest.with_name(dest.name + ".old")
+    done = ""
+    if not dest.exists():
+        for candidate, what in ((tmp, "finished the interrupted install"), (old, "restored the previous bundle")):
+            if not candidate.is_dir():
+                continue
+            try:
+                load(candidate)
+            except AutlearnError as e:
+                log.warning("bundle recovery: %s does not verify: %s", candidate, e.message)
+                continue
+            os.rename(candidate, dest)
+            _fsync_dir(dest.parent)
+            done = f"{what} ({candidate.name} -> {dest.name})"
+            log.warning("bundle recovery: %s was missing (an install was cut off): %s", dest, done)
+            break
+    if dest.exists():
+        for leftover in (tmp, old):
+            if leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+    return done
+
+
+def load_installed(dest: Path) -> Bundle:
+    """The installed bundle, after repairing an interrupted install (see recover)."""
+    recover(dest)
+    return load(dest)
 
 
 def install(source: str | Path, dest: Path) -> Bundle:
-    """Verify `source`, then copy it to `dest` atomically. A bad source leaves `dest` untouched."""
+    """Verify `source`, then copy it to `dest` atomically. A bad source leaves `dest` untouched; a power loss at
+    any point leaves either bundle whole (recover() at the next start repairs the directory names)."""
+    dest = Path(dest)
+    recover(dest)  # before anything is removed: dest.old may be the only whole bundle
     load(source)  # refuse before touching anything
     tmp = dest.with_name(dest.name + ".new")
     if tmp.exists():
         shutil.rmtree(tmp)
     shutil.copytree(source, tmp)
     bundle = load(tmp)  # verify the copy, too
+    _fsync_tree(tmp)
     old = dest.with_name(dest.name + ".old")
     if old.exists():
         shutil.rmtree(old)
     if dest.exists():
         os.rename(dest, old)
-    os.rename(tmp, dest)
+    os.rename(tmp, dest)  # a power cut between the two renames: recover() finishes the install
+    _fsync_dir(dest.parent)
     if old.exists():
         shutil.rmtree(old)
     log.info("installed bundle from %s (%s, variants: %s)", source, bundle.task, ", ".join(bundle.variant_names))

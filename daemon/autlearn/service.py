@@ -82,7 +82,7 @@ class Service:
                 if not (self.paths.bundle / "manifest.json").exists():
                     raise
                 log.error("refused bundle %s, keeping the installed one: %s", source, e.message)
-        self.bundle = bundle_mod.load(self.paths.bundle)
+        self.bundle = bundle_mod.load_installed(self.paths.bundle)  # repairs an install cut off by a power loss
         self.bundle_id = bundle_mod.sha256_file(self.paths.bundle / "manifest.json")[:16]
         self.variant_choice = self._choose_variant(force=False)
         self.variant = self.bundle.variant(self.variant_choice["name"])

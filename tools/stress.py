@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""`make stress`: the long versions of the reliability and adversarial tests (issue 8).
+
+Runs, against real daemons (subprocesses, real SIGKILL, real tmpfs mounts, real sockets), the scenarios whose
+short versions `make test` runs (tests/test_reliability.py, tests/test_hostile_files.py,
+tests/test_protocol_fuzz.py), prints a summary table and writes reports/stress.json and reports/stress.md.
+
+The seed is random unless given (--seed, or AUTLEARN_TEST_SEED); it is printed first, and the same seed replays
+the same kill points, corpus, flips and fuzzing examples (timing on a loaded machine still varies where a kill
+lands within a few milliseconds). Exit status 1 if any scenario found a problem, a crash or a lost sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tools")]
+
+COLUMNS = ("scenario", "trials", "faults injected", "samples lost", "crashes", "bad inputs tried", "result", "time")
+
+
+def build_bundle(out: Path) -> Path:
+    """The same small real bundle the test suite builds (tests/conftest.py: tiny_bundle)."""
+    bin_dir = Path(sys.executable).parent
+    subprocess.run([str(bin_dir / "autlearn-build"), "image", "--data", "mnist5k", "--limit", "1500", "--epochs", "2",
+                    "--out", str(out), "--seed", "0"], check=True, capture_output=True, timeout=900)
+    return out
+
+
+def result_of(t) -> str:
+    if t.skipped:
+        return "skipped"
+    return "FAIL" if t.problems or t.crashes or t.samples_lost else "pass"
+
+
+def row_of(t) -> dict:
+    return {"scenario": t.name, "trials": t.trials, "faults injected": t.faults, "samples lost": t.samples_lost,
+            "crashes": t.crashes, "bad inputs tried": t.bad_inputs, "result": result_of(t),
+            "time": f"{t.seconds:.0f} s"}
+
+
+def table(rows: list[dict], markdown: bool) -> str:
+    cells = [[str(r[c]) for c in COLUMNS] for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in
+                                                                    range(len(COLUMNS))) + "|"]
+        lines += ["| " + " | ".join(c) + " |" for c in cells]
+        return "\n".join(lines)
+    widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(COLUMNS)]
+    fmt = lambda xs: "  ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(xs, widths)))
+    return "\n".join([fmt(COLUMNS), fmt(["-" * w for w in widths])] + [fmt(c) for c in cells])
+
+
+def total_row(tallies) -> dict:
+    ran = [t for t in tallies if not t.skipped]
+    return {"scenario": "total", "trials": sum(t.trials for t in ran), "faults injected": sum(t.faults for t in ran),
+            "samples lost": sum(t.samples_lost for t in ran), "crashes": sum(t.crashes for t in ran),
+            "bad inputs tried": sum(t.bad_inputs for t in ran),
+            "result": "FAIL" if any(result_of(t) == "FAIL" for t in ran) else "pass",
+            "time": f"{sum(t.seconds for t in tallies):.0f} s"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    env_seed = os.environ.get("AUTLEARN_TEST_SEED")
+    ap.add_argument("--seed", type=int, default=int(env_seed) if env_seed else None,
+                    help="replay a seed (default: AUTLEARN_TEST_SEED, else random)")
+    ap.add_argument("--power-trials", type=int, default=20, help="SIGKILL trials (default 20)")
+    ap.add_argument("--enospc-cycles", type=int, default=4, help="disk-full-mid-round cycles (default 4)")
+    ap.add_argument("--tamper-per-file", type=int, default=2000,
+                    help="flipped bytes per bundle file (every byte of smaller files; default 2000)")
+    ap.add_argument("--tamper-daemon-per-file", type=int, default=2, help="daemon restarts per bundle file")
+    ap.add_argument("--mutations", type=int, default=1500, help="mutated images in the hostile corpus")
+    ap.add_argument("--examples", type=int, default=400, help="Hypothesis examples per fuzzing strategy (5 of them)")
+    ap.add_argument("--clients", type=int, default=20, help="concurrent clients")
+    ap.add_argument("--per-client", type=int, default=100, help="requests per concurrent client")
+    ap.add_argument("--vanishing", type=int, default=1000, help="clients that send and vanish")
+    ap.add_argument("--curve-attempts", type=int, default=10, help="connection attempts per kind of intruder")
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="scenarios to run: power enospc disk tamper tamper-daemon hostile-files clients curve")
+    ap.add_argument("--work", type=Path, default=None, help="work directory (default: a new one under /tmp)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--report", type=Path, default=ROOT / "reports" / "stress", help="writes <this>.json and .md")
+    args = ap.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 2 ** 31)
+    print(f"stress seed {seed}  (replay: AUTLEARN_TEST_SEED={seed} make stress, or tools/stress.py --seed {seed})",
+          flush=True)
+
+    os.environ["AUTLEARN_TEST_SEED"] = str(seed)  # before the test modules read it
+    import test_hostile_files as hf
+    import test_protocol_fuzz as pf
+    import test_reliability as rel
+    from userdata import digits
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="autlearn-stress-"))
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    t0 = time.monotonic()
+    print(f"work directory {work}; building the test bundle…", flush=True)
+    bundle = build_bundle(work / "bundle")
+    build_s = time.monotonic() - t0
+    images, labels = digits(0)
+
+    def say(line: str) -> None:
+        print(f"    {line}", flush=True)
+
+    scenarios = [
+        ("power", lambda w: rel.power_loss(w, bundle, images, labels, trials=args.power_trials, seed=seed, say=say)),
+        ("disk", lambda w: rel.full_disk(w, bundle, images, labels, say=say)),
+        ("enospc", lambda w: rel.enospc_mid_round(w, bundle, images, labels, cycles=args.enospc_cycles, seed=seed,
+                                                  say=say)),
+        ("tamper", lambda w: rel.tamper_sweep(bundle, w, random.Random(seed), per_file=args.tamper_per_file)),
+        ("tamper-daemon", lambda w: rel.tampered_daemon(w, bundle, random.Random(seed),
+                                                        per_file=args.tamper_daemon_per_file, say=say)),
+        ("hostile-files", lambda w: hf.hostile_files(w, bundle, images, labels, seed, n_mutations=args.mutations,
+                                                     say=say)),
+        ("clients", lambda w: pf.hostile_clients(w, bundle, args.examples, seed, clients=args.clients,
+                                                 per_client=args.per_client, vanishing_rounds=args.vanishing,
+                                                 say=say)),
+        ("curve", lambda w: pf.curve_gate(w, bundle, attempts=args.curve_attempts, say=say)),
+    ]
+    names = [n for n, _ in scenarios]
+    for n in args.only or []:
+        if n not in names:
+            ap.error(f"unknown scenario {n!r} (known: {' '.join(names)})")
+    tallies = []
+    for name, run in scenarios:
+        if args.only is not None and name not in args.only:
+            continue
+        print(f"== {name}", flush=True)
+        w = work / name
+        w.mkdir(parents=True, exist_ok=True)
+        t1 = time.monotonic()
+        try:
+            t = run(w)
+        except Exception as e:  # the harness or an assertion inside a scenario: a failure, never a silent pass
+            t = rel.Tally(name)
+            t.problem(f"the scenario stopped: {type(e).__name__}: {e}")
+            traceback.print_exc()
+        if not t.seconds:
+            t.seconds = time.monotonic() - t1
+        tallies.append(t)
+        print(f"   {result_of(t)}: {row_of(t)}", flush=True)
+        for p in t.problems[:20]:
+            print(f"   PROBLEM: {p}", flush=True)
+        for k in t.known:
+            print(f"   known: {k}", flush=True)
+        if t.skipped:
+            print(f"   skipped: {t.skipped}", flush=True)
+
+    rows = [row_of(t) for t in tallies] + [total_row(tallies)]
+    total_s = time.monotonic() - started
+    print()
+    print(table(rows, markdown=False))
+    print(f"\nseed {seed}; {total_s / 60:.1f} min in all (bundle build {build_s:.0f} s)")
+
+    failed = any(result_of(t) == "FAIL" for t in tallies)
+    report = {
+        "seed": seed,
+        "replay": f"AUTLEARN_TEST_SEED={seed} make stress",
+        "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                 "kernel": platform.release()},
+        "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "report"},
+        "seconds": round(total_s, 1),
+        "result": "FAIL" if failed else "pass",
+        "scenarios": [{**row_of(t), "seconds": round(t.seconds, 1), "skipped": t.skipped, "problems": t.problems,
+                       "known": t.known, "detail": {k: v for k, v in t.detail.items()}} for t in tallies],
+        "total": rows[-1],
+    }
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    md = [f"# Stress run ({report['date']})", "",
+          f"`make stress` (tools/stress.py), seed {seed} — replay with `AUTLEARN_TEST_SEED={seed} make stress`. "
+          f"{total_s / 60:.1f} min on {report['host']['cpus']} CPUs ({report['host']['machine']}).", "",
+          table(rows, markdown=True), ""]
+    for t in tallies:
+        md.append(f"## {t.name}")
+        md.append("")
+        if t.skipped:
+            md.append(f"Skipped: {t.skipped}")
+        for p in t.problems:
+            md.append(f"* PROBLEM: {p}")
+        for k in t.known:
+            md.append(f"* known: {k}")
+        if t.detail:
+            md.append("* " + "; ".join(f"{k}: {v}" for k, v in t.detail.items()))
+        md.append("")
+    args.report.with_suffix(".md").write_text("\n".join(md))
+    print(f"wrote {args.report.with_suffix('.json')} and {args.report.with_suffix('.md')}")
+
+    if failed or args.keep:
+        print(f"work directory kept: {work}")
+    else:
+        hf.remove_deep(work / "hostile-files" / "hostile" / "inbox" / "5" / "d")
+        shutil.rmtree(work, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
