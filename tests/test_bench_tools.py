@@ -58,7 +58,8 @@ def test_time_to_target_never_reached_charges_the_whole_run_as_a_lower_bound():
 
 
 def test_baseline_result_bookkeeping():
-    r = bench._baseline_result(0.5, [2.0, 0.25, 0.25, 0.25], [0.3, 0.6, 0.8, 0.75], 0.79, 3.0, {"load_s": 0.1})
+    r = bench._baseline_result(0.5, [2.0, 0.25, 0.25, 0.25], [0.3, 0.6, 0.8, 0.75], 0.79, 3.0,
+                               [1.0, 1.5, 2.0, 2.5], {"load_s": 0.1})
     assert r["load_s"] == 0.1 and r["fixed_s"] == 0.5
     assert r["reached"] and r["epochs_to_target"] == 3
     assert r["time_to_target_s"] == pytest.approx(0.5 + 2.5)
@@ -66,6 +67,11 @@ def test_baseline_result_bookkeeping():
     assert r["time_to_target_warm_s"] == pytest.approx(0.5 + 0.75)
     assert r["full_s"] == pytest.approx(3.25)
     assert (r["best_accuracy"], r["final_accuracy"], r["cpu_s"]) == (0.8, 0.75, 3.0)
+    assert r["cpu_to_target_s"] == 2.0  # CPU up to the end of the third epoch
+    never = bench._baseline_result(0.5, [1.0, 1.0], [0.1, 0.2], 0.9, 3.0, [1.0, 2.5], {})
+    assert not never["reached"] and never["cpu_to_target_s"] == 2.5  # the whole run, as for the time
+    with pytest.raises(ValueError):
+        bench._baseline_result(0.5, [1.0, 1.0], [0.1, 0.2], 0.9, 3.0, [1.0], {})
 
 
 # ------------------------------------------------------------------------------------------ the report
@@ -88,10 +94,12 @@ def _measurements(**over):
         "baselines": {
             "keras_head": {"time_to_target_s": [3.0, 6.0, 4.5], "accuracy": [0.6, 0.6, 0.6],
                            "reached": [False, False, False], "cpu_s": [1.4, 1.4, 1.4],
+                           "cpu_to_target_s": [1.4, 1.4, 1.4],
                            "time_to_more_epochs_target_s": [5.0, 5.0, 5.0],
                            "reached_more_epochs_target": [False, False, False]},
             "keras_whole": {"time_to_target_s": [45.0, 60.0, 50.0], "accuracy": [0.95, 0.96, 0.94],
-                            "reached": [True, True, True], "cpu_s": [6.0, 6.0, 6.0],
+                            "reached": [True, True, True], "cpu_s": [9.0, 9.0, 9.0],
+                            "cpu_to_target_s": [6.0, 6.0, 6.0],
                             "time_to_more_epochs_target_s": [8.0, 8.0, 8.0],
                             "reached_more_epochs_target": [True, True, True]},
         },
@@ -208,10 +216,22 @@ def test_the_daemon_round_as_the_bench_times_it(tmp_path, tiny_bundle, user_digi
 
 # ------------------------------------------------------------------------------------------ TFLite whole model
 
+def _rects(n, rng, lo=0.0, hi=1.0, smin=4, smax=24):
+    """Images with one rectangle each (random place, size and brightness) on faint noise: global content that
+    differs from image to image, so pooled features and logits differ too (uniform noise would average out)."""
+    x = rng.uniform(0, 0.05, (n, 28, 28, 1)).astype(np.float32)
+    for i in range(n):
+        h, w = rng.integers(smin, smax + 1, 2)
+        t, left = rng.integers(0, 28 - h + 1), rng.integers(0, 28 - w + 1)
+        x[i, t:t + h, left:left + w] += rng.uniform(lo, hi)
+    return x
+
+
 @pytest.fixture(scope="module")
 def whole_model():
-    """A small classifier of the builder's architecture with non-trivial BatchNorm statistics, its folded
-    weights, and the flex-free TFLite model made from them."""
+    """A small classifier of the builder's architecture with BatchNorm statistics from data (as the builder
+    recalibrates them) and then scrambled scales, shifts and variances, its folded weights, and the flex-free
+    TFLite model made from them."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
     from autlearn_build import image_model
@@ -222,11 +242,12 @@ def whole_model():
     base = image_model.build_base((28, 28, 1), feature_size=16, channels=(8, 16, 16))
     clf = image_model.build_classifier(base, class_capacity=8, n_classes=5)
     rng = np.random.default_rng(3)
+    image_model.recalibrate_batchnorm(clf, _rects(64, rng))
     for layer in clf.layers:
         if isinstance(layer, tf.keras.layers.BatchNormalization):
             gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.2, beta.shape),
-                               rng.normal(0, 0.2, mean.shape), rng.uniform(0.5, 2.0, var.shape)])
+            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.2, beta.shape), mean,
+                               var * rng.uniform(0.8, 1.25, var.shape)])
     weights = tflite_whole.folded_weights(clf)
     batch = 8
     module = tflite_whole.make_module(weights, (28, 28, 1), batch)
@@ -236,8 +257,7 @@ def whole_model():
 
 
 def _images(n, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.uniform(0, 1, (n, 28, 28, 1)).astype(np.float32)
+    return _rects(n, np.random.default_rng(seed))
 
 
 def test_folded_whole_model_matches_the_keras_classifier(whole_model):
@@ -246,6 +266,7 @@ def test_folded_whole_model_matches_the_keras_classifier(whole_model):
     clf, module, active = whole_model["clf"], whole_model["module"], whole_model["active"]
     x = _images(whole_model["batch"], seed=1)
     keras_logits = clf(x, training=False).numpy()
+    assert keras_logits[:, :5].std(0).min() > 1e-2  # the images really give different outputs
     folded = module.logits(x, active).numpy()
     # the same function: conv/depthwise via im2col slices, BatchNorm folded, SAME padding at stride 2
     np.testing.assert_allclose(folded[:, :5], keras_logits[:, :5], rtol=1e-4, atol=1e-4)
@@ -313,13 +334,10 @@ def test_the_trainer_learns_a_separable_toy_task(whole_model):
     rng = np.random.default_rng(5)
     active = whole_model["active"]
     n = 40
-    y = rng.integers(0, 2, n).astype(np.int32)
-    x = np.zeros((n, 28, 28, 1), np.float32)
-    x[y == 0, :14] = 1.0  # class 0: top half bright; class 1: bottom half bright
-    x[y == 1, 14:] = 1.0
-    x += rng.uniform(0, 0.1, x.shape).astype(np.float32)
+    y = rng.integers(0, 2, n).astype(np.int32)  # class 0: a dim rectangle, class 1: a bright one
+    x = np.concatenate([_rects(1, rng, 0.15, 0.3, 12, 16) if c == 0 else _rects(1, rng, 0.8, 1.0, 12, 16) for c in y])
     trainer = tflite_whole.TFLiteWholeTrainer(whole_model["model"], whole_model["batch"], 8, threads=1)
-    losses = [trainer.fit_epoch(x, y, active, 3e-3, rng) for _ in range(6)]
+    losses = [trainer.fit_epoch(x, y, active, 3e-3, rng) for _ in range(8)]
     assert losses[-1] < losses[0]
     acc = float(np.mean(np.argmax(trainer.predict(x, active), 1) == y))
     assert acc >= 0.9
@@ -337,6 +355,8 @@ def test_markdown_and_plots_from_a_small_result(tmp_path):
     for b in m["baselines"].values():
         for k, v in b.items():
             b[k] = v[:2]
+        b["full_s"] = [x * 2 for x in b["time_to_target_s"]]
+        b["time_to_target_warm_s"] = b["time_to_target_s"]
     report = bench.bench_report(m)
 
     def base_run(acc):
