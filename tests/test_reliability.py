@@ -572,7 +572,7 @@ def full_disk(work: Path, bundle: Path, images: np.ndarray, labels: np.ndarray, 
 
 def test_full_disk_pauses_learning_keeps_answering_and_recovers(tmp_path, tiny_bundle, user_digits):
     images, labels = user_digits
-    t = full_disk(tmp_path, tiny_bundle, images, labels)
+    t = full_disk(tmp_path, tiny_bundle, images, labels, epochs=400)
     if t.skipped:
         pytest.skip(t.skipped)
     assert t.crashes == 0 and t.samples_lost == 0 and not t.problems, t.problems
@@ -714,7 +714,6 @@ def tamper_sweep(bundle: Path, work: Path, rng: random.Random, per_file: int) ->
         for off in offsets:
             flip_byte(copy / name, off, rng.randint(1, 255))
             t.faults += 1
-            t.bad_inputs += 1
             t.detail[f"flips in {name}"] += 1
             try:
                 bundle_mod.load(copy)
@@ -814,7 +813,8 @@ def _refusal_seen(d: Daemon, name: str) -> bool:
     return any("refused bundle" in line and name in line for line in log.splitlines())
 
 
-def tampered_daemon(work: Path, bundle: Path, rng: random.Random, per_file: int = 1, say=print) -> Tally:
+def tampered_daemon(work: Path, bundle: Path, rng: random.Random, per_file: int = 1, only: list[str] | None = None,
+                    say=print) -> Tally:
     """A running board is given a bundle with one flipped byte, `per_file` times per file of the bundle (offset 0
     of the manifest files, random offsets of the models) plus a flipped label: every time the daemon comes up with
     the bundle it had, logs a refusal naming the file, and answers with the kept bundle."""
@@ -831,7 +831,7 @@ def tampered_daemon(work: Path, bundle: Path, rng: random.Random, per_file: int 
         if d.stop() != 0:
             t.problem("SIGTERM did not end the daemon cleanly")
         flips = []
-        for name in bundle_files(bundle):
+        for name in only or bundle_files(bundle):
             size = (bundle / name).stat().st_size
             for k in range(per_file):
                 flips.append((name, k if name.startswith("manifest.") and k < size else rng.randrange(size),
@@ -843,7 +843,6 @@ def tampered_daemon(work: Path, bundle: Path, rng: random.Random, per_file: int 
             shutil.copytree(bundle, bad)
             flip_byte(bad / name, offset, mask)
             t.faults += 1
-            t.bad_inputs += 1
             t.trials += 1
             t.detail[f"flips in {name}"] += 1
             d = Daemon(root, bad)
@@ -875,9 +874,11 @@ def tampered_daemon(work: Path, bundle: Path, rng: random.Random, per_file: int 
 
 
 def test_a_daemon_given_a_tampered_bundle_keeps_the_installed_one(tmp_path, tiny_bundle):
-    t = tampered_daemon(tmp_path, tiny_bundle, random.Random(SEED), per_file=1)
+    # manifest.json (its label), manifest.sha256 and a model here; every file in tools/stress.py
+    only = ["manifest.sha256", sorted(bundle_mod.load(tiny_bundle).manifest["files"])[0]]
+    t = tampered_daemon(tmp_path, tiny_bundle, random.Random(SEED), per_file=1, only=only)
     assert t.crashes == 0 and not t.problems, t.problems
-    assert t.detail["refused, kept the installed bundle"] == len(bundle_files(tiny_bundle)) + 1
+    assert t.detail["refused, kept the installed bundle"] == 3
 
 
 # ---------------------------------------------------------------------------------------------- install cut off
@@ -937,6 +938,93 @@ def test_nothing_to_recover_is_still_no_bundle(tmp_path):
     with pytest.raises(AutlearnError) as e:
         bundle_mod.load_installed(tmp_path / "bundle")
     assert e.value.code == "no_bundle"
+
+
+def second_bundle(bundle: Path, dest: Path) -> Path:
+    """A copy of `bundle` with another manifest (so another bundle id), written as the builder writes one."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(bundle, dest)
+    m = json.loads((dest / "manifest.json").read_text(encoding="utf-8"))
+    m["build"]["copy"] = "second bundle for the install tests"
+    raw = (json.dumps(m, indent=2, ensure_ascii=False) + "\n").encode()
+    (dest / "manifest.json").write_bytes(raw)
+    (dest / "manifest.sha256").write_text(bundle_mod.manifest_digest_line(raw))
+    bundle_mod.load(dest)
+    return dest
+
+
+def install_cut(work: Path, bundle: Path, trials: int, seed: int, say=print) -> Tally:
+    """The power fails while the daemon installs a new bundle: it starts with the other of two bundles configured,
+    and is SIGKILLed 0-30 ms after `state/bundle.new` appears (during the copy, its verification and flush, the two
+    renames, or just after). The next start (with the new source, or with none: keep what is installed) must come
+    up with one of the two bundles whole (the configured one, if one is), and leave no bundle.new/bundle.old."""
+    t = Tally("power loss during a bundle install")
+    t0 = time.monotonic()
+    rng = random.Random(seed)
+    root = work / "install"
+    state = root / "state"
+    bundles = [bundle, second_bundle(bundle, work / "bundle-b")]
+    ids = [bundle_mod.sha256_file(b / "manifest.json")[:16] for b in bundles]
+    d = Daemon(root, bundles[0])
+    try:
+        if not came_up(d):
+            t.crashes += 1
+            t.problem(f"the first start failed: {keep_log(d, 'first')}")
+            return t
+        d.stop()
+        current = 0
+        for trial in range(trials):
+            target = 1 - current
+            d = Daemon(root, bundles[target])
+            end = time.monotonic() + 60
+            while not (state / "bundle.new").exists() and d.proc.poll() is None and time.monotonic() < end:
+                time.sleep(0.0002)  # the copy takes milliseconds
+            time.sleep(rng.uniform(0.0, 0.03))
+            if not kill9(d):
+                t.crashes += 1
+                t.problem(f"trial {trial}: the daemon died by itself while installing: {keep_log(d, f'i{trial}')}")
+            names = {p.name for p in state.iterdir() if p.name.startswith("bundle")}
+            where = ("between the two renames" if "bundle" not in names else
+                     "during the copy or its check" if "bundle.new" in names else
+                     "before the old copy was removed" if "bundle.old" in names else "after the install")
+            t.faults += 1
+            t.trials += 1
+            t.detail[f"killed {where}"] += 1
+            restart_with = rng.choice([target, None])  # None: model.bundle = "" keeps the installed bundle
+            d = Daemon(root, bundles[restart_with] if restart_with is not None else "")
+            try:
+                if not came_up(d):
+                    t.crashes += 1
+                    t.problem(f"trial {trial} (killed {where}): no start after the cut: {keep_log(d, f'r{trial}')}")
+                    continue
+                got = call(root, "status")["bundle"]["id"]
+                if got not in ids:
+                    t.problem(f"trial {trial}: the daemon runs an unknown bundle {got}")
+                elif restart_with is not None and got != ids[restart_with]:
+                    t.problem(f"trial {trial}: configured bundle {ids[restart_with]}, running {got}")
+                else:
+                    current = ids.index(got)
+                    t.detail["restarts with " + ("the configured bundle" if restart_with is not None else
+                                                 f"the {'new' if current == target else 'previous'} bundle kept")] += 1
+                left = sorted(p.name for p in state.iterdir() if p.name in ("bundle.new", "bundle.old"))
+                if left:
+                    t.problem(f"trial {trial}: {left} left beside state/bundle after the start")
+            finally:
+                if d.stop() != 0:
+                    t.problem(f"trial {trial}: SIGTERM did not end the daemon cleanly")
+    finally:
+        if d.proc.poll() is None:
+            kill9(d)
+        t.seconds = time.monotonic() - t0
+    say(f"power loss during a bundle install: seed {seed}, {dict(t.detail)}")
+    return t
+
+
+def test_power_loss_while_the_daemon_installs_a_bundle(tmp_path, tiny_bundle):
+    t = install_cut(tmp_path, tiny_bundle, trials=2, seed=SEED)
+    assert t.crashes == 0 and not t.problems, t.problems
+    assert t.trials == 2
 
 
 def test_power_cut_between_the_two_renames_of_a_bundle_install(tmp_path, tiny_bundle):
