@@ -81,14 +81,15 @@ def _head_predict(board, version: int, feats: np.ndarray) -> np.ndarray:
 
 
 def board_user(data: ImageUsers, user: dict, bundle: Path, work: Path, epochs: int, augment_copies: int,
-               train_labels: np.ndarray | None = None) -> dict:
-    """One user on the board: pretrained, offline without and with augmentation, online. Returns
-    {method: accuracy on the user's test set} plus round details and the online accounting."""
+               train_labels: np.ndarray | None = None, extra_runs: tuple = ()) -> dict:
+    """One user on the board: pretrained, offline without and with augmentation, online (plus `extra_runs`:
+    (method name, config overrides)). Returns {method: accuracy on the user's test set} plus round details
+    and the online accounting."""
     test_y = data.labels[user["test"]]
     res: dict = {"n_train": int(len(user["train"])), "n_test": int(len(user["test"]))}
     for method, overrides in (("autlearn_offline", {"training.augment_copies": 0}),
                               ("autlearn_offline_aug", {"training.augment_copies": augment_copies}),
-                              ("autlearn_online", {"training.mode": "online"})):
+                              ("autlearn_online", {"training.mode": "online"}), *extra_runs):
         b = open_board(work / f"{user['name']}-{method}", bundle,
                        **{"training.epochs": epochs, "training.seed": 0, **overrides})
         try:

@@ -145,15 +145,50 @@ def _board_topk(board, version: int, sentences: list[list[str]]) -> list[list[st
     return out
 
 
-def board_user(user: dict, bundle: Path, work: Path, epochs: int, augment_copies: int) -> dict:
-    """One typist on the board: pretrained, offline without/with synonym augmentation, online."""
+def words_only_topk_hits(probs: np.ndarray, y: np.ndarray) -> tuple[int, int]:
+    """autlearn.keyboard.topk_hits as it would be if the board scored its holdout the way it suggests
+    (special tokens never suggested, as KeyboardPredictor does). Used only by the clearly labelled
+    `autlearn_offline_aug_wordsonly` run: a proposed daemon fix, measured."""
+    from autlearn import keyboard
+
+    p = np.array(probs, copy=True)
+    p[:, :SPECIAL_COUNT] = -1.0
+    return _ORIGINAL_TOPK_HITS[0](p, y) if _ORIGINAL_TOPK_HITS else keyboard.topk_hits(p, y)
+
+
+_ORIGINAL_TOPK_HITS: list = []
+
+
+class _WordsOnlyScoring:
+    def __enter__(self):
+        from autlearn import keyboard
+
+        _ORIGINAL_TOPK_HITS[:] = [keyboard.topk_hits]
+        keyboard.topk_hits = words_only_topk_hits
+
+    def __exit__(self, *exc):
+        from autlearn import keyboard
+
+        keyboard.topk_hits = _ORIGINAL_TOPK_HITS[0]
+
+
+def board_user(user: dict, bundle: Path, work: Path, epochs: int, augment_copies: int,
+               words_only_variant: bool = False) -> dict:
+    """One typist on the board: pretrained, offline without/with synonym augmentation, online (and, with
+    `words_only_variant`, offline + augmentation with the proposed words-only holdout scoring)."""
+    import contextlib
+
     res: dict = {"name": user["name"], "group": user["group"]}
     safe = user["name"].replace("/", "_").replace(" ", "_")
-    for method, overrides in (("autlearn_offline", {"training.augment_copies": 0}),
-                              ("autlearn_offline_aug", {"training.augment_copies": augment_copies}),
-                              ("autlearn_online", {"training.mode": "online"})):
+    runs = [("autlearn_offline", {"training.augment_copies": 0}),
+            ("autlearn_offline_aug", {"training.augment_copies": augment_copies}),
+            ("autlearn_online", {"training.mode": "online"})]
+    if words_only_variant:
+        runs.append(("autlearn_offline_aug_wordsonly", {"training.augment_copies": augment_copies}))
+    for method, overrides in runs:
         b = open_board(work / f"{safe}-{method}", bundle,
                        **{"training.epochs": epochs, "training.seed": 0, **overrides})
+        patch = _WordsOnlyScoring() if method.endswith("_wordsonly") else contextlib.nullcontext()
         try:
             (b.inbox / "notes.txt").write_text("\n\n".join(user["train"]) + "\n", encoding="utf-8")
             b.scan()
@@ -164,7 +199,8 @@ def board_user(user: dict, bundle: Path, work: Path, epochs: int, augment_copies
                 res["pretrained"] = score_words(_board_topk(b, b.initial_version(), test), truth)
                 res["n_train_words"] = sum(len(s) for u in user["train"] for s in kl.tok.sentences(u))
                 res["n_test_words"] = res["pretrained"]["words"]
-            r = b.round()
+            with patch:
+                r = b.round()
             res[method] = score_words(_board_topk(b, b.version(), test), truth)
             kb = getattr(r, "keyboard", {}) or {}
             res[method + "_round"] = {"outcome": r.outcome, "personal_words": len(kb.get("personal_words", [])),
