@@ -703,9 +703,18 @@ def per_epoch_ms(raw: dict) -> dict:
     return out
 
 
+def compact_json(obj) -> str:
+    """Indented JSON with every list of plain numbers on one line (thousands of status latencies)."""
+    import re
+
+    text = json.dumps(obj, indent=1, default=float)
+    return re.sub(r"\[\s*(-?[0-9][0-9.eE+-]*(?:,\s*-?[0-9][0-9.eE+-]*)*)\s*\]",
+                  lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
+
+
 def write_reports(result: dict, reports: Path) -> None:
     out = reports / "bench.json"
-    out.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    out.write_text(compact_json(result) + "\n")
     (reports / "bench.md").write_text(bench_markdown(result))
     for plot, fname in ((plot_cost, "bench_cost.png"), (plot_curve, "bench_curve.png")):
         try:
@@ -982,6 +991,11 @@ def bench_markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _span(a: dict, b: dict, n: int) -> str:
+    xs = sorted(x["autocommit_ms_per_row"] * n for x in (a, b) if x and x.get("autocommit_ms_per_row") is not None)
+    return "?" if not xs else f"{xs[0]:.0f}" if len(xs) == 1 or round(xs[0]) == round(xs[-1]) else f"{xs[0]:.0f}–{xs[-1]:.0f}"
+
+
 def bench_notes(r: dict) -> list[str]:
     """Plain sentences on where the daemon's time goes and why a missed target is missed (from the figures)."""
     s, setup, raw = r["summary"], r["setup"], r["raw"]
@@ -1015,9 +1029,12 @@ def bench_notes(r: dict) -> list[str]:
             f"`round_finished`) is its own fsync'd transaction. On this disk that costs "
             f"{_f(probe.get('autocommit_ms_per_row'), '{:.2f}')} ms per row at the start of the run and "
             f"{_f(end.get('autocommit_ms_per_row'), '{:.2f}')} ms at the end, against "
-            f"{_f(probe.get('one_transaction_ms_per_row'), '{:.3f}')} ms per row inside one transaction — for 500 "
-            f"files, a few hundred milliseconds that one transaction per scan would save (and it varies with the "
-            f"other jobs' disk traffic, which is why the import times spread so much).")
+            f"{_f(probe.get('one_transaction_ms_per_row'), '{:.3f}')} ms per row inside one transaction: for the "
+            f"{setup['n_first']} files, about {_span(probe, end, setup['n_first'])} ms in the scan (before the "
+            f"round can start) and as much again in `mark_trained` (after the promotion: it delays `round_finished` "
+            f"and the next round), which one transaction each would nearly remove. The commit cost moves with the other "
+            f"jobs' disk traffic (earlier probes during this session: 0.8–1.5 ms per row), one reason the import "
+            f"times spread.")
     if t["speedup_vs_keras_whole"]["verdict"] != "met" or t["speedup_vs_keras_head"]["verdict"] != "met":
         for name in ("keras_whole", "keras_head"):
             rows = raw[name]
