@@ -4,13 +4,15 @@ One run, side by side, on the same 500 new user images (UCI digits, tools/userda
 set (500 other UCI digits, never trained on):
 
 * **daemon** — a real `autlearnd` subprocess (as tools/demo.py drives it) with its own NOTIFY_SOCKET. Timed
-  from the moment the label folders are renamed into the watched directory to the `round_finished` event on
-  the PUB socket (the new head is promoted just before it). This includes the debounce (`debounce_s`), the
+  from the moment the label folders are renamed into the watched directory to the `version_promoted` event,
+  by the daemon's own timestamp in the event (the PUB socket delivers it up to one 50 ms poll later; both
+  clocks are this machine's time.time()). This includes the debounce (`debounce_s`), the
   scan/ingest (decode, hash, SQLite), the wait for the scheduler's tick, int8 feature extraction (plus one
   augmented copy per image: the daemon's default), head training (`epochs`) and the holdout check.
   Then 10 % more files arrive (second round: features come from the cache for the first 500); then a long
   round (epochs raised through SIGHUP) during which a client calls `status` back to back; `bench` (per-variant
-  feature-extraction latency); then restarts for READY.
+  feature-extraction latency); then restarts for READY. A second fresh daemon runs the first round again
+  with `--epochs-high` epochs (what a higher accuracy costs on the board).
 * **keras_head** / **keras_whole** — the bundle's float Keras classifier (re-created exactly as the builder
   makes it: tools/reference.py), fine-tuned in full TensorFlow with Adam (the bundle's head learning rate),
   batch 32, on the same training images the daemon trained on (the 500 minus the daemon's holdout): base
@@ -22,11 +24,13 @@ set (500 other UCI digits, never trained on):
 
 "To comparable accuracy": the baselines evaluate the user test set after every epoch (evaluation time is not
 counted) and their time is the time until they first reach the daemon's test accuracy minus `--tolerance`
-(1 point); a baseline that never gets there within `--max-epochs` is charged its whole run and the speedup
-is marked as a lower bound. Every measurement is repeated `--repeats` times, interleaved (daemon, Keras
+(1 point); a baseline that never gets there within its epoch budget (`--max-epochs`, `--max-epochs-head`) is
+charged its whole run and the speed-up is marked as a lower bound (a lower bound below a target is reported as
+undetermined, not as a miss). CPU seconds are counted the same way, up to the epoch that reached the target. Every measurement is repeated `--repeats` times, interleaved (daemon, Keras
 head, Keras whole, TFLite whole, then again), and the median is reported with min and max.
 
-Writes reports/bench.json, reports/bench.md and reports/bench_cost.png.
+Writes reports/bench.json, reports/bench.md, reports/bench_cost.png and reports/bench_curve.png;
+`--rerender reports/bench.json` rebuilds the summary, markdown and plots from the raw records without measuring.
 """
 
 from __future__ import annotations
