@@ -808,6 +808,20 @@ def test_a_legacy_bundle_without_manifest_sha256_still_loads(tmp_path, tiny_bund
         bundle_mod.load(copy)
 
 
+@pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"format_version": ' + b"9" * 5000 + b"}", b"\xff\xfe", b"NaN",
+                                 b'{"format_version": 1, "task": "image_classification", "input": {}, "labels": [], '
+                                 b'"class_capacity": 0, "train_batch": 1, "variants": [1], "files": {}}',
+                                 b'{"format_version": 1, "task": "image_classification", "input": {}, "labels": [], '
+                                 b'"class_capacity": 0, "train_batch": 1, "variants": [{"base": "a", "head": "a"}], '
+                                 b'"files": {"a": 5}}'],
+                         ids=["deep", "huge-int", "not-utf8", "nan", "variant-not-object", "files-entry-not-object"])
+def test_a_malformed_manifest_without_a_digest_is_refused_not_a_crash(tmp_path, raw):
+    (tmp_path / "manifest.json").write_bytes(raw)
+    with pytest.raises(AutlearnError) as e:
+        bundle_mod.load(tmp_path)
+    assert e.value.code == "bad_bundle" and "manifest.json" in e.value.message
+
+
 def _refusal_seen(d: Daemon, name: str) -> bool:
     log = (d.root / "autlearnd.log").read_text()
     return any("refused bundle" in line and name in line for line in log.splitlines())
@@ -956,7 +970,7 @@ def second_bundle(bundle: Path, dest: Path) -> Path:
 
 def install_cut(work: Path, bundle: Path, trials: int, seed: int, say=print) -> Tally:
     """The power fails while the daemon installs a new bundle: it starts with the other of two bundles configured,
-    and is SIGKILLed 0-30 ms after `state/bundle.new` appears (during the copy, its verification and flush, the two
+    and is SIGKILLed 0-10 ms after `state/bundle.new` appears (during the copy, its verification and flush, the two
     renames, or just after). The next start (with the new source, or with none: keep what is installed) must come
     up with one of the two bundles whole (the configured one, if one is), and leave no bundle.new/bundle.old."""
     t = Tally("power loss during a bundle install")
@@ -980,7 +994,7 @@ def install_cut(work: Path, bundle: Path, trials: int, seed: int, say=print) -> 
             end = time.monotonic() + 60
             while not (state / "bundle.new").exists() and d.proc.poll() is None and time.monotonic() < end:
                 time.sleep(0.0002)  # the copy takes milliseconds
-            time.sleep(rng.uniform(0.0, 0.03))
+            time.sleep(rng.uniform(0.0, 0.01))
             if not kill9(d):
                 t.crashes += 1
                 t.problem(f"trial {trial}: the daemon died by itself while installing: {keep_log(d, f'i{trial}')}")

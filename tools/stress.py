@@ -37,7 +37,7 @@ fills and flipped bytes; *bad inputs* are hostile files, frames and connections)
   `PRAGMA integrity_check`, the current head is a persisted promoted version whose answers match its file, and a
   new round completes.
 * **power loss during a bundle install**: the daemon starts with the other of two bundles configured and is
-  SIGKILLed 0–30 ms after `state/bundle.new` appears; the next start (with that source, or with none) comes up with
+  SIGKILLed 0–10 ms after `state/bundle.new` appears; the next start (with that source, or with none) comes up with
   one of the two bundles whole (the configured one, if any) and leaves no `bundle.new`/`bundle.old`.
 * **full disk**: state and cache on 24 MB tmpfs mounts, filled during a round, below `min_free_mb`, and to the last
   byte while files arrive: the round pauses and status says why, status keeps answering, nothing stored is lost,
@@ -99,6 +99,29 @@ def total_row(tallies) -> dict:
             "time": f"{sum(t.seconds for t in tallies):.0f} s"}
 
 
+def repeat(runs: int, work: Path, scenario):
+    """Run a scenario `runs` times (each in its own directory) and add up its tallies."""
+    total = None
+    for i in range(runs):
+        t = scenario(work / f"run{i}")
+        if total is None:
+            total = t
+            continue
+        for k in ("trials", "faults", "samples_lost", "crashes", "bad_inputs", "seconds"):
+            setattr(total, k, getattr(total, k) + getattr(t, k))
+        total.problems += [f"run {i}: {p}" for p in t.problems]
+        total.known += [k for k in t.known if k not in total.known]
+        for k, v in t.detail.items():
+            if isinstance(v, (int, float)) and "(ms)" in k:
+                total.detail[k] = max(total.detail[k], v)
+            elif isinstance(v, (int, float)):
+                total.detail[k] += v
+        total.skipped = total.skipped or t.skipped
+        if t.skipped:
+            break
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     env_seed = os.environ.get("AUTLEARN_TEST_SEED")
@@ -106,12 +129,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="replay a seed (default: AUTLEARN_TEST_SEED, else random)")
     ap.add_argument("--power-trials", type=int, default=30, help="SIGKILL trials (default 30)")
     ap.add_argument("--install-trials", type=int, default=30, help="SIGKILLs during a bundle install (default 30)")
-    ap.add_argument("--enospc-cycles", type=int, default=4, help="disk-full-mid-round cycles (default 4)")
+    ap.add_argument("--disk-runs", type=int, default=3, help="runs of the full-disk scenario (default 3)")
+    ap.add_argument("--enospc-cycles", type=int, default=8, help="disk-full-mid-round cycles (default 8)")
     ap.add_argument("--tamper-per-file", type=int, default=0,
                     help="flipped bytes per bundle file (default 0: every byte of every file)")
     ap.add_argument("--tamper-daemon-per-file", type=int, default=2, help="daemon restarts per bundle file")
-    ap.add_argument("--mutations", type=int, default=1500, help="mutated images in the hostile corpus")
-    ap.add_argument("--examples", type=int, default=400, help="Hypothesis examples per fuzzing strategy (5 of them)")
+    ap.add_argument("--mutations", type=int, default=5000, help="mutated images in the hostile corpus")
+    ap.add_argument("--examples", type=int, default=1000, help="Hypothesis examples per fuzzing strategy (5 of them)")
     ap.add_argument("--clients", type=int, default=20, help="concurrent clients")
     ap.add_argument("--per-client", type=int, default=100, help="requests per concurrent client")
     ap.add_argument("--vanishing", type=int, default=1000, help="clients that send and vanish")
@@ -148,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = [
         ("power", lambda w: rel.power_loss(w, bundle, images, labels, trials=args.power_trials, seed=seed, say=say)),
         ("install", lambda w: rel.install_cut(w, bundle, trials=args.install_trials, seed=seed, say=say)),
-        ("disk", lambda w: rel.full_disk(w, bundle, images, labels, say=say)),
+        ("disk", lambda w: repeat(args.disk_runs, w, lambda w2: rel.full_disk(w2, bundle, images, labels, say=say))),
         ("enospc", lambda w: rel.enospc_mid_round(w, bundle, images, labels, cycles=args.enospc_cycles, seed=seed,
                                                   say=say)),
         ("tamper", lambda w: rel.tamper_sweep(bundle, w, random.Random(seed), per_file=args.tamper_per_file)),

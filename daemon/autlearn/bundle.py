@@ -124,8 +124,8 @@ def load(root: str | Path) -> Bundle:
     covered = _check_manifest_digest(root, raw)
     try:
         manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise AutlearnError("bad_bundle", f"{mpath}: unreadable manifest: {e}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSONDecodeError, huge integers
+        raise AutlearnError("bad_bundle", f"{mpath}: unreadable manifest: {e!r}"[:500]) from None
     if not isinstance(manifest, dict):
         raise AutlearnError("bad_bundle", f"{mpath}: manifest is not a JSON object")
     version = _require(manifest, "format_version", int, str(mpath))
