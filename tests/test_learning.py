@@ -124,3 +124,23 @@ def test_online_mode_predicts_each_chunk_before_training_on_it(tmp_path, tiny_bu
     assert eng.round("test", no_progress, never).outcome == "skipped"
     svc.stop()
     eng.close()
+
+
+def test_a_long_round_publishes_at_most_a_hundred_epoch_events_and_always_the_last(tmp_path, tiny_bundle,
+                                                                                    user_digits, write_user):
+    from autlearn.learner import MAX_EPOCH_EVENTS
+
+    svc = make_service(tmp_path / "root", tiny_bundle, **{"training.epochs": 250})
+    images, labels = user_digits
+    write_user(svc.paths.state.parent / "inbox", images[:60], labels[:60])
+    eng = engine_of(svc)
+    eng.scan()
+    events = []
+    r = eng.round("test", lambda name, data: events.append((name, data)), never)
+    epochs = [d["epoch"] for name, d in events if name == "epoch"]
+    assert r.outcome in ("promoted", "rejected")
+    assert len(epochs) <= MAX_EPOCH_EVENTS
+    assert epochs[-1] == 250 and epochs == sorted(epochs) and epochs[0] == 3  # every 3rd epoch, then the last
+    assert [name for name, _ in events][-1] == "round_finished"  # what follows the epochs still goes out
+    eng.close()
+    svc.stop()

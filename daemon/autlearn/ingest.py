@@ -141,16 +141,18 @@ class Ingestor:
     def scan(self, roots: list[str]) -> IngestReport:
         report = IngestReport()
         present: set[str] = set()
-        for root in roots:
-            rootp = Path(root).absolute()
-            if not rootp.is_dir():
-                log.warning("watched directory %s does not exist (yet)", db_path(rootp)[0])
-                continue
-            for path in walk_files(rootp):
-                present.add(db_path(path)[0])
-                self._consider(rootp, path, report)
-        report.removed = self.store.forget_missing(present, [db_path(Path(r).absolute())[0] for r in roots])
-        self._retry_waiting(report)
+        with self.store.batch() as checkpoint:  # a few commits per scan, not one per file
+            for root in roots:
+                rootp = Path(root).absolute()
+                if not rootp.is_dir():
+                    log.warning("watched directory %s does not exist (yet)", db_path(rootp)[0])
+                    continue
+                for path in walk_files(rootp):
+                    present.add(db_path(path)[0])
+                    self._consider(rootp, path, report)
+                    checkpoint()
+            report.removed = self.store.forget_missing(present, [db_path(Path(r).absolute())[0] for r in roots])
+            self._retry_waiting(report)
         return report
 
     def _consider(self, root: Path, path: Path, report: IngestReport) -> None:

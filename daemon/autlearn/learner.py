@@ -25,6 +25,9 @@ from .store import Sample, Store
 
 log = logging.getLogger(__name__)
 
+# `epoch` events per round at most: every epoch up to this many, then every k-th and the last.
+MAX_EPOCH_EVENTS = 100
+
 Progress = Callable[[str, dict], None]
 
 
@@ -242,9 +245,13 @@ class Learner:
             stream = [i for i, s in enumerate(kept) if not s.holdout and not s.trained]
             losses = self._online(head, x[stream], y[stream], active, lr, online_steps, prequential, should_stop)
         else:
-            losses = head.fit(xtr, ytr, active, epochs, lr, seed + round_id, should_stop,
-                              lambda e, n, loss: progress("epoch", {"round": round_id, "epoch": e, "epochs": n,
-                                                                    "loss": loss}))
+            every = -(-epochs // MAX_EPOCH_EVENTS)  # a long round must not flood the PUB socket's queue
+
+            def on_epoch(e: int, n: int, loss: float) -> None:
+                if e % every == 0 or e == n:
+                    progress("epoch", {"round": round_id, "epoch": e, "epochs": n, "loss": loss})
+
+            losses = head.fit(xtr, ytr, active, epochs, lr, seed + round_id, should_stop, on_epoch)
         if not losses:
             return finish("skipped", "no new samples to learn from online", before)
         if should_stop():

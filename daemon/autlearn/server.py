@@ -141,7 +141,7 @@ class ControlServer:
                 for mount in sorted(self.media.new_media()):
                     self.service.request_import(mount)
                 last_media = now
-            if now - last_tick >= 0.5:
+            if now - last_tick >= 0.5 or self.service.tick_soon.is_set():
                 self.service.tick()
                 last_tick = now
             line = self.service.status_line()

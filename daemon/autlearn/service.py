@@ -52,6 +52,7 @@ class Service:
         self._emit = emit or (lambda name, data: None)
         self._jobs: queue.Queue = queue.Queue()
         self._stop = threading.Event()
+        self.tick_soon = threading.Event()  # set when a scan ends: the server loop ticks at once, not in 0.5 s
         self._lock = threading.Lock()
         self._state = {"activity": "starting", "round": None, "last_round": None, "last_scan": None,
                        "last_error": None, "last_import": None}
@@ -228,6 +229,7 @@ class Service:
         self._set(activity="ingesting")
         report = engine.scan()
         self._set(activity="idle", last_scan={**report.as_dict(), "time": time.time()})
+        self.tick_soon.set()
         if report.added or report.quarantined or report.removed or report.waiting:
             self._emit("import", report.as_dict())
 
@@ -305,6 +307,7 @@ class Service:
     # ------------------------------------------------------------------ scheduling (request thread, every tick)
     def tick(self) -> None:
         """Start a round when one is due and the board can afford it."""
+        self.tick_soon.clear()
         if self._redelegate_here:
             self._redelegate_here = False
             self.extractor = FeatureExtractor(self.variant, self.config["model.threads"],
