@@ -255,14 +255,18 @@ KILL_EVENTS = ("import", "round_started", "features", "augmented", "epoch", "tra
 
 
 def _wait_event(events: Events, name: str, epoch: int | None, timeout: float) -> bool:
+    """Wait for an event whose name starts with `name` (for "epoch": that epoch or a later one, since a busy PUB
+    socket may drop single events). False on timeout, or if the round ends before the epoch comes."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
             ev = events.next(max(0.01, end - time.monotonic()))
         except TimeoutError:
             return False
-        if ev["event"].startswith(name) and (epoch is None or ev["data"].get("epoch") == epoch):
+        if ev["event"].startswith(name) and (epoch is None or (ev["data"].get("epoch") or 0) >= epoch):
             return True
+        if epoch is not None and ev["event"].startswith("round_finished"):
+            return False
     return False
 
 
