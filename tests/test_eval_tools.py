@@ -131,3 +131,23 @@ def test_a_model_trained_on_shuffled_labels_scores_at_chance(tiny_users):
     n_test = sum(len(u["test"]) for u in data.users)
     assert len(accs) == 3 and n_test >= 120
     assert abs(float(np.mean(accs)) - 0.1) < 0.1  # labels carry no information: about 1 in 10 right
+
+
+def test_optimizer_reset_between_users_keeps_the_learning_rate():
+    """Local-only and FedAvg re-use one compiled Keras model: a fresh Adam state per user/client must not
+    zero the learning rate (it did once, and those baselines silently never trained)."""
+    import tensorflow as tf
+
+    from eval_text import _reset_optimizer
+
+    m = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(2)])
+    m.compile(optimizer=tf.keras.optimizers.Adam(1e-2), loss="mse")
+    x, y = np.ones((8, 3), np.float32), np.ones((8, 2), np.float32)
+    m.fit(x, y, verbose=0)
+    _reset_optimizer(m)
+    state = {(getattr(v, "path", None) or v.name): np.array(v) for v in m.optimizer.variables}
+    assert any("learning_rate" in k and v == pytest.approx(1e-2) for k, v in state.items())
+    assert all(not np.any(v) for k, v in state.items() if "learning_rate" not in k)
+    before = [np.array(w) for w in m.get_weights()]
+    m.fit(x, y, verbose=0)
+    assert any(not np.allclose(a, b) for a, b in zip(before, m.get_weights()))  # it still learns

@@ -353,7 +353,11 @@ def _fit_fixed(model, x, y, w, epochs: int, batch: int):
 
 
 def _reset_optimizer(model):
+    """A fresh Adam state (step counter, moments); the learning rate is left as it is."""
     for v in model.optimizer.variables:
+        name = getattr(v, "path", None) or v.name
+        if "learning_rate" in name:
+            continue
         v.assign(np.zeros(v.shape, v.dtype.name if hasattr(v.dtype, "name") else v.dtype))
 
 

@@ -271,6 +271,8 @@ def parse(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="one seed for builds, partition, splits, training")
     ap.add_argument("--test-fraction", type=float, default=0.3, help="share of each user's data held out")
     ap.add_argument("--augment-copies", type=int, default=1, help="board augmentation copies (its default: 1)")
+    ap.add_argument("--merge", action="store_true",
+                    help="with --scenario image|keyboard: keep the other scenario's results from <out>/eval.json")
     g = ap.add_argument_group("image")
     g.add_argument("--users", type=int, default=10)
     g.add_argument("--alpha", type=float, default=0.5, help="Dirichlet label-skew parameter")
@@ -314,11 +316,18 @@ def main(argv=None) -> int:
     work = args.work.absolute()
     work.mkdir(parents=True, exist_ok=True)
     res: dict = {}
+    previous = args.out / "eval.json"
+    if args.merge and args.scenario != "all" and previous.exists():  # keep the other scenario's last results
+        old = json.loads(previous.read_text())
+        other = "keyboard" if args.scenario == "image" else "image"
+        if other in old:
+            res[other] = {**old[other], "from_earlier_run": True}
     if args.scenario in ("image", "all"):
         res["image"] = run_image(args, work)
     if args.scenario in ("keyboard", "all"):
         res["keyboard"] = run_keyboard(args, work)
     summary = {}
+    res = {k: res[k] for k in ("image", "keyboard") if k in res}
     if "image" in res:
         summary["image"] = {m: res["image"]["methods"][m]["mean"] for m in IMAGE_METHODS}
     if "keyboard" in res:
