@@ -123,3 +123,17 @@ def test_daemon_keyboard_end_to_end_with_autlearnctl(tmp_path, text_bundle):
         assert ctl(d.root, "predict", "--text", "I met")["context"] == ["i", "met"]
     finally:
         assert d.stop() == 0
+
+
+def test_holdout_hits_are_counted_as_suggested_never_a_special_token():
+    from autlearn.keyboard import SPECIAL_COUNT, topk_hits
+
+    probs = np.full((2, SPECIAL_COUNT + 4), 0.01, np.float32)
+    probs[:, 1] = 0.9  # <unk> is the model's favourite, but it is never shown to the user
+    probs[0, SPECIAL_COUNT + 2] = 0.5  # the best real word: the first suggestion
+    probs[1, SPECIAL_COUNT + 0] = 0.5
+    probs[1, SPECIAL_COUNT + 1] = 0.4
+    probs[1, SPECIAL_COUNT + 3] = 0.3  # third suggestion
+    y = np.array([SPECIAL_COUNT + 2, SPECIAL_COUNT + 3])
+    assert topk_hits(probs, y) == (1, 2)
+    assert probs[0, 1] == np.float32(0.9)  # the caller's array is left as it was

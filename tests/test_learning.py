@@ -130,7 +130,7 @@ def test_a_long_round_publishes_at_most_a_hundred_epoch_events_and_always_the_la
                                                                                     user_digits, write_user):
     from autlearn.learner import MAX_EPOCH_EVENTS
 
-    svc = make_service(tmp_path / "root", tiny_bundle, **{"training.epochs": 250})
+    svc = make_service(tmp_path / "root", tiny_bundle, **{"training.epochs": 250, "training.min_steps": 0})
     images, labels = user_digits
     write_user(svc.paths.state.parent / "inbox", images[:60], labels[:60])
     eng = engine_of(svc)
@@ -142,5 +142,24 @@ def test_a_long_round_publishes_at_most_a_hundred_epoch_events_and_always_the_la
     assert len(epochs) <= MAX_EPOCH_EVENTS
     assert epochs[-1] == 250 and epochs == sorted(epochs) and epochs[0] == 3  # every 3rd epoch, then the last
     assert [name for name, _ in events][-1] == "round_finished"  # what follows the epochs still goes out
+    eng.close()
+    svc.stop()
+
+
+def test_few_samples_get_more_epochs_to_reach_the_minimum_number_of_steps(tmp_path, tiny_bundle, user_digits,
+                                                                          write_user):
+    svc = make_service(tmp_path / "root", tiny_bundle, **{"training.epochs": 5, "training.min_steps": 90,
+                                                           "training.augment_copies": 0})
+    images, labels = user_digits
+    write_user(svc.paths.state.parent / "inbox", images[:50], labels[:50])
+    eng = engine_of(svc)
+    eng.scan()
+    events = []
+    r = eng.round("test", lambda name, data: events.append((name, data)), never)
+    batch = eng.learner.bundle.train_batch
+    batches = -(-r.n_train // batch)
+    assert batches * 5 < 90  # 5 epochs alone would make too few steps
+    trained = next(d for name, d in events if name == "trained")
+    assert trained["epochs"] == -(-90 // batches)  # raised just enough
     eng.close()
     svc.stop()

@@ -69,7 +69,8 @@ class Engine:
         result = self.learner.run(self.current_version(), trigger, self.config["training.epochs"], lr,
                                   self.config["training.promote_tolerance"], self.config["training.seed"],
                                   progress, should_stop, self.config["training.augment_copies"],
-                                  self.config["training.mode"], self.config["training.online_steps"])
+                                  self.config["training.mode"], self.config["training.online_steps"],
+                                  self.config["training.min_steps"])
         if result.outcome == "promoted":
             self.store.set_meta(current_key(self.bundle_id, self.variant.name), str(result.version))
         return result

@@ -48,6 +48,12 @@ class Head:
                           active=active, lr=np.array(lr, np.float32))
         return float(out["loss"])
 
+    def epochs_for(self, n: int, epochs: int, min_steps: int) -> int:
+        """`epochs` passes over `n` samples, or more when those would make fewer than `min_steps` optimiser
+        steps: a user with 80 images gets 3 batches an epoch, and 30 epochs of them leave the head underfit."""
+        batches = -(-n // self.batch)
+        return max(epochs, -(-min_steps // batches)) if batches else epochs
+
     def fit(self, x: np.ndarray, y: np.ndarray, active: np.ndarray, epochs: int, lr: float,
             seed: int, should_stop=lambda: False, on_epoch=lambda epoch, epochs, loss: None) -> list[float]:
         """Mini-batch training over cached features; the last batch is padded and masked."""

@@ -28,6 +28,18 @@ log = logging.getLogger(__name__)
 # `epoch` events per round at most: every epoch up to this many, then every k-th and the last.
 MAX_EPOCH_EVENTS = 100
 
+
+def epoch_events(progress: Progress, round_id: int, epochs: int) -> Callable[[int, int, float], None]:
+    """Head.fit's on_epoch callback that publishes `epoch` events, thinned so that a long round cannot flood
+    the PUB socket's queue (past it, later events — the round's outcome — would be dropped)."""
+    every = -(-epochs // MAX_EPOCH_EVENTS)
+
+    def on_epoch(e: int, n: int, loss: float) -> None:
+        if e % every == 0 or e == n:
+            progress("epoch", {"round": round_id, "epoch": e, "epochs": n, "loss": loss})
+
+    return on_epoch
+
 Progress = Callable[[str, dict], None]
 
 
@@ -193,7 +205,7 @@ class Learner:
 
     def run(self, version: int, trigger: str, epochs: int, lr: float, tolerance: float, seed: int,
             progress: Progress, should_stop: Callable[[], bool], augment_copies: int = 0, mode: str = "offline",
-            online_steps: int = 3) -> RoundResult:
+            online_steps: int = 3, min_steps: int = 0) -> RoundResult:
         t0 = time.monotonic()
         round_id = self.store.start_round(trigger)
         progress("round_started", {"round": round_id, "trigger": trigger})
@@ -245,13 +257,9 @@ class Learner:
             stream = [i for i, s in enumerate(kept) if not s.holdout and not s.trained]
             losses = self._online(head, x[stream], y[stream], active, lr, online_steps, prequential, should_stop)
         else:
-            every = -(-epochs // MAX_EPOCH_EVENTS)  # a long round must not flood the PUB socket's queue
-
-            def on_epoch(e: int, n: int, loss: float) -> None:
-                if e % every == 0 or e == n:
-                    progress("epoch", {"round": round_id, "epoch": e, "epochs": n, "loss": loss})
-
-            losses = head.fit(xtr, ytr, active, epochs, lr, seed + round_id, should_stop, on_epoch)
+            epochs = head.epochs_for(len(xtr), epochs, min_steps)
+            losses = head.fit(xtr, ytr, active, epochs, lr, seed + round_id, should_stop,
+                              epoch_events(progress, round_id, epochs))
         if not losses:
             return finish("skipped", "no new samples to learn from online", before)
         if should_stop():
