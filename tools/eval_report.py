@@ -85,9 +85,10 @@ def write(report: dict, out: Path) -> None:
                f"labels from the global ones: {img['label_skew']:.2f}); {int(100 * img['test_fraction'])} % of each "
                f"user's images held out. Bundle: `autlearn-build image --data mnist5k --epochs {img['bundle']['epochs']}`"
                f" (public int8 accuracy {pct(img['bundle']['accuracy_int8_public'])} %). Board: "
-               f"{img['board']['epochs']} head epochs (`training.epochs`; the daemon's default of 30 is its own row: "
-               "with ~100 images per user it makes only ~100 optimiser steps and underfits — 300 was chosen after a "
-               "30/100/300 check on 4 users, so that row is the honest untuned figure), "
+               + (f"{img['board']['epochs']} head epochs (the daemon's default of 30 is its own row), "
+                  if img['board']['epochs'] != 30 else
+                  "the daemon's defaults (30 head epochs, raised by the daemon to at least `training.min_steps` = "
+                  "1000 optimiser steps for small users), ") +
                f"{img['board']['augment_copies']} augmented copy per image, "
                f"20 % of the user's training images kept by the board as its own promotion holdout. Local only: "
                f"{img['local_only']['epochs']} epochs from scratch. Centralised: {c['public_images']} public + "

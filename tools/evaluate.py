@@ -169,7 +169,7 @@ def run_keyboard(args, work: Path) -> dict:
     rows = []
     for u in users:
         r = et.board_user(u, bundle, work / "boards", args.kb_board_epochs, args.augment_copies,
-                          words_only_variant=not args.no_wordsonly)
+                          words_only_variant=args.wordsonly_variant)
         rows.append(r)
         log(f"   {u['name']}: top-3 pretrained {r['pretrained']['top3']:.3f}  offline "
             f"{r['autlearn_offline']['top3']:.3f}  +aug {r['autlearn_offline_aug']['top3']:.3f}  online "
@@ -279,9 +279,9 @@ def parse(argv=None):
     g.add_argument("--digits-limit", type=int, default=None, help="use only the first N UCI digits")
     g.add_argument("--min-user-images", type=int, default=20)
     g.add_argument("--image-epochs", type=int, default=8, help="bundle pretraining and centralised epochs")
-    g.add_argument("--board-epochs", type=int, default=300,
-                   help="board head epochs (the daemon's default, 30, underfits users of ~100 images: it is run "
-                        "as well and reported as its own row)")
+    g.add_argument("--board-epochs", type=int, default=30,
+                   help="board head epochs (the daemon's default: 30, raised by the daemon itself to reach "
+                        "training.min_steps; another value also runs the default as its own row)")
     g.add_argument("--local-epochs", type=int, default=30)
     g.add_argument("--fed-rounds", type=int, default=20)
     g.add_argument("--fed-clients", type=int, default=5)
@@ -299,8 +299,9 @@ def parse(argv=None):
     g.add_argument("--kb-max-users", type=int, default=None, help="largest N fortunes topics (default: all)")
     g.add_argument("--kb-max-roles", type=int, default=12, help="largest N roles")
     g.add_argument("--kb-board-epochs", type=int, default=6)
-    g.add_argument("--no-wordsonly", action="store_true",
-                   help="skip the extra keyboard run with the proposed words-only holdout scoring")
+    g.add_argument("--wordsonly-variant", action="store_true",
+                   help="an extra keyboard run with words-only holdout scoring patched in (the daemon scores "
+                        "words-only itself since 08f2e2c: only useful against an older daemon)")
     g.add_argument("--kb-local-epochs", type=int, default=10)
     g.add_argument("--kb-local-capacity", type=int, default=2000)
     g.add_argument("--kb-fed-rounds", type=int, default=10)
