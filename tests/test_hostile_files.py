@@ -483,14 +483,6 @@ def _paused_round_with_a_swapped_sample(tmp_path, bundle, images, labels, swap) 
     return d, Path(path)
 
 
-LEARNER_READS = ("learner.FeatureSource._read reads a sample with Path.read_bytes(): a FIFO put in place of a "
-                 "sample blocks the worker thread forever (no scan or round runs again), and a file that grew "
-                 "is read whole into memory. Fix (learner.py): read through ingest.read_regular_file(path, "
-                 "max_file_bytes) (O_NONBLOCK open, fstat must be a regular file, reads capped) and skip the "
-                 "sample when it is over the limit")
-
-
-@pytest.mark.xfail(strict=True, reason=LEARNER_READS)
 def test_a_sample_swapped_for_a_fifo_during_a_round_does_not_hang_the_worker(tmp_path, tiny_bundle, user_digits):
     images, labels = user_digits
 
@@ -518,7 +510,6 @@ def test_a_sample_swapped_for_a_fifo_during_a_round_does_not_hang_the_worker(tmp
         kill9(d)
 
 
-@pytest.mark.xfail(strict=True, reason=LEARNER_READS)
 def test_a_sample_swapped_for_a_huge_file_during_a_round_is_not_read_whole(tmp_path, tiny_bundle, user_digits):
     images, labels = user_digits
 

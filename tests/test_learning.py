@@ -163,3 +163,31 @@ def test_few_samples_get_more_epochs_to_reach_the_minimum_number_of_steps(tmp_pa
     assert trained["epochs"] == -(-90 // batches)  # raised just enough
     eng.close()
     svc.stop()
+
+
+def test_a_round_that_fails_is_recorded_and_automatic_rounds_back_off(tmp_path, tiny_bundle, user_digits,
+                                                                      write_user):
+    import time
+
+    svc = make_service(tmp_path / "root", tiny_bundle, **{"training.auto": True, "training.min_new_samples": 10})
+    images, labels = user_digits
+    write_user(svc.paths.state.parent / "inbox", images[:60], labels[:60])
+    svc.request_scan()
+    head = svc.store.head(svc.current_version())
+    (svc.paths.heads / head["file"]).write_bytes(b"not a weights file")  # the current head cannot be read
+    deadline = time.monotonic() + 60
+    while svc.store.count_new() < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    svc.tick()  # a round is due: it starts and fails
+    while not svc.store.rounds(1) or svc.store.rounds(1)[0]["outcome"] is None:
+        assert time.monotonic() < deadline, "the round did not end"
+        time.sleep(0.05)
+    first = svc.store.rounds(1)[0]
+    assert first["outcome"] == "failed" and first["finished"] is not None and first["detail"]
+    for _ in range(5):  # ticks keep coming; the failing round does not start again at once
+        svc.tick()
+        time.sleep(0.1)
+    assert len(svc.store.rounds(100)) == 1
+    why = svc.status({})["why_not_training"]
+    assert "the last round failed" in why and "resume in" in why
+    svc.stop()

@@ -30,6 +30,8 @@ def test_document_lists_every_error_code():
     (json.dumps({"v": 1, "cmd": 5}).encode(), "bad_request"),
     (json.dumps({"v": 1, "cmd": "status", "args": [1]}).encode(), "bad_request"),
     (b"x" * (protocol.MAX_MESSAGE_BYTES + 1), "bad_request"),
+    (b'{"v": 1, "id": NaN, "cmd": "status"}', "bad_request"),  # Python's json reads it; JSON has no NaN
+    (b'{"v": 1, "cmd": "status", "args": {"limit": -Infinity}}', "bad_request"),
 ])
 def test_bad_frames_get_a_coded_error(frame, code):
     with pytest.raises(AutlearnError) as e:

@@ -492,13 +492,6 @@ def test_tcp_listener_answers_only_authorized_curve_clients(tmp_path, tiny_bundl
     assert t.crashes == 0 and not t.problems, "\n".join(t.problems)
 
 
-@pytest.mark.xfail(strict=True, reason="ZMQ_MAXMSGSIZE bounds each frame, not the number of frames: libzmq buffers a "
-                                       "whole multipart message before the ROUTER hands it over, and the server then "
-                                       "echoes every frame but the last as the reply's envelope, so one message of "
-                                       "128 frames of 1 MiB costs ~400 MB of RSS. Fix (server.py + unit): answer only "
-                                       "[identity, b'', reply] and refuse a message of more than 3 frames without "
-                                       "echoing it; and bound what libzmq can buffer with MemoryMax=/MemoryHigh= in "
-                                       "systemd/autlearnd.service (libzmq has no per-message total limit)")
 def test_a_multipart_message_of_many_large_frames_keeps_memory_bounded(tmp_path, tiny_bundle):
     d = Daemon(tmp_path / "mp", tiny_bundle, training="auto = false\n")
     try:
@@ -507,11 +500,15 @@ def test_a_multipart_message_of_many_large_frames_keeps_memory_bounded(tmp_path,
         decode_reply(wire.roundtrip([b"", protocol.request("status")]))
         rss0 = proc_status(d.proc.pid, "VmRSS")
         frame = b"x" * (1 << 20)
-        reply = wire.roundtrip([frame] * 128 + [protocol.request("status")], 30_000)
+        reply = decode_reply(wire.roundtrip([frame] * 128 + [protocol.request("status")], 30_000))
+        assert not reply["ok"] and reply["error"]["code"] == "bad_request" and "129 frames" in reply["error"]["message"]
+        assert decode_reply(wire.roundtrip([b"", protocol.request("status")]))["ok"]  # and it goes on answering
         wire.close()
         assert d.proc.poll() is None
+        # ZMQ_MAXMSGSIZE bounds each frame, not their number, and libzmq holds a whole multipart message before
+        # handing it over: its 128 MiB are unavoidable in the process (the packaged unit caps the daemon's memory,
+        # MemoryHigh=/MemoryMax=). What the daemon must not do is copy or echo them: that was ~400 MB.
         grew = (proc_status(d.proc.pid, "VmHWM") - rss0) // 1024
-        assert grew < 2 * MEMORY_BOUND_MB, f"peak RSS grew by {grew} MB for one message"
-        assert reply is not None
+        assert grew < 128 + MEMORY_BOUND_MB, f"peak RSS grew by {grew} MB for one 128 MiB message"
     finally:
         kill9(d)

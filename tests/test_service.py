@@ -139,7 +139,7 @@ def test_sigterm_mid_round_is_consistent_and_the_next_start_resumes(tmp_path, ti
 
 
 def test_train_follow_prints_the_round_until_it_ends(tmp_path, tiny_bundle, user_digits, write_user):
-    d = ready(Daemon(tmp_path / "r", tiny_bundle, training="auto = false\nepochs = 5\n"))
+    d = ready(Daemon(tmp_path / "r", tiny_bundle, training="auto = false\nepochs = 5\nmin_steps = 0\n"))
     try:
         images, labels = user_digits
         write_user(d.inbox, images[:100], labels[:100])

@@ -31,17 +31,19 @@ class Engine:
         self.store = Store(paths.db)
         self.cache = FeatureCache(paths.feature_cache, int(config["cache.max_mb"] * (1 << 20)), cache_stats)
         self.extractor = FeatureExtractor(variant, config["model.threads"], config["model.delegate"])
-        self.features = FeatureSource(bundle, variant, self.extractor, self.cache, config["data.max_pixels"])
+        max_file_bytes = int(config["data.max_file_mb"] * (1 << 20))
+        self.features = FeatureSource(bundle, variant, self.extractor, self.cache, config["data.max_pixels"],
+                                      max_file_bytes)
         if bundle.task == "next_word":
             from .keyboard import KeyboardLearner
             self.learner = KeyboardLearner(bundle, bundle_id, variant, self.store, self.extractor, self.cache,
                                            paths.heads, config["model.threads"], config["training.holdout_fraction"],
-                                           config["training.min_word_count"])
+                                           config["training.min_word_count"], max_file_bytes)
         else:
             self.learner = Learner(bundle, bundle_id, variant, self.store, self.features, paths.heads,
                                    config["model.threads"])
         self.ingestor = Ingestor(self.store, paths.quarantine, bundle_id, bundle.labels, bundle.class_capacity,
-                                 config["training.holdout_fraction"], int(config["data.max_file_mb"] * (1 << 20)),
+                                 config["training.holdout_fraction"], max_file_bytes,
                                  config["data.max_pixels"], bundle.input, bundle.task)
 
     def close(self) -> None:

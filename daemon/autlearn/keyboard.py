@@ -30,7 +30,7 @@ from .featcache import FeatureCache, feature_key
 from .features import FeatureExtractor
 from .head import Head, Weights, load_weights, save_weights
 from .ingest import holdout_of
-from .learner import Progress, RoundResult, epoch_events
+from .learner import Progress, RoundResult, epoch_events, read_sample
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -162,12 +162,13 @@ class KeyboardLearner:
 
     def __init__(self, bundle: Bundle, bundle_id: str, variant: Variant, store: Store, extractor: FeatureExtractor,
                  cache: FeatureCache, heads_dir: Path, threads: int, holdout_fraction: float,
-                 min_word_count: int = 2):
+                 min_word_count: int = 2, max_file_bytes: int = 64 << 20):
         self.bundle, self.bundle_id, self.variant = bundle, bundle_id, variant
         self.store, self.extractor, self.cache = store, extractor, cache
         self.heads_dir, self.threads = heads_dir, threads
         self.holdout_fraction = holdout_fraction
         self.min_word_count = min_word_count
+        self.max_file_bytes = max_file_bytes
         self.tok = Tokenizer(bundle.manifest["tokenizer"])
         self.vocab = list(bundle.manifest["vocabulary"])
         self.base_index = {w: i for i, w in enumerate(self.vocab)}
@@ -239,9 +240,12 @@ class KeyboardLearner:
         for s in self.store.usable_samples():
             if s.kind != "text":
                 continue
+            data = read_sample(s.path, self.max_file_bytes)
             try:
-                text = Path(s.path).read_bytes().decode("utf-8")
-            except (OSError, UnicodeDecodeError):
+                text = data.decode("utf-8") if data is not None else None
+            except UnicodeDecodeError:
+                text = None
+            if text is None:
                 continue
             for words in self.tok.sentences(text):
                 sha = hashlib.sha256(" ".join(words).encode()).hexdigest()

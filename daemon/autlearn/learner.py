@@ -21,6 +21,7 @@ from .errors import AutlearnError
 from .featcache import FeatureCache, feature_key
 from .features import FeatureExtractor
 from .head import Head, Weights, load_weights, save_weights
+from .ingest import read_regular_file
 from .store import Sample, Store
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,21 @@ def epoch_events(progress: Progress, round_id: int, epochs: int) -> Callable[[in
     return on_epoch
 
 Progress = Callable[[str, dict], None]
+
+
+def read_sample(path: str, max_bytes: int) -> bytes | None:
+    """A stored sample's bytes as a round reads them again, or None (logged) when the file is gone, is no
+    longer a regular file (a FIFO put in its place would block the worker forever) or grew past the limit
+    (it is not read whole: the next scan judges it again)."""
+    try:
+        data, _ = read_regular_file(path, max_bytes)
+    except OSError as e:
+        log.info("sample %s cannot be read again (%s); it waits for the next scan", path, e.strerror or e)
+        return None
+    if len(data) > max_bytes:
+        log.info("sample %s grew past data.max_file_mb since it was ingested; it waits for the next scan", path)
+        return None
+    return data
 
 
 @dataclass
@@ -81,12 +97,13 @@ class FeatureSource:
     """Features of stored samples: from the cache when present, else computed by the base and cached."""
 
     def __init__(self, bundle: Bundle, variant: Variant, extractor: FeatureExtractor, cache: FeatureCache,
-                 max_pixels: int):
+                 max_pixels: int, max_file_bytes: int = 64 << 20):
         self.bundle = bundle
         self.variant = variant
         self.extractor = extractor
         self.cache = cache
         self.max_pixels = max_pixels
+        self.max_file_bytes = max_file_bytes
         self.prep_version = int(bundle.input.get("preprocessing_version", 1))
 
     def key(self, sha256: str, augmentation: str = "none") -> str:
@@ -129,13 +146,8 @@ class FeatureSource:
         return x, kept, len(computed), len(found)
 
     def _read(self, s: Sample) -> np.ndarray | None:
-
-        try:
-            data = Path(s.path).read_bytes()
-        except OSError:
-            log.info("sample %s vanished before its features were computed", s.path)
-            return None
-        if hashlib.sha256(data).hexdigest() != s.sha256:
+        data = read_sample(s.path, self.max_file_bytes)
+        if data is None or hashlib.sha256(data).hexdigest() != s.sha256:
             log.info("sample %s changed since it was ingested; it waits for the next scan", s.path)
             return None
         try:

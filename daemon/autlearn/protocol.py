@@ -15,12 +15,16 @@ def request(cmd: str, args: dict | None = None, req_id: Any = None) -> bytes:
     return json.dumps({"v": PROTOCOL_VERSION, "id": req_id, "cmd": cmd, "args": args or {}}).encode()
 
 
+def _not_json(name: str):
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def parse_request(frame: bytes) -> dict:
     """Validate the envelope; raise AutlearnError with the code a client should see."""
     if len(frame) > MAX_MESSAGE_BYTES:
         raise AutlearnError("bad_request", f"message of {len(frame)} bytes is over the limit of {MAX_MESSAGE_BYTES}")
     try:
-        msg = json.loads(frame.decode("utf-8"))
+        msg = json.loads(frame.decode("utf-8"), parse_constant=_not_json)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise AutlearnError("bad_request", f"not UTF-8 JSON: {e}") from None
     except RecursionError:

@@ -22,6 +22,8 @@ from .watcher import DebouncedWatcher
 
 log = logging.getLogger(__name__)
 
+MAX_FRAMES = 3  # as the ROUTER sees a request: [identity, b"" (DEALER/REQ clients), JSON]
+
 
 class EventQueue:
     """Thread-safe hand-over of events from the worker to the loop that owns the PUB socket."""
@@ -94,6 +96,15 @@ class ControlServer:
                 except PermissionError as e:
                     log.warning("cannot give %s to group %r: %s", path, self.group, e)
 
+    def handle_message(self, frames: list[zmq.Frame]) -> list[bytes] | None:
+        """One message as received (frames not copied): a request has at most three frames. A longer one is
+        refused without being copied or echoed (ZMQ_MAXMSGSIZE bounds each frame, not their number)."""
+        if len(frames) > MAX_FRAMES:
+            return [frames[0].bytes, b"", protocol.reply_error(
+                None, "bad_request", f"a request is one JSON frame after an optional empty one; this message had "
+                                     f"{len(frames) - 1} frames")]
+        return self.handle_frames([f.bytes for f in frames])
+
     def handle_frames(self, frames: list[bytes]) -> list[bytes] | None:
         """Route one multipart message: [identity, (empty,) payload]. Returns the reply frames."""
         if len(frames) < 2:
@@ -121,10 +132,11 @@ class ControlServer:
             for sock, _ in poller.poll(50):
                 for _ in range(100):  # drain, but stay responsive to stop and events
                     try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    reply = self.handle_frames(frames)
+                    reply = self.handle_message(frames)
+                    del frames  # a large refused message is freed before the next one is read
                     if reply is not None:
                         try:
                             sock.send_multipart(reply, zmq.NOBLOCK)

@@ -64,6 +64,8 @@ class Service:
         self._paused_by_user = False
         self._redelegate_worker = False
         self._round_queued = False
+        self._round_failures = 0  # in a row: automatic rounds back off after each
+        self._round_retry_at = 0.0
         self._last_round_end = time.monotonic()
         # Conditions that forbid training now (battery, heat, load, time window…): sentences, empty = allowed.
         self._redelegate_here = False
@@ -91,7 +93,7 @@ class Service:
         self.cache = self._open_cache()
         self.extractor = FeatureExtractor(self.variant, self.config["model.threads"], self.config["model.delegate"])
         self.features = FeatureSource(self.bundle, self.variant, self.extractor, self.cache,
-                                      self.config["data.max_pixels"])
+                                      self.config["data.max_pixels"], int(self.config["data.max_file_mb"] * (1 << 20)))
         self._ensure_initial_head()
         self._worker = threading.Thread(target=self._work, name="autlearn-worker", daemon=True)
         self._worker.start()
@@ -190,18 +192,34 @@ class Service:
                     elif kind == "round":
                         self._round_queued = False
                         self._round(engine, trigger)
+                        self._round_failures, self._round_retry_at = 0, 0.0
                 except Exception as e:  # a job's failure never takes the daemon down
-                    if _disk_full(e):
+                    full = _disk_full(e)
+                    if full:
                         log.error("%s job stopped: the disk is full (%s); it is retried when space returns", kind, e)
-                        if kind == "scan":
-                            self._jobs.put(("scan", "retry after a full disk"))
-                            self._stop.wait(5.0)
                     else:
                         log.exception("%s job failed", kind)
                     self._set(activity="idle", round=None, last_error=f"{kind}: {e}")
                     self._emit("error", {"job": kind, "message": str(e)})
+                    if kind == "round":
+                        self._round_failed(engine, e, full)
+                    if full and kind == "scan":
+                        self._jobs.put(("scan", "retry after a full disk"))
+                        self._stop.wait(5.0)
         finally:
             engine.close()
+
+    def _round_failed(self, engine: Engine, e: Exception, disk_full: bool) -> None:
+        """Record the round as failed and hold automatic rounds back (5 s after a full disk, else 30 s doubling
+        up to an hour), so that a round that keeps failing does not start again at every tick."""
+        try:
+            engine.store.fail_unfinished_rounds("failed", f"{type(e).__name__}: {e}")
+        except sqlite3.Error as db_error:  # a full disk may refuse this write too; the next start marks it
+            log.warning("cannot record the failed round: %s", db_error)
+        self._round_failures += 1
+        delay = 5.0 if disk_full else min(3600.0, 30.0 * 2 ** (self._round_failures - 1))
+        self._round_retry_at = time.monotonic() + delay
+        log.info("automatic rounds resume in %.0f s (failure %d in a row)", delay, self._round_failures)
 
     def request_import(self, mount: str) -> None:
         self._jobs.put(("import", mount))
@@ -316,7 +334,7 @@ class Service:
             self._emit("delegate", {"in_use": self.extractor.choice.in_use, "reason": self.extractor.choice.reason})
         if self._round_queued or self._stop.is_set() or self._get()["activity"] != "idle":
             return
-        if not self.config["training.auto"] or self.blocking_reasons():
+        if not self.config["training.auto"] or self.blocking_reasons() or time.monotonic() < self._round_retry_at:
             return
         new = self.store.count_new()
         interval = self.config["training.interval_s"]
@@ -381,6 +399,10 @@ class Service:
             return "automatic rounds are off (training.auto = false); 'autlearnctl train' starts one"
         if new < need:
             return f"waiting for new samples: {new} of {need} needed to start a round"
+        wait = self._round_retry_at - time.monotonic()
+        if wait > 0:
+            return (f"the last round failed ({st['last_error']}); automatic rounds resume in {wait:.0f} s "
+                    "('autlearnctl train' starts one now)")
         return "a round is about to start"
 
     def train(self, args: dict) -> dict:

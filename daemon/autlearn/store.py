@@ -243,6 +243,8 @@ class Store:
         rows = self.db.execute(f"SELECT {', '.join(keys)} FROM rounds ORDER BY id DESC LIMIT ?", (limit,))
         return [dict(zip(keys, r)) for r in rows]
 
-    def fail_unfinished_rounds(self) -> None:
-        """Rounds cut short by a crash or power loss: mark them so history is honest."""
-        self.db.execute("UPDATE rounds SET outcome='interrupted', finished=? WHERE finished IS NULL", (time.time(),))
+    def fail_unfinished_rounds(self, outcome: str = "interrupted", detail: str | None = None) -> None:
+        """Rounds cut short (by a crash or power loss: `interrupted`; by an error: `failed`): mark them so that
+        history is honest."""
+        self.db.execute("UPDATE rounds SET outcome=?, detail=COALESCE(?, detail), finished=? WHERE finished IS NULL",
+                        (outcome, detail, time.time()))
