@@ -167,7 +167,7 @@ def test_the_daemon_round_as_the_bench_times_it(tmp_path, tiny_bundle, user_digi
     test_paths = write_user(tmp_path / "user" / "test", images[100:140], labels[100:140], prefix="t")
     assert len(first) == 60
     root = tmp_path / "d"
-    run = bench.DaemonRun(root, tiny_bundle, epochs=3, debounce_s=0.1)
+    run = bench.DaemonRun(root, tiny_bundle, epochs=3, debounce_s=0.1, min_steps=0)
     staging = tmp_path / "user"
     try:
         ready = run.start()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import random
 import socket
@@ -80,9 +81,20 @@ def decode_reply(frames: list[bytes] | None) -> dict:
     return msg
 
 
+def not_json(v) -> bool:
+    """NaN or ±Infinity anywhere: Python's json writes them, but JSON has none, and the daemon refuses them."""
+    if isinstance(v, float):
+        return not math.isfinite(v)
+    if isinstance(v, dict):
+        return any(not_json(x) for x in v.values())
+    if isinstance(v, list):
+        return any(not_json(x) for x in v)
+    return False
+
+
 def expected_envelope_error(msg) -> str | None:
     """The error parse_request must give `msg` (a decoded JSON value), None if the envelope is fine."""
-    if not isinstance(msg, dict):
+    if not_json(msg) or not isinstance(msg, dict):
         return "bad_request"
     v = msg.get("v")
     if isinstance(v, bool) or v != protocol.PROTOCOL_VERSION:

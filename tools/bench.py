@@ -201,8 +201,10 @@ def proc_mem_mb(pid: int, key: str) -> float:
 class DaemonRun:
     """One autlearnd subprocess under `root`, with its own NOTIFY_SOCKET and event subscriber."""
 
-    def __init__(self, root: Path, bundle: Path, epochs: int, debounce_s: float):
+    def __init__(self, root: Path, bundle: Path, epochs: int, debounce_s: float, min_steps: int | None = None):
+        """`min_steps` None keeps the daemon's default (training.min_steps: epochs are raised for few samples)."""
         self.root, self.bundle, self.epochs, self.debounce_s = root, bundle, epochs, debounce_s
+        self.min_steps = min_steps
         self.inbox = root / "inbox"
         self.inbox.mkdir(parents=True, exist_ok=True)
         self.cfg = root / "autlearnd.toml"
@@ -225,7 +227,7 @@ max_temp_c = 0.0
 [training]
 min_new_samples = 20
 epochs = {epochs}
-""")
+""" + ("" if self.min_steps is None else f"min_steps = {self.min_steps}\n"))
 
     def start(self) -> float:
         """Start and wait for READY=1 on our notify socket; returns seconds from Popen to READY."""

@@ -22,7 +22,10 @@ from .watcher import DebouncedWatcher
 
 log = logging.getLogger(__name__)
 
-MAX_FRAMES = 3  # as the ROUTER sees a request: [identity, b"" (DEALER/REQ clients), JSON]
+# A request as the ROUTER sees it: [identity, envelope frames (b"" from DEALER/REQ clients, routing frames from
+# a proxy), JSON]. The envelope is echoed in the reply, so it is bounded (ZMQ_MAXMSGSIZE bounds each frame only).
+MAX_FRAMES = 16
+MAX_ENVELOPE_BYTES = 4096
 
 
 class EventQueue:
@@ -97,12 +100,13 @@ class ControlServer:
                     log.warning("cannot give %s to group %r: %s", path, self.group, e)
 
     def handle_message(self, frames: list[zmq.Frame]) -> list[bytes] | None:
-        """One message as received (frames not copied): a request has at most three frames. A longer one is
-        refused without being copied or echoed (ZMQ_MAXMSGSIZE bounds each frame, not their number)."""
-        if len(frames) > MAX_FRAMES:
+        """One message as received (frames not copied). One with too many or too large envelope frames is
+        refused without being copied or echoed."""
+        if len(frames) > MAX_FRAMES or sum(len(f) for f in frames[1:-1]) > MAX_ENVELOPE_BYTES:
             return [frames[0].bytes, b"", protocol.reply_error(
-                None, "bad_request", f"a request is one JSON frame after an optional empty one; this message had "
-                                     f"{len(frames) - 1} frames")]
+                None, "bad_request", f"a request is one JSON frame after at most {MAX_FRAMES - 2} envelope frames "
+                                     f"of {MAX_ENVELOPE_BYTES} bytes in all; this message had {len(frames) - 1} "
+                                     "frames")]
         return self.handle_frames([f.bytes for f in frames])
 
     def handle_frames(self, frames: list[bytes]) -> list[bytes] | None:
