@@ -172,6 +172,24 @@ class _WordsOnlyScoring:
         keyboard.topk_hits = _ORIGINAL_TOPK_HITS[0]
 
 
+def pretrained_stream(b) -> dict:
+    """After an online round: the same stream (same chunks, same counted targets, the daemon's own hit count
+    `autlearn.keyboard.topk_hits`) predicted by the cloud head, which never learns."""
+    from autlearn import keyboard
+
+    kl = b.eng.learner
+    train = [w for w, h, _ in kl.user_sentences() if not h]
+    f, y, _, _ = kl.positions(train, b.slots())
+    cloud = kl.model(b.initial_version(), kl.active())
+    bt = b.eng.bundle.train_batch
+    chunks = []
+    for i in range(0, len(y), bt):
+        w = y[i:i + bt] >= SPECIAL_COUNT
+        h1, _ = keyboard.topk_hits(cloud.probs(f[i:i + bt][w]), y[i:i + bt][w])
+        chunks.append((h1, int(w.sum())))
+    return prequential_curve(chunks)
+
+
 def board_user(user: dict, bundle: Path, work: Path, epochs: int, augment_copies: int,
                words_only_variant: bool = False) -> dict:
     """One typist on the board: pretrained, offline without/with synonym augmentation, online (and, with
@@ -209,18 +227,7 @@ def board_user(user: dict, bundle: Path, work: Path, epochs: int, augment_copies
                                       "mix": (kb.get("with_memory") or {}).get("mix")}
             if method == "autlearn_online":
                 res["online_prequential"] = prequential_curve(r.prequential or [])
-                # the same stream (same chunks, same counted targets) predicted by the cloud head, never learning
-                slots = b.slots()
-                train = [w for w, h, _ in kl.user_sentences() if not h]
-                f, y, _, _ = kl.positions(train, slots)
-                cloud = kl.model(b.initial_version(), kl.active())
-                bt = b.eng.bundle.train_batch
-                chunks = []
-                for i in range(0, len(y), bt):
-                    w = y[i:i + bt] >= SPECIAL_COUNT
-                    p = cloud.probs(f[i:i + bt][w])
-                    chunks.append((int(np.sum(np.argmax(p, axis=1) == y[i:i + bt][w])), int(w.sum())))
-                res["pretrained_stream"] = prequential_curve(chunks)
+                res["pretrained_stream"] = pretrained_stream(b)
         finally:
             b.close()
     return res
