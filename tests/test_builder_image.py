@@ -183,7 +183,7 @@ def test_manifest_follows_the_contract(image_bundle):
     assert m["format_version"] == 1
     assert m["task"] == "image_classification"
     assert m["input"] == {"kind": "image", "height": 28, "width": 28, "channels": 1, "color_mode": "L",
-                          "scale": 1 / 255, "offset": 0.0, "preprocessing_version": 1}
+                          "scale": 1 / 255, "offset": 0.0, "fit_box": 20, "preprocessing_version": 2}
     assert m["labels"] == [str(d) for d in range(10)]
     assert m["class_capacity"] == 16 and m["train_batch"] == 32
     assert m["optimizer"] == {"name": "adam", "learning_rate": 0.001}
@@ -320,7 +320,49 @@ def test_image_folder_loader(tmp_path):
     assert np.allclose(data.x[data.y == 0], 200 / 255) and np.allclose(data.x[data.y == 1], 50 / 255)
 
 
-@pytest.mark.parametrize("case", ["missing", "empty_class", "corrupt", "one_class", "capacity", "not_empty_out"])
+def test_a_fitted_folder_is_framed_as_the_board_frames_it(tmp_path):
+    """With --fit-box the builder decodes a folder through the board's own preprocessing."""
+    from autlearn.imaging import load_input
+    from autlearn_build.datasets import ImageSpec, load_image_folder
+    from PIL import Image
+
+    for name, corner in (("a", (0, 0)), ("b", (30, 30))):
+        for i in range(2):
+            img = np.zeros((40, 40), np.uint8)
+            img[corner[0]:corner[0] + 8, corner[1]:corner[1] + 4] = 255 - i  # the same bar in both classes
+            (tmp_path / name).mkdir(exist_ok=True)
+            Image.fromarray(img).save(tmp_path / name / f"{i}.png")
+    spec = ImageSpec().with_fit_box(20)
+    assert spec.preprocessing_version == 2 and spec.to_manifest()["fit_box"] == 20
+    data = load_image_folder(tmp_path, spec)
+    for x, y in zip(data.x, data.y):
+        files = sorted((tmp_path / data.labels[y]).glob("*.png"))
+        board = [load_input(f.read_bytes(), f.name, spec.to_manifest(), 1 << 20) for f in files]
+        assert any(np.array_equal(x, b) for b in board)
+    a, b = data.x[data.y == 0][0], data.x[data.y == 1][0]
+    assert np.abs(a - b).max() < 0.01  # a bar in the top-left and one in the bottom-right corner end up alike
+
+
+def test_low_resolution_copies_blur_and_keep_labels():
+    from autlearn_build.datasets import ImageDataset, ImageSpec, low_resolution_copies
+
+    rng = np.random.default_rng(0)
+    x = (rng.random((10, 28, 28, 1)) > 0.5).astype(np.float32)  # sharp black/white noise
+    y = np.arange(10) % 3
+    data = ImageDataset(x, y, ["0", "1", "2"], "noise", ImageSpec())
+    out = low_resolution_copies(data, 0.5, seed=1)
+    assert len(out) == 15 and np.array_equal(out.x[:10], x) and np.array_equal(out.y[:10], y)
+    copies = out.x[10:]
+    # each copy is one of the originals seen through a coarse grid: far smoother than any original
+    roughness = lambda a: np.abs(np.diff(a, axis=1)).mean()  # noqa: E731
+    assert max(roughness(c) for c in copies) < 0.5 * min(roughness(o) for o in x)
+    again = low_resolution_copies(data, 0.5, seed=1)
+    assert np.array_equal(again.x, out.x) and np.array_equal(again.y, out.y)
+    assert len(low_resolution_copies(data, 0.0, seed=1)) == 10
+
+
+@pytest.mark.parametrize("case", ["missing", "empty_class", "corrupt", "one_class", "capacity", "not_empty_out",
+                                  "degrade", "fit_box"])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case):
     data = tmp_path / "data"
     for i in range(2):
@@ -330,7 +372,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case):
     extra: list[str] = []
     expected = {"missing": "does not exist", "empty_class": "holds no PNG or JPEG", "corrupt": "bad.png",
                 "one_class": "at least 2 sub-folders", "capacity": "class-capacity 2",
-                "not_empty_out": "not empty"}[case]
+                "not_empty_out": "not empty", "degrade": "--degrade", "fit_box": "--fit-box 29"}[case]
     if case == "missing":
         data = tmp_path / "nowhere"
     elif case == "empty_class":
@@ -346,6 +388,10 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case):
     elif case == "not_empty_out":
         out.mkdir()
         (out / "keep.txt").write_text("x")
+    elif case == "degrade":
+        extra = ["--degrade", "1.5"]
+    elif case == "fit_box":
+        extra = ["--fit-box", "29"]
     assert _build(out, "--data", str(data), *extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("autlearn-build: error:") and expected in err[0], err

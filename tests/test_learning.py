@@ -21,7 +21,8 @@ def test_round_improves_holdout_and_second_round_reuses_cache(svc, user_digits, 
     eng = engine_of(svc)
     rep = eng.scan()
     assert rep.added == 600 and rep.quarantined == 0
-    r1 = eng.round("test", no_progress, never)
+    ev1, ev2 = [], []
+    r1 = eng.round("test", lambda name, data: ev1.append((name, data)), never)
     assert r1.outcome == "promoted"
     assert r1.accuracy_after > r1.accuracy_before + 0.05  # the user differs from MNIST; the head adapts
     assert r1.features_computed == 600 and r1.features_cached == 0
@@ -29,9 +30,15 @@ def test_round_improves_holdout_and_second_round_reuses_cache(svc, user_digits, 
 
     write_user(inbox, images[600:660], labels[600:660], prefix="b")  # 10 % new files
     assert eng.scan().added == 60
-    r2 = eng.round("test", no_progress, never)
+    r2 = eng.round("test", lambda name, data: ev2.append((name, data)), never)
     assert r2.features_computed == 60  # only the new files went through the base model
     assert r2.features_cached == 600
+    # the head continues from the promoted one: epochs in proportion to the unlearnt samples, not all again
+    e1, e2 = (next(d["epochs"] for name, d in ev if name == "trained") for ev in (ev1, ev2))
+    batches = -(-(r2.n_train + r2.n_augmented) // eng.learner.bundle.train_batch)
+    full = max(svc.config["training.epochs"], -(-svc.config["training.min_steps"] // batches))
+    new_share = (r2.n_train - r1.n_train) / r2.n_train
+    assert e2 == max(1, int(np.ceil(full * new_share))) and e2 < e1 / 4
     # one augmented copy per training image (the paper's cap), cached under its own key like the originals
     assert r1.n_augmented == r1.n_train and r1.augmented_computed == r1.n_train
     assert r2.augmented_cached == r1.n_train and r2.augmented_computed == r2.n_train - r1.n_train

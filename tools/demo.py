@@ -44,6 +44,8 @@ def main() -> int:
     ap.add_argument("--root", default="var/demo", help="development root (default var/demo)")
     ap.add_argument("--epochs", type=int, default=8, help="builder pretraining epochs")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--degrade", type=float, default=1.0,
+                    help="builder --degrade: low-resolution copies of the public images (the user scans coarsely)")
     args = ap.parse_args()
     root = Path(args.root).absolute()
     if root.exists():
@@ -55,7 +57,8 @@ def main() -> int:
     say("1. cloud: autlearn-build pretrains on MNIST-5k (public) and exports an int8 bundle")
     t = time.monotonic()
     subprocess.run([str(BIN / "autlearn-build"), "image", "--data", "mnist5k", "--out", str(root / "bundle"),
-                    "--epochs", str(args.epochs), "--seed", str(args.seed)], check=True)
+                    "--epochs", str(args.epochs), "--seed", str(args.seed), "--degrade", str(args.degrade)],
+                   check=True)
     print(f"   built in {time.monotonic() - t:.1f}s")
 
     say("2. the private user: UCI digits (other writers, other scanner), 30% kept aside as the user's test set")

@@ -89,7 +89,8 @@ def write(report: dict, out: Path) -> None:
         md += ["## Images: UCI digits, users with Dirichlet label skew", "",
                f"{len(img['users'])} users, Dirichlet α = {img['alpha']} (mean total-variation distance of a user's "
                f"labels from the global ones: {img['label_skew']:.2f}); {int(100 * img['test_fraction'])} % of each "
-               f"user's images held out. Bundle: `autlearn-build image --data mnist5k --epochs {img['bundle']['epochs']}`"
+               f"user's images held out. Bundle: `autlearn-build image --data mnist5k "
+               f"{' '.join(img['bundle'].get('args', ['--epochs', str(img['bundle']['epochs'])]))}`"
                f" (public int8 accuracy {pct(img['bundle']['accuracy_int8_public'])} %). Board: "
                + (f"{img['board']['epochs']} head epochs (the daemon's default of 30 is its own row), "
                   if img['board']['epochs'] != 30 else

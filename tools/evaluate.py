@@ -65,7 +65,7 @@ def run_image(args, work: Path) -> dict:
 
     t0 = time.monotonic()
     spec = BuildSpec(epochs=args.image_epochs, seed=args.seed, budget=None)
-    log(f"== image: bundle (autlearn-build image --data mnist5k --epochs {spec.epochs} --seed {spec.seed})")
+    log(f"== image: bundle (autlearn-build image --data mnist5k {' '.join(spec.build_args())})")
     bundle, secs = ensure_bundle(work, spec, log)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["labels"] == [str(i) for i in range(10)], manifest["labels"]
@@ -103,7 +103,7 @@ def run_image(args, work: Path) -> dict:
     board_grads = sum(int(x["autlearn_offline_aug_round"]["n_train"] + x["autlearn_offline_aug_round"]["n_augmented"])
                       for x in users) * args.board_epochs
     return {
-        "bundle": {"dir": str(bundle), "epochs": spec.epochs, "seed": spec.seed,
+        "bundle": {"dir": str(bundle), "epochs": spec.epochs, "seed": spec.seed, "args": spec.build_args(),
                    "accuracy_int8_public": manifest["variants"][0].get("accuracy_int8")},
         "users": users, "alpha": args.alpha, "label_skew": round(data.skew, 4), "test_fraction": args.test_fraction,
         "methods": {m: method_summary(per[m]) for m in IMAGE_METHODS},

@@ -29,10 +29,16 @@ class BuildSpec:
     budget: str | None = "flops=1.4M"  # a second, pruned variant (for per-variant latency)
     batch_size: int = 32
     learning_rate: float = 2e-3
+    degrade: float = 1.0  # --degrade: low-resolution copies of the public images (the board's users scan coarsely)
 
     def tag(self) -> str:
         b = (self.budget or "none").replace("=", "").replace(",", "_")
-        return f"e{self.epochs}-s{self.seed}-{b}"
+        return f"e{self.epochs}-s{self.seed}-{b}-d{self.degrade:g}"
+
+    def build_args(self) -> list[str]:
+        """The autlearn-build options after `image --data mnist5k`."""
+        args = ["--epochs", str(self.epochs), "--seed", str(self.seed), "--degrade", f"{self.degrade:g}"]
+        return args + (["--budget", self.budget] if self.budget else [])
 
 
 def ensure_bundle(out_dir: Path, spec: BuildSpec, log=print) -> tuple[Path, float | None]:
@@ -42,9 +48,7 @@ def ensure_bundle(out_dir: Path, spec: BuildSpec, log=print) -> tuple[Path, floa
     if (bundle / "manifest.json").exists():
         return bundle, None
     cmd = [str(BIN / "autlearn-build"), "image", "--data", "mnist5k", "--out", str(bundle), "--force",
-           "--epochs", str(spec.epochs), "--seed", str(spec.seed)]
-    if spec.budget:
-        cmd += ["--budget", spec.budget]
+           *spec.build_args()]
     log(f"   building the bundle: {' '.join(cmd[1:])}")
     t0 = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -67,6 +71,7 @@ class Reference:
     seconds: float
     class_capacity: int
     n_classes: int
+    input_spec: dict  # the bundle's manifest input: how its users' image files become model inputs
 
     @property
     def matches_bundle(self) -> bool:
@@ -89,13 +94,15 @@ def pretrained_reference(manifest: dict, spec: BuildSpec, log=print) -> Referenc
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
     from autlearn_build import image_model
-    from autlearn_build.datasets import ImageSpec, load_dataset, stratified_split
+    from autlearn_build.datasets import ImageSpec, load_dataset, low_resolution_copies, stratified_split
 
     t0 = time.monotonic()
     data = load_dataset("mnist5k", ImageSpec())
     n_classes = len(data.labels)
     train_idx, val_idx = stratified_split(data.y, 0.1, n_classes)
     train, val = data.take(train_idx), data.take(val_idx)
+    if spec.degrade > 0:
+        train = low_resolution_copies(train, spec.degrade, spec.seed)
     image_model.set_seed(spec.seed)
     capacity = int(manifest["class_capacity"])
     feature_size = int(manifest["variants"][0]["feature_size"])
@@ -111,22 +118,16 @@ def pretrained_reference(manifest: dict, spec: BuildSpec, log=print) -> Referenc
     full = next((v for v in manifest["variants"] if v["name"] == manifest.get("default_variant", "full")),
                 manifest["variants"][0])
     ref = Reference(clf, [np.array(w) for w in clf.get_weights()], data.x, data.y, float(res.val_accuracy),
-                    full.get("accuracy_float"), time.monotonic() - t0, capacity, n_classes)
+                    full.get("accuracy_float"), time.monotonic() - t0, capacity, n_classes, manifest["input"])
     log(f"   reference Keras classifier re-created in {ref.seconds:.1f}s: public val accuracy "
         f"{ref.val_accuracy:.4f} (bundle's float accuracy {ref.manifest_accuracy_float}; "
         f"{'same model' if ref.matches_bundle else 'DIFFERS from the bundle'})")
     return ref
 
 
-def decode_pngs(paths: list[Path]) -> np.ndarray:
-    """PNG files → float32 [N, 28, 28, 1] with the bundle's preprocessing (Pillow, L, bilinear, /255)."""
-    from PIL import Image
+def decode_pngs(paths: list[Path], input_spec: dict) -> np.ndarray:
+    """Image files → float32 [N, H, W, C] with the bundle's own preprocessing (the board's autlearn.imaging:
+    grey-scale, framing, resize, scale), as the baselines' users would prepare the same files."""
+    from autlearn.imaging import load_input
 
-    out = np.empty((len(paths), 28, 28, 1), np.float32)
-    for i, p in enumerate(paths):
-        with Image.open(p) as im:
-            im = im.convert("L")
-            if im.size != (28, 28):
-                im = im.resize((28, 28), Image.Resampling.BILINEAR)
-            out[i, :, :, 0] = np.asarray(im, np.float32) * np.float32(1.0 / 255.0)
-    return out
+    return np.stack([load_input(p.read_bytes(), p.name, input_spec, 1 << 24) for p in paths]).astype(np.float32)

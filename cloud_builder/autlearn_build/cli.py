@@ -123,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="epochs each variant's head is trained on the int8 features of its own base (public "
                             "training images, with the head's own train step), starting from the classifier's "
                             "dense layers; 0 ships the classifier's weights as they are")
+    image.add_argument("--fit-box", type=_non_negative_int, default=None, metavar="PX",
+                       help="frame images like MNIST: the board (and the builder, for a folder) crops each image "
+                            "to its ink (bright on dark), scales it into a PXxPX box and centres it by centre of "
+                            "mass; 0 = plain resize. Default: 20 for mnist5k (its own framing), 0 for a folder")
+    image.add_argument("--degrade", type=float, default=0.0, metavar="FRACTION",
+                       help="add low-resolution copies of this fraction (0-1) of the public training images "
+                            "(re-sampled through 6-14 px): features that survive blurry, coarse board cameras "
+                            "and scanners; pretraining takes (1 + FRACTION) times as long per epoch")
     prune = image.add_argument_group(
         "compression (magnitude-based filter pruning)",
         "With --budget, the pretrained model is pruned round by round: each round every prunable layer (conv0, "
@@ -269,7 +277,7 @@ def _run_image(args) -> int:
         learning_rate=args.learning_rate, head_learning_rate=args.head_lr, head_epochs=args.head_epochs,
         budgets=args.budget, prune_step=args.prune_step, prune_retrain=args.prune_retrain,
         prune_finetune=args.prune_finetune, prune_max_rounds=args.prune_max_rounds, strategy=args.strategy,
-        force=args.force)
+        force=args.force, fit_box=args.fit_box, degrade=args.degrade)
     result = build_image_bundle(opts, progress=lambda line: print(line, flush=True))
     if result.out is not None:
         print(_summary_table(result), flush=True)

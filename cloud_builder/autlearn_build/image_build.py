@@ -18,7 +18,7 @@ import numpy as np
 
 from . import __version__
 from .bundle_writer import Variant, check_output_dir, created_timestamp, verify_bundle, write_bundle
-from .datasets import ImageSpec, load_dataset, stratified_split
+from .datasets import MNIST5K_NAME, MNIST_FIT_BOX, ImageSpec, load_dataset, low_resolution_copies, stratified_split
 from .errors import BuildError, InputError
 from .evaluate import LATENCY_BATCH, LATENCY_THREADS
 
@@ -49,6 +49,13 @@ class ImageBuildOptions:
     prune_max_rounds: int = 100
     strategy: str = "default"
     force: bool = False
+    fit_box: int | None = None  # None: MNIST's 20 for mnist5k, plain resize (0) for a folder
+    degrade: float = 0.0
+
+    @property
+    def input_spec(self) -> ImageSpec:
+        box = self.fit_box if self.fit_box is not None else (MNIST_FIT_BOX if self.data == MNIST5K_NAME else 0)
+        return ImageSpec().with_fit_box(box)
 
     def validate(self) -> None:
         checks = [
@@ -68,6 +75,7 @@ class ImageBuildOptions:
             (0.0 < self.prune_retrain <= 10.0, "--prune-retrain must be in (0, 10]"),
             (0.0 <= self.prune_finetune <= 100.0, "--prune-finetune must be between 0 and 100"),
             (1 <= self.prune_max_rounds <= 10000, "--prune-max-rounds must be at least 1"),
+            (0.0 <= self.degrade <= 1.0, "--degrade must be between 0 and 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -129,7 +137,7 @@ def build_image_bundle(opts: ImageBuildOptions, progress: Callable[[str], None] 
     if opts.strategy == "multi-worker":
         parse_tf_config()  # a clear error before any work
     check_output_dir(out, opts.force)
-    spec = ImageSpec()
+    spec = opts.input_spec
 
     progress(f"loading {opts.data} …")
     data = load_dataset(opts.data, spec)
@@ -148,6 +156,9 @@ def build_image_bundle(opts: ImageBuildOptions, progress: Callable[[str], None] 
     train_idx, val_idx = stratified_split(data.y, opts.val_fraction, n_classes)
     train, val = data.take(train_idx), data.take(val_idx)
     progress(f"  {len(data)} images, {n_classes} classes: {len(train)} for training, {len(val)} held out")
+    if opts.degrade > 0:
+        train = low_resolution_copies(train, opts.degrade, opts.seed)
+        progress(f"  + low-resolution copies: {len(train)} training images")
 
     from . import prune
     from .prune import parse_budgets

@@ -111,6 +111,18 @@ def _require(m: dict, key: str, kind: type | tuple, where: str) -> Any:
     return m[key]
 
 
+def _check_image_input(spec: dict, where: str) -> None:
+    """The image input spec: a positive `width` and `height`, and `fit_box` (when present) within the frame."""
+    for key in ("width", "height"):
+        value = _require(spec, key, int, where)
+        if isinstance(value, bool) or not 1 <= value <= 4096:
+            raise AutlearnError("bad_bundle", f"{where}: '{key}' must be between 1 and 4096, not {value}")
+    box = spec.get("fit_box", 0)
+    if isinstance(box, bool) or not isinstance(box, int) or not 0 <= box <= min(spec["width"], spec["height"]):
+        raise AutlearnError("bad_bundle", f"{where}: 'fit_box' must be a whole number of pixels between 0 (plain "
+                                          f"resize) and the frame's smaller side, not {box!r}")
+
+
 def load(root: str | Path) -> Bundle:
     """Load a bundle and verify every file's sha256; raise bad_bundle naming what is wrong."""
     root = Path(root)
@@ -134,7 +146,9 @@ def load(root: str | Path) -> Bundle:
     task = _require(manifest, "task", str, str(mpath))
     if task not in TASKS:
         raise AutlearnError("bad_bundle", f"{mpath}: task {task!r} is not supported (supported: {', '.join(TASKS)})")
-    _require(manifest, "input", dict, str(mpath))
+    spec = _require(manifest, "input", dict, str(mpath))
+    if task == "image_classification":
+        _check_image_input(spec, f"{mpath}: input")
     labels = _require(manifest, "labels", list, str(mpath))
     capacity = _require(manifest, "class_capacity", int, str(mpath))
     if capacity < len(labels):

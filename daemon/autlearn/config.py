@@ -138,7 +138,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("training", "interval_s", 0.0, _number(0.0, 30 * 86400.0),
             "Also start a round when this many seconds passed since the last one and any new sample waits; 0 = off."),
     Setting("training", "epochs", 30, _number(1, 10_000, integer=True),
-            "Passes over the cached features in one round (more when they would make fewer than min_steps steps)."),
+            "Passes over the cached features in one round (more when they would make fewer than min_steps "
+            "steps; after a promoted round, a share in proportion to the samples its head has not learnt)."),
     Setting("training", "min_steps", 1000, _number(0, 1_000_000, integer=True),
             "Image rounds: optimiser steps a round makes at least; with few samples, epochs are raised; 0 = off."),
     Setting("training", "mode", "offline", _choice("offline", "online"),

@@ -42,10 +42,39 @@ def decode(data: bytes, name: str, max_pixels: int) -> Image.Image:
     return img
 
 
+# A pixel is ink when brighter than this fraction of the image's brightest pixel (fit_content).
+INK_FRACTION = 0.1
+
+
+def fit_content(img: Image.Image, box: int, width: int, height: int) -> Image.Image:
+    """MNIST's own framing: crop to the ink (bright pixels on a dark background), scale it to fit a
+    `box`×`box` square keeping its aspect ratio, and paste it into a `width`×`height` frame with its centre of
+    mass at the frame's centre. An image without ink is resized plainly."""
+    grey = np.asarray(img.convert("L"), np.float32)
+    ink = grey > INK_FRACTION * grey.max() if grey.size and grey.max() > 0 else np.zeros(grey.shape, bool)
+    if not ink.any():
+        return img.resize((width, height), PREPROCESS_RESAMPLE)
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    crop = img.crop((int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1))
+    scale = box / max(crop.size)
+    crop = crop.resize((max(1, round(crop.size[0] * scale)), max(1, round(crop.size[1] * scale))),
+                       PREPROCESS_RESAMPLE)
+    mass = np.asarray(crop.convert("L"), np.float32)
+    total = float(mass.sum()) or 1.0
+    cy = float((mass.sum(axis=1) * np.arange(mass.shape[0])).sum()) / total
+    cx = float((mass.sum(axis=0) * np.arange(mass.shape[1])).sum()) / total
+    frame = Image.new(img.mode, (width, height), 0)
+    frame.paste(crop, (int(round((width - 1) / 2 - cx)), int(round((height - 1) / 2 - cy))))
+    return frame
+
+
 def to_input(img: Image.Image, spec: dict) -> np.ndarray:
-    """Convert a decoded image to float32 [H, W, C] as the bundle's input spec says."""
+    """Convert a decoded image to float32 [H, W, C] as the bundle's input spec says: colour mode, then either
+    a plain bilinear resize or, with `fit_box`, the content fitted into that box (fit_content)."""
     img = img.convert(spec.get("color_mode", "L"))
-    img = img.resize((int(spec["width"]), int(spec["height"])), PREPROCESS_RESAMPLE)
+    width, height = int(spec["width"]), int(spec["height"])
+    box = int(spec.get("fit_box", 0) or 0)
+    img = fit_content(img, box, width, height) if box > 0 else img.resize((width, height), PREPROCESS_RESAMPLE)
     x = np.asarray(img, dtype=np.float32)
     if x.ndim == 2:
         x = x[:, :, None]

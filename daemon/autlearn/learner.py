@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,6 +190,20 @@ class Learner:
             m[slot] = 1.0
         return m
 
+    def unlearnt_share(self, version: int, kept: list, hold: np.ndarray) -> float:
+        """The share of this round's training samples the current head has not learnt yet. A round trains its
+        candidate from the current head, so after a round that learnt most of the samples a budget in proportion
+        to the new ones is enough (10 % new files: a tenth of the epochs, at least one): the cached features
+        already save the base's work, this saves the head's. The bundle's own head (it learnt none of them) and
+        a head rolled back to one that learnt fewer get the full budget."""
+        n_train = int((~hold).sum())
+        row = self.store.head(version)
+        learnt = int(row.get("n_train") or 0) if row else 0
+        if n_train == 0 or learnt == 0:
+            return 1.0
+        unseen = sum(1 for s, h in zip(kept, hold) if not h and not s.trained)
+        return min(1.0, max(unseen, n_train - learnt) / n_train)
+
     def current_weights(self, version: int) -> Weights:
         row = self.store.head(version)
         if row is None:
@@ -270,6 +285,9 @@ class Learner:
             losses = self._online(head, x[stream], y[stream], active, lr, online_steps, prequential, should_stop)
         else:
             epochs = head.epochs_for(len(xtr), epochs, min_steps)
+            share = self.unlearnt_share(version, kept, hold)
+            if share < 1.0:  # the incremental round: the head continues from what it already knows
+                epochs = max(1, math.ceil(epochs * share))
             losses = head.fit(xtr, ytr, active, epochs, lr, seed + round_id, should_stop,
                               epoch_events(progress, round_id, epochs))
         if not losses:
