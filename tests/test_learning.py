@@ -198,3 +198,29 @@ def test_a_round_that_fails_is_recorded_and_automatic_rounds_back_off(tmp_path, 
     why = svc.status({})["why_not_training"]
     assert "the last round failed" in why and "resume in" in why
     svc.stop()
+
+
+def test_a_round_reads_a_new_file_once_for_its_features_and_its_augmented_copies(tmp_path, tiny_bundle,
+                                                                                   user_digits, write_user):
+    """Inside `sharing_inputs` the augmented copies come from the inputs decoded for the features: the files are
+    not read again (here they change on disk in between and the copies are still made). Outside it a changed
+    file is read again and refused (its hash no longer matches)."""
+    svc = make_service(tmp_path / "root", tiny_bundle)
+    images, labels = user_digits
+    paths = write_user(svc.paths.state.parent / "inbox", images[:40], labels[:40])
+    eng = engine_of(svc)
+    eng.scan()
+    fs = eng.learner.features
+    samples = eng.learner.store.usable_samples()
+    assert len(samples) == 40
+    with fs.sharing_inputs():
+        x, kept, computed, _ = fs.for_samples(samples)
+        assert computed == 40 and len(kept) == 40
+        for p in paths:
+            p.write_bytes(p.read_bytes() + b"\0")  # the files change after the features were computed
+        xa, kept_a, aug_computed, _ = fs.augmented(samples, 1, seed=3)
+    assert aug_computed == 40 and len(kept_a) == 40 and xa.shape == x.shape and not np.allclose(xa, x)
+    _, kept_b, computed_b, cached_b = fs.augmented(samples, 2, seed=4)  # new copies, no shared inputs
+    assert computed_b == 0 and cached_b == 0 and kept_b == []
+    eng.close()
+    svc.stop()

@@ -50,12 +50,13 @@ def fit_content(img: Image.Image, box: int, width: int, height: int) -> Image.Im
     """MNIST's own framing: crop to the ink (bright pixels on a dark background), scale it to fit a
     `box`×`box` square keeping its aspect ratio, and paste it into a `width`×`height` frame with its centre of
     mass at the frame's centre. An image without ink is resized plainly."""
-    grey = np.asarray(img.convert("L"), np.float32)
-    ink = grey > INK_FRACTION * grey.max() if grey.size and grey.max() > 0 else np.zeros(grey.shape, bool)
-    if not ink.any():
+    grey = img.convert("L")
+    brightest = grey.getextrema()[1]
+    threshold = INK_FRACTION * brightest
+    bbox = grey.point(lambda v: 255 if v > threshold else 0).getbbox() if brightest else None
+    if bbox is None:
         return img.resize((width, height), PREPROCESS_RESAMPLE)
-    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
-    crop = img.crop((int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1))
+    crop = img.crop(bbox)
     scale = box / max(crop.size)
     crop = crop.resize((max(1, round(crop.size[0] * scale)), max(1, round(crop.size[1] * scale))),
                        PREPROCESS_RESAMPLE)

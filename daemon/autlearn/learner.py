@@ -6,6 +6,7 @@ Runs in the worker thread; everything it touches (interpreters, SQLite handles) 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -97,6 +98,9 @@ def accuracy(probs: np.ndarray, y: np.ndarray) -> float | None:
 class FeatureSource:
     """Features of stored samples: from the cache when present, else computed by the base and cached."""
 
+    # Decoded inputs kept inside `sharing_inputs` for the round's augmented copies (a file is read once a round).
+    SHARED_INPUT_BYTES = 32 << 20
+
     def __init__(self, bundle: Bundle, variant: Variant, extractor: FeatureExtractor, cache: FeatureCache,
                  max_pixels: int, max_file_bytes: int = 64 << 20):
         self.bundle = bundle
@@ -106,6 +110,19 @@ class FeatureSource:
         self.max_pixels = max_pixels
         self.max_file_bytes = max_file_bytes
         self.prep_version = int(bundle.input.get("preprocessing_version", 1))
+        self._shared: dict[str, np.ndarray] | None = None
+        self._shared_bytes = 0
+
+    @contextlib.contextmanager
+    def sharing_inputs(self):
+        """Inside the block an input decoded for its features is kept (up to SHARED_INPUT_BYTES in all) and
+        reused for the augmented copies: a new file is read, hash-checked and decoded once per round, not once
+        per copy. Released when the block ends."""
+        self._shared, self._shared_bytes = {}, 0
+        try:
+            yield
+        finally:
+            self._shared, self._shared_bytes = None, 0
 
     def key(self, sha256: str, augmentation: str = "none") -> str:
         return feature_key(sha256, self.variant.base_sha256, self.prep_version, augmentation)
@@ -147,6 +164,16 @@ class FeatureSource:
         return x, kept, len(computed), len(found)
 
     def _read(self, s: Sample) -> np.ndarray | None:
+        shared = self._shared
+        if shared is not None and s.sha256 in shared:
+            return shared[s.sha256]
+        x = self._decode(s)
+        if x is not None and shared is not None and self._shared_bytes + x.nbytes <= self.SHARED_INPUT_BYTES:
+            shared[s.sha256] = x
+            self._shared_bytes += x.nbytes
+        return x
+
+    def _decode(self, s: Sample) -> np.ndarray | None:
         data = read_sample(s.path, self.max_file_bytes)
         if data is None or hashlib.sha256(data).hexdigest() != s.sha256:
             log.info("sample %s changed since it was ingested; it waits for the next scan", s.path)
@@ -238,20 +265,22 @@ class Learner:
         progress("round_started", {"round": round_id, "trigger": trigger})
         slots = self.store.classes(self.bundle_id)
         samples = [s for s in self.store.usable_samples() if s.label in slots]
-        x, kept, computed, cached = self.features.for_samples(samples)
-        progress("features", {"round": round_id, "computed": computed, "cached": cached})
-        stopping = should_stop()  # a step boundary: waits here while training must pause
-        y = np.array([slots[s.label] for s in kept], np.int32)
-        hold = np.array([s.holdout for s in kept], bool)
-        xtr, ytr, xho, yho = x[~hold], y[~hold], x[hold], y[hold]
-        aug_computed = aug_cached = 0
-        if augment_copies > 0 and mode == "offline" and len(ytr):  # training samples only: holdout judges real data
-            train_samples = [s for s, h in zip(kept, hold) if not h]
-            xa, kept_a, aug_computed, aug_cached = self.features.augmented(train_samples, augment_copies, seed)
-            if len(kept_a):
-                xtr = np.concatenate([xtr, xa])
-                ytr = np.concatenate([ytr, np.array([slots[s.label] for s in kept_a], np.int32)])
-            progress("augmented", {"round": round_id, "computed": aug_computed, "cached": aug_cached})
+        augmenting = augment_copies > 0 and mode == "offline"
+        with self.features.sharing_inputs() if augmenting else contextlib.nullcontext():
+            x, kept, computed, cached = self.features.for_samples(samples)
+            progress("features", {"round": round_id, "computed": computed, "cached": cached})
+            stopping = should_stop()  # a step boundary: waits here while training must pause
+            y = np.array([slots[s.label] for s in kept], np.int32)
+            hold = np.array([s.holdout for s in kept], bool)
+            xtr, ytr, xho, yho = x[~hold], y[~hold], x[hold], y[hold]
+            aug_computed = aug_cached = 0
+            if augmenting and len(ytr):  # training samples only: the holdout judges real data
+                train_samples = [s for s, h in zip(kept, hold) if not h]
+                xa, kept_a, aug_computed, aug_cached = self.features.augmented(train_samples, augment_copies, seed)
+                if len(kept_a):
+                    xtr = np.concatenate([xtr, xa])
+                    ytr = np.concatenate([ytr, np.array([slots[s.label] for s in kept_a], np.int32)])
+                progress("augmented", {"round": round_id, "computed": aug_computed, "cached": aug_cached})
         n_original = int((~hold).sum())
         active = self.active()
         prequential: list[tuple[int, int]] = []
