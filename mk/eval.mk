@@ -4,8 +4,8 @@
 #   make eval   -> reports/eval.json, reports/eval.md, reports/eval_*.png
 #
 # Both scenarios, every method, per simulated user (tools/evaluate.py; sizes, epochs and seeds are its
-# defaults, written into the report). About 13 minutes on a 2-core machine with the bundles built, 16 from
-# scratch (they take ~2.5 min and are kept under build/eval/). The keyboard's second group
+# defaults, written into the report). About 14 minutes on a 2-core machine with the bundles built, 18 from
+# scratch (they take ~4 min and are kept under build/eval/). The keyboard's second group
 # of users are the topic files of Debian's `fortunes` package, installed here when missing. Bundles are built
 # once under build/eval/ and reused; `make eval-clean` removes them.
 

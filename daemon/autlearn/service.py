@@ -66,6 +66,7 @@ class Service:
         self._round_queued = False
         self._round_failures = 0  # in a row: automatic rounds back off after each
         self._round_retry_at = 0.0
+        self._unrecorded_failure: str | None = None  # a failed round the store could not mark (full disk)
         self._last_round_end = time.monotonic()
         # Conditions that forbid training now (battery, heat, load, time window…): sentences, empty = allowed.
         self._redelegate_here = False
@@ -191,6 +192,7 @@ class Service:
                         self._scan(engine)
                     elif kind == "round":
                         self._round_queued = False
+                        self._record_failure(engine)
                         self._round(engine, trigger)
                         self._round_failures, self._round_retry_at = 0, 0.0
                 except Exception as e:  # a job's failure never takes the daemon down
@@ -212,14 +214,23 @@ class Service:
     def _round_failed(self, engine: Engine, e: Exception, disk_full: bool) -> None:
         """Record the round as failed and hold automatic rounds back (5 s after a full disk, else 30 s doubling
         up to an hour), so that a round that keeps failing does not start again at every tick."""
-        try:
-            engine.store.fail_unfinished_rounds("failed", f"{type(e).__name__}: {e}")
-        except sqlite3.Error as db_error:  # a full disk may refuse this write too; the next start marks it
-            log.warning("cannot record the failed round: %s", db_error)
+        self._unrecorded_failure = f"{type(e).__name__}: {e}"
+        self._record_failure(engine)
         self._round_failures += 1
         delay = 5.0 if disk_full else min(3600.0, 30.0 * 2 ** (self._round_failures - 1))
         self._round_retry_at = time.monotonic() + delay
         log.info("automatic rounds resume in %.0f s (failure %d in a row)", delay, self._round_failures)
+
+    def _record_failure(self, engine: Engine) -> None:
+        """Mark the failed round in the history; a full disk may refuse the write, and then it is tried again
+        before the next round (only the worker runs rounds, so an unfinished one by then is the failed one)."""
+        if self._unrecorded_failure is None:
+            return
+        try:
+            engine.store.fail_unfinished_rounds("failed", self._unrecorded_failure)
+            self._unrecorded_failure = None
+        except sqlite3.Error as db_error:
+            log.warning("cannot record the failed round yet: %s", db_error)
 
     def request_import(self, mount: str) -> None:
         self._jobs.put(("import", mount))
