@@ -113,8 +113,13 @@ def test_online_mode_predicts_each_chunk_before_training_on_it(tmp_path, tiny_bu
     eng = engine_of(svc)
     eng.scan()
     start = eng.current_version()
-    r = eng.round("test", no_progress, never)
+    events = []
+    r = eng.round("test", lambda name, data: events.append((name, data)), never)
     assert r.mode == "online" and r.prequential and sum(n for _, n in r.prequential) == r.n_train
+    # each chunk gets online_steps, raised (with replay of the stream so far) until the round makes min_steps
+    chunks = len(r.prequential)
+    per_chunk = max(svc.config["training.online_steps"], -(-svc.config["training.min_steps"] // chunks))
+    assert next(d for name, d in events if name == "trained")["epochs"] == chunks * per_chunk
     # The first chunk's score is what the head scored *before* any training in this round.
     slots = eng.store.classes(svc.bundle_id)
     stream = [s for s in eng.store.usable_samples() if not s.holdout][:svc.bundle.train_batch]

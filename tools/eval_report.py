@@ -266,8 +266,8 @@ def notes(report: dict) -> list[str]:
             out.append(
                 f"Images: online mode ({pct(m['autlearn_online'])} % after the stream; prequential "
                 f"{pct(img['online_prequential']['mean'])} % vs {pct(img['pretrained_stream']['mean'])} % for the "
-                f"pretrained head on the same stream) learns less than offline: one pass, "
-                f"`training.online_steps = 3` steps per chunk of 32.")
+                f"pretrained head on the same stream) learns less than offline: each chunk is learnt only after it "
+                f"was predicted, and its steps replay only the part of the stream seen so far.")
     if kb:
         g = kb["groups"]
         a, p = g["all"]["autlearn_offline_aug"], g["all"]["pretrained"]

@@ -146,7 +146,8 @@ SETTINGS: tuple[Setting, ...] = (
             "offline: each round trains epochs over all samples; online (the paper's): each new sample is first "
             "predicted, then learnt from, in arrival order; prequential accuracy is reported."),
     Setting("training", "online_steps", 3, _number(1, 1000, integer=True),
-            "Online mode: optimiser steps on each chunk of new samples after it was predicted."),
+            "Online mode: optimiser steps on each chunk of new samples after it was predicted (the first on the "
+            "chunk, the rest on batches replayed from the stream so far; image rounds: raised to make min_steps)."),
     Setting("training", "min_word_count", 2, _number(1, 1_000_000, integer=True),
             "Keyboard: an out-of-vocabulary word the user wrote this often claims a spare output slot."),
     Setting("training", "augment_copies", 1, _number(0, 8, integer=True),

@@ -238,20 +238,29 @@ class Learner:
         return load_weights(self.heads_dir / row["file"])
 
     def _online(self, head: Head, xs: np.ndarray, ys: np.ndarray, active: np.ndarray, lr: float, steps: int,
-                prequential: list[tuple[int, int]], should_stop) -> list[float]:
+                min_steps: int, seed: int, prequential: list[tuple[int, int]], should_stop) -> list[float]:
         """The paper's online mode: each chunk of new samples (in arrival order) is first predicted with the
-        head as it stands — that is the prequential score — and only then trained on."""
+        head as it stands — that is the prequential score — and only then learnt: one step on the chunk, the
+        rest on batches replayed from everything the stream has brought so far (the samples stay on the board,
+        so revisiting them costs only time, and a chunk alone would pull the head toward its few labels).
+        `steps` per chunk, raised so that the round makes `min_steps` in all."""
         b = head.batch
+        chunks = -(-len(xs) // b)
+        per_chunk = max(steps, -(-min_steps // chunks)) if chunks else steps
+        rng = np.random.default_rng(seed)
         losses = []
+        xb = np.zeros((b, xs.shape[1]), np.float32)
+        yb = np.zeros(b, np.int32)
+        mb = np.zeros(b, np.float32)
         for i in range(0, len(xs), b):
             xc, yc = xs[i:i + b], ys[i:i + b]
             hits = int(np.sum(np.argmax(head.predict(xc, active), axis=1) == yc))
             prequential.append((hits, len(yc)))
-            xb = np.zeros((b, xs.shape[1]), np.float32)
-            yb = np.zeros(b, np.int32)
-            mb = np.zeros(b, np.float32)
-            xb[:len(yc)], yb[:len(yc)], mb[:len(yc)] = xc, yc, 1.0
-            for _ in range(steps):
+            seen = i + len(yc)
+            for k in range(per_chunk):
+                rows = np.arange(i, seen) if k == 0 else rng.choice(seen, size=min(b, seen), replace=False)
+                xb[:], yb[:], mb[:] = 0.0, 0, 0.0
+                xb[:len(rows)], yb[:len(rows)], mb[:len(rows)] = xs[rows], ys[rows], 1.0
                 losses.append(head.step(xb, yb, mb, active, lr))
             if should_stop():
                 break
@@ -311,7 +320,8 @@ class Learner:
         before = accuracy(head.predict(xho, active), yho)
         if mode == "online":
             stream = [i for i, s in enumerate(kept) if not s.holdout and not s.trained]
-            losses = self._online(head, x[stream], y[stream], active, lr, online_steps, prequential, should_stop)
+            losses = self._online(head, x[stream], y[stream], active, lr, online_steps, min_steps, seed + round_id,
+                                  prequential, should_stop)
         else:
             epochs = head.epochs_for(len(xtr), epochs, min_steps)
             share = self.unlearnt_share(version, kept, hold)
