@@ -32,7 +32,7 @@ class ImageUsers:
 def load_users(work: Path, input_spec: dict, n_users: int, alpha: float, test_fraction: float, seed: int,
                limit: int | None = None, min_size: int = 20) -> ImageUsers:
     """Digits → PNG files (once) → board inputs; Dirichlet(alpha) partition into `n_users`; per-user split."""
-    from autlearn.imaging import load_input
+    from reference import decode_pngs
     from userdata import digits, write_png
 
     images, labels = digits(seed)
@@ -44,8 +44,7 @@ def load_users(work: Path, input_spec: dict, n_users: int, alpha: float, test_fr
         shutil.rmtree(pngs, ignore_errors=True)
         for img, f in zip(images, files):
             write_png(img, f)
-    # the board's own preprocessing (autlearn.imaging, the bundle's input spec)
-    x = np.stack([load_input(f.read_bytes(), f.name, input_spec, 1 << 24) for f in files]).astype(np.float32)
+    x = decode_pngs(files, input_spec)  # the board's own preprocessing (autlearn.imaging, the bundle's input spec)
     parts = dirichlet_partition(labels, n_users, alpha, seed, min_size=min_size)
     out = ImageUsers(x, labels.astype(np.int64), files, alpha=alpha, skew=label_skew(labels, parts))
     for u, idx in enumerate(parts):
