@@ -363,7 +363,7 @@ class Service:
         st = self._get()
         version = self.current_version()
         head = self.store.head(version) or {}
-        initial = [h for h in self.store.heads(self.bundle_id) if h["status"] == "initial"]
+        initial = self.store.initial_head(self.bundle_id)
         return {
             "daemon": {"version": __version__, "protocol": PROTOCOL_VERSION, "pid": os.getpid(),
                        "uptime_s": round(time.time() - self._started, 3), "runtime": RUNTIME},
@@ -383,7 +383,7 @@ class Service:
             "samples": self.store.sample_counts(),
             "head": {"version": version, "status": head.get("status"), "accuracy": head.get("accuracy"),
                      "previous_accuracy": head.get("previous_accuracy"),
-                     "initial_version": initial[0]["version"] if initial else None},
+                     "initial_version": initial},
             "cache": self.cache.summary(),
             "paused_by_user": self._paused_by_user,
             "conditions": self.policy_readings,

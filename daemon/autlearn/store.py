@@ -217,21 +217,31 @@ class Store:
         return [_sample(r) for r in rows]
 
     def learnt_training_sample(self, limit: int, seed: int, parts: int = 16) -> list[Sample]:
-        """About `limit` training samples already learnt, drawn at random without reading the others: runs of
-        consecutive content hashes after `parts` random points of the hash space (content hashes are uniform,
-        so a run is a random set of samples). Reads at most `limit` rows, through an index."""
+        """`limit` training samples already learnt (all of them when fewer), drawn at random without reading the
+        others: runs of consecutive content hashes after `parts` random points of the hash space (content hashes
+        are uniform, so a run is a random set of samples). Reads at most 2 × `limit` + 1 rows, through an index."""
+        def run(op: str, bound: str, n: int) -> list:
+            return self.db.execute(
+                f"SELECT {_SAMPLE_COLUMNS} FROM samples INDEXED BY samples_learnt WHERE status='ok' AND holdout=0 "
+                f"AND trained_round IS NOT NULL AND sha256 {op} ? ORDER BY sha256 LIMIT ?", (bound, n)).fetchall()
+
+        everything = run(">=", "", int(limit) + 1)
+        if len(everything) <= limit:
+            return [_sample(r) for r in everything]
         rng = np.random.default_rng(seed)
         per = -(-int(limit) // parts)
         starts = sorted(f"{int(v):016x}" for v in rng.integers(0, 1 << 64, size=parts, dtype=np.uint64))
         seen: dict[int, Sample] = {}
-        q = (f"SELECT {_SAMPLE_COLUMNS} FROM samples INDEXED BY samples_learnt WHERE status='ok' AND holdout=0 "
-             "AND trained_round IS NOT NULL AND sha256 >= ? ORDER BY sha256 LIMIT ?")
+        reached = ""  # runs do not overlap: one that starts inside the previous one goes on after it
         for start in starts:
-            rows = self.db.execute(q, (start, per)).fetchall()
-            if len(rows) < per:  # past the end of the hash space: go on from its start
-                rows += self.db.execute(q, ("", per - len(rows))).fetchall()
-            for r in rows:
-                seen.setdefault(r[0], _sample(r))
+            rows = run(">=", start, per) if start > reached else run(">", reached, per)
+            if rows:
+                reached = rows[-1][2]
+            seen.update((r[0], _sample(r)) for r in rows)
+        for r in everything:  # the last runs hit the end of the hash space: go on from its start
+            if len(seen) >= limit:
+                break
+            seen.setdefault(r[0], _sample(r))
         return list(seen.values())[:int(limit)]
 
     def waiting_labels(self) -> list[str]:
