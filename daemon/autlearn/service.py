@@ -169,8 +169,9 @@ class Service:
             return dict(self._state)
 
     # ------------------------------------------------------------------ worker thread
-    def request_scan(self) -> None:
-        self._jobs.put(("scan", "files changed"))
+    def request_scan(self, changes=None) -> None:
+        """Scan what the watcher saw change (a watcher.Changes), or everything."""
+        self._jobs.put(("scan", changes if changes is not None else "files changed"))
 
     def _work(self) -> None:
         engine = Engine(self.config, self.paths, self.bundle, self.bundle_id, self.variant, self._cache_stats)
@@ -186,7 +187,7 @@ class Service:
                         self._redelegate_worker = False
                         engine.rebuild_extractor()
                     if kind == "scan":
-                        self._scan(engine)
+                        self._scan(engine, None if isinstance(trigger, str) else trigger)
                     elif kind == "import":
                         self._import(trigger)
                         self._scan(engine)
@@ -254,9 +255,9 @@ class Service:
         self._redelegate_here = True
         self._jobs.put(("scan", "device change"))
 
-    def _scan(self, engine: Engine) -> None:
+    def _scan(self, engine: Engine, changes=None) -> None:
         self._set(activity="ingesting")
-        report = engine.scan()
+        report = engine.scan(changes)
         self._set(activity="idle", last_scan={**report.as_dict(), "time": time.time()})
         self.tick_soon.set()
         if report.added or report.quarantined or report.removed or report.waiting:

@@ -197,6 +197,13 @@ class Store:
         self.db.executemany("DELETE FROM samples WHERE path=?", [(p,) for p in gone])
         return len(gone)
 
+    def forget_under(self, path: str) -> int:
+        """Drop the row of `path` and of everything below it (a file or a directory the user removed)."""
+        below = path.rstrip("/") + "/"
+        end = below[:-1] + "0"  # the first text after every path that starts with `below` ('0' follows '/')
+        cur = self.db.execute("DELETE FROM samples WHERE path=? OR (path >= ? AND path < ?)", (path, below, end))
+        return cur.rowcount
+
     def usable_samples(self) -> list[Sample]:
         rows = self.db.execute(
             f"SELECT {_SAMPLE_COLUMNS} FROM samples "
