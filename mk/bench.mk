@@ -1,6 +1,7 @@
 # Cost benchmark of issue 7: `make bench` (included by the top-level Makefile, which defines PYTHON, BIN, STAMP).
 #
 #   make bench   -> reports/bench.json, reports/bench.md, reports/bench_cost.png, reports/bench_curve.png
+#   make bench-scale -> only the `scale` object of reports/bench.json and reports/bench_scale.md (tools/bench_scale.py)
 #
 # One run on this machine, side by side: the daemon's round on 500 new images (a real autlearnd subprocess),
 # Keras head-only and whole-model fine-tuning in full TensorFlow, whole-model training through a flex-free
@@ -16,10 +17,17 @@ BENCH_REPORTS ?= reports
 BENCH_REPEATS ?= 5
 BENCH_ARGS    ?=
 
-.PHONY: bench bench-clean
+BENCH_SCALE_ARGS ?=
+
+.PHONY: bench bench-scale bench-clean
 
 bench: $(STAMP)
 	$(BIN)/python tools/bench.py --work $(BENCH_WORK) --reports $(BENCH_REPORTS) --repeats $(BENCH_REPEATS) $(BENCH_ARGS)
+	$(BIN)/python tools/bench_scale.py --work $(BENCH_WORK)/scale --reports $(BENCH_REPORTS) $(BENCH_SCALE_ARGS)
+
+# Costs against the number of stored samples (1k, 10k, 100k): the `scale` object of bench.json, bench_scale.md.
+bench-scale: $(STAMP)
+	$(BIN)/python tools/bench_scale.py --work $(BENCH_WORK)/scale --reports $(BENCH_REPORTS) $(BENCH_SCALE_ARGS)
 
 bench-clean:
 	rm -rf $(BENCH_WORK)

@@ -720,6 +720,8 @@ def compact_json(obj) -> str:
 
 def write_reports(result: dict, reports: Path) -> None:
     out = reports / "bench.json"
+    kept = json.loads(out.read_text()).get("scale") if out.exists() and "scale" not in result else None
+    result = result if kept is None else {**result, "scale": kept}  # tools/bench_scale.py's section stays
     out.write_text(compact_json(result) + "\n")
     (reports / "bench.md").write_text(bench_markdown(result))
     for plot, fname in ((plot_cost, "bench_cost.png"), (plot_curve, "bench_curve.png")):

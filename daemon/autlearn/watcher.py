@@ -3,7 +3,7 @@
 Only the paths that changed are looked at again (a file created, written, moved or deleted; a directory created,
 moved in or deleted), so a change costs what it touched, not every file the board holds. A full scan of the
 watched directories happens at start, when a watched directory appears, and when events were lost: the kernel's
-queue overflowed (watchdog logs it) or more than MAX_PENDING paths piled up in one burst.
+queue overflowed (watchdog logs it), a watchdog thread died, or more than MAX_PENDING paths piled up in one burst.
 """
 
 from __future__ import annotations
@@ -58,6 +58,25 @@ class _Overflow(logging.Handler):
 
 _overflow = _Overflow(logging.WARNING)
 logging.getLogger(_OVERFLOW_LOGGER).addHandler(_overflow)
+_previous_excepthook = threading.excepthook
+
+
+def _watchdog_thread_died(args) -> None:
+    """A watchdog thread that dies (an exception in its walk) delivers no more events: what it held back and
+    anything it would have seen needs a full scan."""
+    tb, in_watchdog = args.exc_traceback, False
+    while tb is not None:
+        in_watchdog = in_watchdog or "watchdog" in tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    if in_watchdog:
+        log.error("a watchdog thread died (%s: %s): scanning every watched directory", args.exc_type.__name__,
+                  args.exc_value)
+        for w in list(_Overflow.watchers):
+            w.lost_events()
+    _previous_excepthook(args)
+
+
+threading.excepthook = _watchdog_thread_died
 
 
 class DebouncedWatcher:
