@@ -12,6 +12,7 @@ from .ingest import IngestReport, Ingestor
 from .learner import FeatureSource, Learner, Progress, RoundResult
 from .paths import Paths
 from .store import Store
+from .watcher import Changes
 
 
 def current_key(bundle_id: str, variant: str) -> str:
@@ -53,8 +54,11 @@ class Engine:
     def current_version(self) -> int:
         return int(self.store.get_meta(current_key(self.bundle_id, self.variant.name)))
 
-    def scan(self) -> IngestReport:
+    def scan(self, changes: Changes | None = None) -> IngestReport:
+        """Every watched directory, or only what `changes` names (the watcher's events)."""
         roots = [os.path.abspath(p) for p in self.config["data.watch"]] + [str(self.paths.imported)]
+        if changes is not None and not changes.full:
+            return self.ingestor.scan_paths(roots, changes.paths)
         return self.ingestor.scan(roots)
 
     def rebuild_extractor(self) -> None:

@@ -155,6 +155,35 @@ class Ingestor:
             self._retry_waiting(report)
         return report
 
+    def scan_paths(self, roots: list[str], paths) -> IngestReport:
+        """Look again only at `paths` (what the watcher saw change below `roots`): a file is judged as a full
+        scan would judge it, a directory that appeared is walked, a path that is gone is forgotten with
+        everything below it. Files elsewhere are not touched (not even stat-ed)."""
+        report = IngestReport()
+        tops = sorted((Path(r).absolute() for r in roots), key=lambda r: -len(r.parts))
+        with self.store.batch() as checkpoint:
+            for spath in sorted(set(paths)):
+                path = Path(spath).absolute()
+                root = next((r for r in tops if path.is_relative_to(r)), None)
+                if root is None or path == root:
+                    continue
+                if any(part.startswith(".") for part in path.relative_to(root).parts) or \
+                        path.name.endswith((".part", ".tmp", "~")):
+                    continue  # what walk_files skips
+                try:
+                    is_dir = path.is_dir() and not path.is_symlink()
+                    exists = is_dir or os.path.lexists(path)
+                except OSError:
+                    continue
+                if not exists:
+                    report.removed += self.store.forget_under(db_path(path)[0])
+                    continue
+                for f in (walk_files(path) if is_dir else [path]):
+                    self._consider(root, f, report)
+                    checkpoint()
+            self._retry_waiting(report)
+        return report
+
     def _consider(self, root: Path, path: Path, report: IngestReport) -> None:
         spath, utf8 = db_path(path)
         try:

@@ -147,8 +147,8 @@ class ControlServer:
                         except zmq.ZMQError:
                             pass  # the client went away
             self._publish_events()
-            if self.watcher is not None and self.watcher.due():
-                self.service.request_scan()
+            if self.watcher is not None and (changes := self.watcher.due()):
+                self.service.request_scan(changes)
             now = time.monotonic()
             if now - last_ping >= ping_every:
                 self.notifier.watchdog()

@@ -169,8 +169,9 @@ class Service:
             return dict(self._state)
 
     # ------------------------------------------------------------------ worker thread
-    def request_scan(self) -> None:
-        self._jobs.put(("scan", "files changed"))
+    def request_scan(self, changes=None) -> None:
+        """Scan what the watcher saw change (a watcher.Changes), or everything."""
+        self._jobs.put(("scan", changes if changes is not None else "files changed"))
 
     def _work(self) -> None:
         engine = Engine(self.config, self.paths, self.bundle, self.bundle_id, self.variant, self._cache_stats)
@@ -186,7 +187,7 @@ class Service:
                         self._redelegate_worker = False
                         engine.rebuild_extractor()
                     if kind == "scan":
-                        self._scan(engine)
+                        self._scan(engine, None if isinstance(trigger, str) else trigger)
                     elif kind == "import":
                         self._import(trigger)
                         self._scan(engine)
@@ -254,9 +255,9 @@ class Service:
         self._redelegate_here = True
         self._jobs.put(("scan", "device change"))
 
-    def _scan(self, engine: Engine) -> None:
+    def _scan(self, engine: Engine, changes=None) -> None:
         self._set(activity="ingesting")
-        report = engine.scan()
+        report = engine.scan(changes)
         self._set(activity="idle", last_scan={**report.as_dict(), "time": time.time()})
         self.tick_soon.set()
         if report.added or report.quarantined or report.removed or report.waiting:
@@ -363,7 +364,7 @@ class Service:
         st = self._get()
         version = self.current_version()
         head = self.store.head(version) or {}
-        initial = [h for h in self.store.heads(self.bundle_id) if h["status"] == "initial"]
+        initial = self.store.initial_head(self.bundle_id)
         return {
             "daemon": {"version": __version__, "protocol": PROTOCOL_VERSION, "pid": os.getpid(),
                        "uptime_s": round(time.time() - self._started, 3), "runtime": RUNTIME},
@@ -383,7 +384,7 @@ class Service:
             "samples": self.store.sample_counts(),
             "head": {"version": version, "status": head.get("status"), "accuracy": head.get("accuracy"),
                      "previous_accuracy": head.get("previous_accuracy"),
-                     "initial_version": initial[0]["version"] if initial else None},
+                     "initial_version": initial},
             "cache": self.cache.summary(),
             "paused_by_user": self._paused_by_user,
             "conditions": self.policy_readings,
