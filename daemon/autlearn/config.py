@@ -5,12 +5,17 @@ Unknown keys and bad values are errors that name the file, the key, the value an
 
 from __future__ import annotations
 
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import AutlearnError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (JetPack 6, Ubuntu 22.04): the same parser from PyPI (daemon/pyproject.toml)
+    import tomli as tomllib
 
 
 # --- validators: tiny pure functions that return the value or raise ValueError("expected ...") ---
