@@ -105,8 +105,9 @@ def centre_crop(img: Image.Image, width: int, height: int) -> Image.Image:
     iw, ih = img.size
     scale = max(width / iw, height / ih)
     cw, ch = width / scale, height / scale
-    left, top = (iw - cw) / 2, (ih - ch) / 2
-    return img.resize((width, height), PREPROCESS_RESAMPLE, box=(left, top, left + cw, top + ch))
+    left, top = max(0.0, (iw - cw) / 2), max(0.0, (ih - ch) / 2)
+    box = (left, top, min(float(iw), left + cw), min(float(ih), top + ch))
+    return img.resize((width, height), PREPROCESS_RESAMPLE, box=box)
 
 
 def letterbox(img: Image.Image, width: int, height: int) -> Image.Image:
