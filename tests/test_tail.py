@@ -184,3 +184,25 @@ def test_tail_weights_round_trip_and_set_weights_resets_the_optimiser(tiny_tail_
     after_a, after_fresh = a.get_weights(), fresh.get_weights()
     for k in shipped:
         np.testing.assert_allclose(after_a[k], after_fresh[k], rtol=0, atol=1e-6)
+
+
+def test_the_tail_convolutions_are_pulled_back_to_the_cloud_weights_and_nothing_else_moves_without_data():
+    import tensorflow as tf
+
+    from autlearn_build import image_model
+    from autlearn_build import tail_module as tm
+
+    image_model.set_seed(2)
+    clf = image_model.build_classifier(image_model.build_base((28, 28, 1), 16, 0.25), 4, 3, hidden=8)
+    cloud = tm.tail_weights(clf, "last_block")
+    moved = {k: v + (0.1 if k in ("pw3_w", "dw3_w") else 0.0) for k, v in cloud.items()}
+    tail = tm.TailModule(moved, "last_block", tm.cut_shape(clf, "last_block"), 4, anchors=cloud, l2=1.0)
+    x = tf.constant(np.random.default_rng(0).random((4, tail.feature_size)), tf.float32)
+    zeros = tf.zeros([4], tf.float32)  # every row padding: the data term is 0, only the pull remains
+    for _ in range(20):
+        tail.train(x, tf.zeros([4], tf.int32), zeros, tf.ones([4], tf.float32), tf.constant(1e-2))
+    after = {k: v.numpy() for k, v in tail.get_weights().items()}
+    for k in ("pw3_w", "dw3_w"):
+        assert np.abs(after[k] - cloud[k]).mean() < 0.5 * np.abs(moved[k] - cloud[k]).mean()
+    for k in ("w0", "b0", "w1", "b1", "pw3_b", "dw3_b"):
+        np.testing.assert_array_equal(after[k], moved[k])

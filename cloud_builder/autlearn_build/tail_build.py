@@ -37,15 +37,17 @@ def tail_flops(shape: tuple[int, int, int], weights: dict[str, np.ndarray], bloc
 
 
 def train_step_ms(model: bytes, feature_size: int, class_capacity: int, train_batch: int, threads: int = 2,
-                  steps: int = 20) -> float:
+                  steps: int = 20, image_input: tuple[int, int, int] | None = None) -> float:
     """The fastest of `steps` calls of the converted `train` signature (ms per step), in the LiteRT
-    interpreter as the board runs it; lr 0 so the weights stay as shipped."""
+    interpreter as the board runs it; lr 0 so the weights stay as shipped. `image_input`: x is
+    [B, H, W, C] images (a whole-model signature) instead of [B, feature_size]."""
     from ai_edge_litert.interpreter import Interpreter
 
     interp = Interpreter(model_content=model, num_threads=threads)
     train = interp.get_signature_runner("train")
     rng = np.random.default_rng(0)
-    args = dict(x=rng.random((train_batch, feature_size), np.float32),
+    shape = (train_batch, *image_input) if image_input else (train_batch, feature_size)
+    args = dict(x=rng.random(shape, np.float32),
                 y=(np.arange(train_batch) % 2).astype(np.int32), mask=np.ones(train_batch, np.float32),
                 active=np.ones(class_capacity, np.float32), lr=np.array(0.0, np.float32))
     for _ in range(3):
