@@ -24,6 +24,17 @@ def tiny_bundle(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_tail_bundle(tmp_path_factory) -> Path:
+    """A small real bundle cut below the head (`--tail last_block`): the base is the int8 stem, the head the
+    trainable last block + head. Built once per session."""
+    out = tmp_path_factory.mktemp("bundle") / "tiny-tail"
+    subprocess.run([str(BIN / "autlearn-build"), "image", "--data", "mnist5k", "--limit", "600", "--epochs", "1",
+                    "--head-epochs", "1", "--tail", "last_block", "--out", str(out), "--seed", "0"],
+                   check=True, capture_output=True, timeout=600)
+    return out
+
+
+@pytest.fixture(scope="session")
 def user_digits():
     """The simulated private user: UCI digits (images uint8 [N,8,8], labels), fixed order."""
     from userdata import digits

@@ -131,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="add low-resolution copies of this fraction (0-1) of the public training images "
                             "(re-sampled through 6-14 px): features that survive blurry, coarse board cameras "
                             "and scanners; pretraining takes (1 + FRACTION) times as long per epoch")
+    image.add_argument("--tail", choices=("head", "last_block", "last2_blocks"), default="head",
+                       help="what the board trains: only the head, or the last (two) depthwise-separable blocks "
+                            "as well; the base is then the int8 stem below that cut and the board caches its "
+                            "activation (docs/bundle-format.md)")
+    image.add_argument("--tail-l2", type=float, default=1e-3, metavar="L2",
+                       help="with --tail below the head: weight of the squared distance of the tail's convolution "
+                            "weights from the pretrained ones in the board's loss")
+    image.add_argument("--tail-lr-scale", type=_positive_float, default=0.3, metavar="S",
+                       help="with --tail below the head: the tail's convolution weights step with S x the board's "
+                            "learning rate (the head's with 1 x)")
     prune = image.add_argument_group(
         "compression (magnitude-based filter pruning)",
         "With --budget, the pretrained model is pruned round by round: each round every prunable layer (conv0, "
@@ -304,7 +314,8 @@ def _run_image(args) -> int:
         learning_rate=args.learning_rate, head_learning_rate=args.head_lr, head_epochs=args.head_epochs,
         budgets=args.budget, prune_step=args.prune_step, prune_retrain=args.prune_retrain,
         prune_finetune=args.prune_finetune, prune_max_rounds=args.prune_max_rounds, strategy=args.strategy,
-        force=args.force, fit_box=args.fit_box, degrade=args.degrade)
+        force=args.force, fit_box=args.fit_box, degrade=args.degrade,
+        tail=args.tail, tail_l2=args.tail_l2, tail_lr_scale=args.tail_lr_scale)
     result = build_image_bundle(opts, progress=lambda line: print(line, flush=True))
     if result.out is not None:
         print(_summary_table(result), flush=True)
