@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AutlearnError
+from .durable import fsync_dir, fsync_tree
 
 log = logging.getLogger(__name__)
 
@@ -223,26 +224,6 @@ def _check_manifest_digest(root: Path, raw: bytes) -> bool:
     return True
 
 
-def _fsync_tree(top: Path) -> None:
-    """Flush every file and directory below `top` (and `top`) to the disk before it is renamed into place."""
-    for dirpath, _, filenames in os.walk(top):
-        for name in filenames:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def recover(dest: Path) -> str:
     """Repair what an install() cut off by a power loss left: it swaps directories with two renames
     (dest -> dest.old, dest.new -> dest), so a cut between them leaves no `dest`. Then the verified dest.new
@@ -261,7 +242,7 @@ def recover(dest: Path) -> str:
                 log.warning("bundle recovery: %s does not verify: %s", candidate, e.message)
                 continue
             os.rename(candidate, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
             done = f"{what} ({candidate.name} -> {dest.name})"
             log.warning("bundle recovery: %s was missing (an install was cut off): %s", dest, done)
             break
@@ -289,14 +270,14 @@ def install(source: str | Path, dest: Path) -> Bundle:
         shutil.rmtree(tmp)
     shutil.copytree(source, tmp)
     bundle = load(tmp)  # verify the copy, too
-    _fsync_tree(tmp)
+    fsync_tree(tmp)
     old = dest.with_name(dest.name + ".old")
     if old.exists():
         shutil.rmtree(old)
     if dest.exists():
         os.rename(dest, old)
     os.rename(tmp, dest)  # a power cut between the two renames: recover() finishes the install
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     if old.exists():
         shutil.rmtree(old)
     log.info("installed bundle from %s (%s, variants: %s)", source, bundle.task, ", ".join(bundle.variant_names))

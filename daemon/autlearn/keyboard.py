@@ -26,6 +26,7 @@ import numpy as np
 
 from . import augment
 from .bundle import Bundle, Variant
+from .durable import write_atomic
 from .featcache import FeatureCache, feature_key
 from .features import FeatureExtractor
 from .head import Head, Weights, load_weights, save_weights
@@ -115,10 +116,8 @@ class Memory:
         return out
 
     def save(self, path: Path, extra: dict) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, keys=self.keys, targets=self.targets, params=np.array(json.dumps({"mix": self.mix, **extra})))
-        tmp.replace(path)
+        write_atomic(path, lambda f: np.savez(f, keys=self.keys, targets=self.targets,
+                                              params=np.array(json.dumps({"mix": self.mix, **extra}))))
 
     @classmethod
     def load(cls, path: Path, h: int) -> "Memory":

@@ -72,6 +72,7 @@ class Service:
         self._redelegate_here = False
         self.gate: Callable[[], list[str]] = lambda: []
         self.policy_readings: dict = {}
+        self.watcher_state: Callable[[], dict | None] = lambda: None  # main wires the file watcher's state in
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -194,8 +195,10 @@ class Service:
                     elif kind == "round":
                         self._round_queued = False
                         self._record_failure(engine)
-                        self._round(engine, trigger)
-                        self._round_failures, self._round_retry_at = 0, 0.0
+                        if self._round(engine, trigger).outcome == "skipped":
+                            self._round_skipped()
+                        else:
+                            self._round_failures, self._round_retry_at = 0, 0.0
                 except Exception as e:  # a job's failure never takes the daemon down
                     full = _disk_full(e)
                     if full:
@@ -221,6 +224,14 @@ class Service:
         delay = 5.0 if disk_full else min(3600.0, 30.0 * 2 ** (self._round_failures - 1))
         self._round_retry_at = time.monotonic() + delay
         log.info("automatic rounds resume in %.0f s (failure %d in a row)", delay, self._round_failures)
+
+    def _round_skipped(self) -> None:
+        """A skipped round (nothing it could judge or learn yet) holds automatic rounds back as a failed one
+        does, so that the samples that triggered it do not start a round at every tick."""
+        self._round_failures += 1
+        delay = min(3600.0, 30.0 * 2 ** (self._round_failures - 1))
+        self._round_retry_at = time.monotonic() + delay
+        log.info("round skipped: automatic rounds resume in %.0f s (or when 'autlearnctl train' asks)", delay)
 
     def _record_failure(self, engine: Engine) -> None:
         """Mark the failed round in the history; a full disk may refuse the write, and then it is tried again
@@ -263,7 +274,7 @@ class Service:
         if report.added or report.quarantined or report.removed or report.waiting:
             self._emit("import", report.as_dict())
 
-    def _round(self, engine: Engine, trigger: str) -> None:
+    def _round(self, engine: Engine, trigger: str):
         self._set(activity="training", round={"trigger": trigger, "started": time.time(), "step": "features"})
 
         def progress(name: str, data: dict) -> None:
@@ -277,6 +288,7 @@ class Service:
         finally:
             self._last_round_end = time.monotonic()
         self._set(activity="idle", round=None, last_round=result.as_dict())
+        return result
 
     def _checkpoint(self) -> bool:
         """Called between training steps: waits while training must pause; True means stop the round."""
@@ -306,11 +318,7 @@ class Service:
             now = time.monotonic()
             if now - cache["at"] >= 1.0 or cache["config"] is not self.config:
                 c = self.config
-                pc = policy.PolicyConfig.from_values({
-                    "require_mains": c["policy.require_mains"], "max_temp_c": c["policy.max_temp_c"] or None,
-                    "max_load": c["policy.max_load"] or None,
-                    "gpu_max_util": None if c["policy.gpu_max_util"] >= 100 else c["policy.gpu_max_util"],
-                    "window": c["policy.window"]})
+                pc = policy.PolicyConfig.from_config(c)
                 cache.update(at=now, config=c, verdict=policy.evaluate(pc, probe, datetime.datetime.now()))
             self.policy_readings = cache["verdict"].readings
             return list(cache["verdict"].reasons)
@@ -375,6 +383,8 @@ class Service:
             "last_scan": st["last_scan"],
             "last_error": st["last_error"],
             "last_import": st["last_import"],
+            "watcher": self.watcher_state(),
+            "refused": self.store.problems(10),
             "variant_choice": {k: v for k, v in self.variant_choice.items() if k in ("name", "reason")},
             "bundle": {"id": self.bundle_id, "task": self.bundle.task, "variant": self.variant.name,
                        "labels": len(self.bundle.labels), "class_capacity": self.bundle.class_capacity},
@@ -413,7 +423,10 @@ class Service:
             return f"waiting for new samples: {new} of {need} needed to start a round"
         wait = self._round_retry_at - time.monotonic()
         if wait > 0:
-            return (f"the last round failed ({st['last_error']}); automatic rounds resume in {wait:.0f} s "
+            lr = st["last_round"]
+            why = (f"was skipped ({lr['detail']})" if lr and lr.get("outcome") == "skipped"
+                   else f"failed ({st['last_error']})")
+            return (f"the last round {why}; automatic rounds resume in {wait:.0f} s "
                     "('autlearnctl train' starts one now)")
         return "a round is about to start"
 

@@ -156,10 +156,16 @@ class Store:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield checkpoint
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            # SQLite may have ended the transaction itself (SQLITE_FULL at COMMIT rolls it back): a ROLLBACK then
+            # would raise "no transaction is active" and hide the error that matters (e.g. the full disk).
+            if self.db.in_transaction:
+                try:
+                    self.db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
             raise
-        self.db.execute("COMMIT")
 
     # --- meta ---
     def get_meta(self, key: str, default: str | None = None) -> str | None:
