@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "token (text without spaces), other scripts as words; auto: cjk when at least 30%% of "
                            "the letters are Chinese/Japanese. Recorded in the manifest; the board splits the same way")
     text.add_argument("--max-unk", type=float, default=0.5, metavar="FRACTION",
-                      help="fail when more than this share of the held-out tokens is <unk> (the vocabulary or the "
+                      help="fail when more than this share of the held-out words is <unk> (the vocabulary or the "
                            "tokenizer does not fit the text)")
     text.add_argument("--force", action="store_true", help="replace an existing non-empty output directory")
     text.set_defaults(run=_run_text)

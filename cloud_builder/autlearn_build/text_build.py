@@ -98,7 +98,7 @@ def _hits(scores: np.ndarray, targets: np.ndarray, excluded: list[int]) -> tuple
 
 
 def check_unknown(unk_rate: float, limit: float, corpus: td.TextCorpus, val_docs: list[td.Document]) -> None:
-    """A bundle whose own held-out text is mostly <unk> would suggest nothing useful: refuse it, and say why."""
+    """A bundle whose own held-out words are mostly <unk> would suggest nothing useful: refuse it, say why."""
     if not unk_rate > limit:
         return
     sample = " ".join(w for d in val_docs[:3] for s in d.sentences[:200] for w in s)
@@ -107,7 +107,7 @@ def check_unknown(unk_rate: float, limit: float, corpus: td.TextCorpus, val_docs
                 "characters as one word: build with --tokenizer cjk (or auto)")
     else:
         hint = "raise --vocab, or check that the training and held-out documents are in the same language"
-    raise InputError(f"{unk_rate * 100:.1f}% of the held-out tokens are <unk> (the limit is --max-unk "
+    raise InputError(f"{unk_rate * 100:.1f}% of the held-out words are <unk> (the limit is --max-unk "
                      f"{limit:g}): {hint}")
 
 
@@ -141,7 +141,8 @@ def build_text_bundle(opts: TextBuildOptions, progress: Callable[[str], None] = 
     unk_rate = float(np.mean(val_stream == td.UNK_ID)) if len(val_stream) else float("nan")
     progress(f"  {len(corpus.documents)} documents ({sum(d.n_words for d in corpus.documents)} tokens, "
              f"tokenizer {corpus.tokenizer}); held out: {', '.join(d.name for d in val_docs)}")
-    check_unknown(unk_rate, opts.max_unk, corpus, val_docs)
+    words = val_stream[(val_stream != td.BOS_ID) & (val_stream != td.EOS_ID) & (val_stream != td.PAD_ID)]
+    check_unknown(float(np.mean(words == td.UNK_ID)) if len(words) else 0.0, opts.max_unk, corpus, val_docs)
     progress(f"  vocabulary {n_vocab} tokens (4 special + {n_vocab - 4} words), {opts.spare_slots} spare slots; "
              f"{len(train_stream)} training / {len(val_stream)} held-out tokens; <unk> {unk_rate * 100:.1f}% of "
              f"held-out tokens")

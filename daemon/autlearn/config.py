@@ -153,7 +153,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("training", "min_new_words", 500, _number(1, 100_000_000, integer=True),
             "Keyboard: new words of text (counted from what was added to the text files since the last round) "
             "that trigger a round; a keyboard counts words, not files (min_new_samples is for images)."),
-    Setting("training", "text_positions", 30_000, _number(100, 10_000_000, integer=True),
+    Setting("training", "text_positions", 20_000, _number(100, 10_000_000, integer=True),
             "Keyboard: training positions a round keeps at most (a uniform sample of the new text, the rest "
             "replayed from text learnt before); with the limits below it bounds a round's memory."),
     Setting("training", "text_holdout_positions", 2_000, _number(10, 1_000_000, integer=True),

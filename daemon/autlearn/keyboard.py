@@ -27,7 +27,6 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,19 +38,19 @@ from .features import FeatureExtractor
 from .head import Head, Weights, load_weights, save_weights
 from .ingest import holdout_of
 from .kbtext import Tokenizer, read_pieces
-from .knn import SCORE_CHUNK, SPECIAL_COUNT, Memory, Recent, Reservoir, entries_for, topk_hits, unit
+from .kbsample import (BYTES_PER_WORD_KEY, LEARNT_BYTES_KEY, Collected, KeyboardLimits, fit_steps, is_in,
+                       limits_of, pending_words, sentence_hash)
+from .knn import SPECIAL_COUNT, Memory, score, topk_hits, unit
 from .learner import Progress, RoundResult
 from .store import Store
 
 log = logging.getLogger(__name__)
 
 __all__ = ["KeyboardLearner", "KeyboardPredictor", "KeyboardLimits", "Tokenizer", "topk_hits", "pending_words",
-           "SPECIAL_COUNT", "Memory", "unit"]
-CHUNK_SENTENCES = 256  # sentences whose windows' features are fetched (or computed) together
+           "limits_of", "score", "SPECIAL_COUNT", "Memory", "unit"]
+CHUNK_SENTENCES = 128  # sentences whose windows' features are fetched (or computed) together
 MAX_COUNTED_WORDS = 200_000  # distinct out-of-vocabulary words counted at once (then words seen once are dropped)
 LEARNT_FILE = "keyboard-learnt.npy"  # hashes of the sentences earlier rounds learnt from
-LEARNT_BYTES_KEY, BYTES_PER_WORD_KEY = "keyboard:learnt_bytes", "keyboard:bytes_per_word"
-DEFAULT_BYTES_PER_WORD = 6.0  # English with spaces and punctuation; measured on the user's text by each round
 MIX_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7)
 INTERP_GRID = (0.25, 0.5, 0.75, 1.0)
 
@@ -77,59 +76,6 @@ class KeyboardModel:
         if self.memory.mix > 0 and len(self.memory.keys):
             p = (1 - self.memory.mix) * p + self.memory.mix * self.memory.probs(f, p.shape[1])
         return p
-
-
-@dataclass(frozen=True)
-class KeyboardLimits:
-    """What bounds a keyboard round (training.text_* settings)."""
-    positions: int = 30_000  # training positions kept (new first; the rest of the sample replays learnt text)
-    holdout_positions: int = 2_000
-    memory_entries: int = 20_000
-    memory_mb: float = 8.0
-    max_steps: int = 400
-
-
-def limits_of(config) -> KeyboardLimits:
-    return KeyboardLimits(config["training.text_positions"], config["training.text_holdout_positions"],
-                          config["training.memory_entries"], config["training.memory_mb"],
-                          config["training.text_max_steps"])
-
-
-def sentence_hash(words: list[str]) -> int:
-    return int.from_bytes(hashlib.sha256(" ".join(words).encode()).digest()[:8], "little")
-
-
-def is_in(sorted_hashes: np.ndarray, h: int) -> bool:
-    i = int(np.searchsorted(sorted_hashes, np.uint64(h)))
-    return i < len(sorted_hashes) and int(sorted_hashes[i]) == h
-
-
-def pending_words(store: Store) -> int:
-    """About how many words of text the next round would learn that no round has: bytes added to each text
-    file since the round that last learnt it (a file that shrank or was rewritten counts whole), over the
-    bytes per word measured on the user's text. Cheap: it reads no file."""
-    learnt = json.loads(store.get_meta(LEARNT_BYTES_KEY) or "{}")
-    per_word = float(store.get_meta(BYTES_PER_WORD_KEY) or DEFAULT_BYTES_PER_WORD)
-    total = 0
-    for path, size in store.db.execute("SELECT path, size FROM samples WHERE status='ok' AND kind='text' "
-                                       "AND trained_round IS NULL"):
-        old = learnt.get(path, 0)
-        total += size - old if size > old else size
-    return int(total / per_word)
-
-
-class _Collected:
-    """The bounded samples one pass over the user's text leaves (see the module docstring)."""
-
-    def __init__(self, lim: KeyboardLimits, h: int, seed: int, online: bool):
-        self.new = Reservoir(lim.positions, h, seed)
-        self.old = Reservoir(lim.positions, h, seed + 1)
-        self.aug = Reservoir(lim.positions // 2, h, seed + 2)
-        self.hold = Reservoir(lim.holdout_positions, h, seed + 3)
-        self.recent = Recent(entries_for(lim.memory_entries, lim.memory_mb, h), h)
-        self.stream = Recent(lim.positions, h, normalise=False) if online else None  # new positions, in order
-        self.computed = self.cached = 0
-        self.train_positions = 0
 
 
 class KeyboardLearner:
@@ -256,68 +202,94 @@ class KeyboardLearner:
 
     # --- the two passes over the text -----------------------------------------------------------------
     def _survey(self, samples) -> tuple[Counter, dict]:
-        """Pass 1: out-of-vocabulary word counts of the training text, sentence counts, hashes, bytes."""
+        """Pass 1: out-of-vocabulary word counts of the training text; sentence and position counts (held out,
+        new, learnt before), hashes, file sizes."""
         counts: Counter = Counter()
         learnt = self.learnt()
         hashes = array.array("Q")
-        info = {"sentences": 0, "holdout_sentences": 0, "new_sentences": 0, "words": 0, "bytes": {}}
+        info = {"sentences": 0, "holdout_sentences": 0, "new_sentences": 0, "words": 0, "bytes": {},
+                "positions": {"hold": 0, "new": 0, "old": 0}}
         for s in samples:
             try:
                 info["bytes"][s.path] = os.stat(s.path).st_size
             except OSError:
                 pass
+        pos = info["positions"]
         for _, words in self.stream_sentences(samples):
             info["words"] += len(words)
             if holdout_of(hashlib.sha256(" ".join(words).encode()).hexdigest(), self.holdout_fraction):
                 info["holdout_sentences"] += 1
+                pos["hold"] += len(words) + 1
                 continue
             info["sentences"] += 1
-            hashes.append(sentence_hash(words))
+            h = sentence_hash(words)
+            hashes.append(h)
+            new = not is_in(learnt, h)
+            info["new_sentences"] += new
+            pos["new" if new else "old"] += len(words) + 1
             counts.update(w for w in words if w not in self.base_index)
             if len(counts) > MAX_COUNTED_WORDS:
                 counts = Counter({w: n for w, n in counts.items() if n > 1})
         info["hashes"] = np.unique(np.frombuffer(hashes, np.uint64)) if hashes else np.zeros(0, np.uint64)
-        info["new_sentences"] = int(np.sum(~np.isin(np.frombuffer(hashes, np.uint64), learnt))) if hashes else 0
         info["learnt"] = learnt
         return counts, info
 
-    def _collect(self, samples, slots: dict, learnt: np.ndarray, col: _Collected, augment_copies: int,
-                 seed: int) -> None:
-        """Pass 2: windows → base features (cache first) → the bounded samples, CHUNK_SENTENCES at a time."""
-        batch: list[tuple[list[str], bool, bool]] = []
+    def _collect(self, samples, slots: dict, info: dict, col: Collected, augment_copies: int, seed: int) -> None:
+        """Pass 2: windows → base features (cache first) → the bounded samples, CHUNK_SENTENCES at a time.
+
+        Only the sentences a sample can use are fetched: each kind (held out, new, learnt before) is drawn
+        with the probability that fills its sample twice over (the position-level reservoir then trims it),
+        plus the training text's tail that the memory keeps; the rest costs no features at all."""
+        lim, learnt, pos = self.limits, info["learnt"], info["positions"]
+        new_expected = min(pos["new"], lim.positions)
+        replay = min(pos["old"], max(0, lim.positions - new_expected), max(new_expected, lim.positions // 4))
+        p = {"hold": min(1.0, 2 * lim.holdout_positions / max(1, pos["hold"])),
+             "new": min(1.0, 2 * lim.positions / max(1, pos["new"])),
+             "old": min(1.0, 2 * replay / max(1, pos["old"]))}
+        tail_from = pos["new"] + pos["old"] - col.recent.capacity
+        rng = np.random.default_rng(seed)
+        batch: list[tuple[list[str], bool, bool, bool]] = []  # (words, held out, new, sampled)
 
         def flush() -> None:
-            x, y = self.encode([w for w, _, _ in batch], slots)
-            rows = np.repeat(np.arange(len(batch)), [max(1, -(-(len(w) + 1) // self.t)) for w, _, _ in batch])
+            x, y = self.encode([w for w, _, _, _ in batch], slots)
+            rows = np.repeat(np.arange(len(batch)), [max(1, -(-(len(w) + 1) // self.t)) for w, _, _, _ in batch])
             f, c, k = self.features(x)
             col.computed, col.cached = col.computed + c, col.cached + k
+            flags = np.array([(h, n, s) for _, h, n, s in batch], bool).reshape(-1, 3)[rows]
             keep = (y != self.tok.pad) & (y != self.tok.bos)
-            hold = np.array([h for _, h, _ in batch])[rows][:, None] & keep
-            new = np.array([n for _, _, n in batch])[rows][:, None] & keep & ~hold
-            old = keep & ~hold & ~new
-            words_hold = hold & (y >= SPECIAL_COUNT)  # accuracy counts real words (vocabulary or personal)
+            hold, new, sel = (flags[:, i:i + 1] & keep for i in range(3))
+            new &= ~hold
+            words_hold = hold & sel & (y >= SPECIAL_COUNT)  # accuracy counts real words (vocabulary or personal)
             col.hold.add(f[words_hold], y[words_hold])
             train = keep & ~hold  # positions in arrival order: the memory keeps the most recent
             col.recent.add(f[train], y[train])
-            col.train_positions += int(train.sum())
-            col.new.add(f[new], y[new])
-            col.old.add(f[old], y[old])
+            col.new.add(f[new & sel], y[new & sel])
+            col.old.add(f[train & ~new & sel], y[train & ~new & sel])
             if col.stream is not None:
-                col.stream.add(f[new], y[new])
-            fresh = [w for w, h, n in batch if n and not h]
+                col.stream.add(f[new & sel], y[new & sel])
+            fresh = [w for w, h, n, s in batch if n and s and not h]
             if augment_copies > 0 and fresh and self.synonyms and col.stream is None:
                 fa, ya, c2, k2 = self.positions(self.augmented(fresh, augment_copies, seed), slots)
                 col.computed, col.cached = col.computed + c2, col.cached + k2
                 col.aug.add(fa, ya)
             batch.clear()
 
+        at = 0  # training positions so far
         for _, words in self.stream_sentences(samples):
             hold = holdout_of(hashlib.sha256(" ".join(words).encode()).hexdigest(), self.holdout_fraction)
-            batch.append((words, hold, not hold and not is_in(learnt, sentence_hash(words))))
+            new = not hold and not is_in(learnt, sentence_hash(words))
+            sel = bool(rng.random() < p["hold" if hold else "new" if new else "old"])
+            tail = False
+            if not hold:
+                at += len(words) + 1
+                tail = at > tail_from
+            if sel or tail:
+                batch.append((words, hold, new, sel))
             if len(batch) >= CHUNK_SENTENCES:
                 flush()
         if batch:
             flush()
+        col.train_positions = at
 
     # --- the round ------------------------------------------------------------------------------------
     def run(self, version: int, trigger: str, epochs: int, lr: float, tolerance: float, seed: int,
@@ -336,8 +308,8 @@ class KeyboardLearner:
         del counts
         slots = self.store.classes(self.bundle_id)
         active = self.active()
-        col = _Collected(lim, h, seed + round_id, mode == "online")
-        self._collect(samples, slots, info["learnt"], col, augment_copies if mode == "offline" else 0, seed)
+        col = Collected(lim, h, seed + round_id, mode == "online")
+        self._collect(samples, slots, info, col, augment_copies if mode == "offline" else 0, seed)
         computed, cached = col.computed, col.cached
         progress("features", {"round": round_id, "computed": computed, "cached": cached,
                               "personal_words": personal})
@@ -346,15 +318,19 @@ class KeyboardLearner:
         fold, yold = col.old.sample(replay)
         faug, yaug = col.aug.sample()
         ftr, ytr = np.concatenate([fnew, fold, faug]), np.concatenate([ynew, yold, yaug])
+        n_new = len(ynew) + len(yaug)
+        report_sampled = {"new": len(ynew), "replayed": len(yold), "augmented": len(yaug)}
+        aug_seen = col.aug.seen
+        del fnew, fold, faug, ynew, yold, yaug
+        col.new = col.old = col.aug = None  # their sample is in ftr now
         fhw, yhw = col.hold.sample()
         stopping = should_stop()
         report: dict = {"personal_words": personal, "sentences": info["sentences"],
                         "holdout_sentences": info["holdout_sentences"], "new_sentences": info["new_sentences"],
                         "words": info["words"], "train_positions": col.train_positions,
-                        "sampled": {"new": len(ynew), "replayed": len(yold), "augmented": len(yaug),
-                                    "holdout": len(yhw), "holdout_seen": col.hold.seen},
-                        "augmented_positions": int(col.aug.seen), "memory_entries": min(col.recent.seen,
-                                                                                        col.recent.capacity)}
+                        "sampled": {**report_sampled, "holdout": len(yhw), "holdout_seen": col.hold.seen},
+                        "augmented_positions": aug_seen,
+                        "memory_entries": min(col.recent.seen, col.recent.capacity)}
         prequential: list[tuple[int, int]] = []
 
         def finish(outcome, detail, before=None, after=None, new_version=None) -> RoundResult:
@@ -382,10 +358,10 @@ class KeyboardLearner:
         current_w = load_weights(self.heads_dir / row["file"])
         current_mem = Memory.load(self.heads_dir / memory_file(row["file"]), h)
         head.set_weights(current_w)
-        before1, before3 = self.score(head, active, fhw, yhw, current_mem, (current_mem.mix,))[0]
+        before1, before3 = score(head, active, fhw, yhw, current_mem, (current_mem.mix,))[0]
         cloud_w = self.cloud_weights()
         head.set_weights(cloud_w)
-        report["pretrained"] = dict(zip(("top1", "top3"), self.score(head, active, fhw, yhw)[0]))
+        report["pretrained"] = dict(zip(("top1", "top3"), score(head, active, fhw, yhw)[0]))
         report["current"] = {"top1": before1, "top3": before3}
 
         head.set_weights(current_w)  # scoring ran no optimiser step: its state is still fresh
@@ -409,27 +385,30 @@ class KeyboardLearner:
             if not prequential:
                 return finish("skipped", "no new sentences to learn from online")
         else:
-            steps = min(lim.max_steps, max(1, epochs * -(-(len(ynew) + len(yaug)) // b)))
+            steps = min(lim.max_steps, max(1, epochs * -(-n_new // b)))
             report["steps"] = steps
-            self.fit(head, ftr, ytr, active, steps, lr, seed + round_id, should_stop, progress, round_id)
+            fit_steps(head, ftr, ytr, active, steps, lr, seed + round_id, should_stop, progress, round_id)
         if should_stop():
             return finish("stopped", "the daemon is stopping; the candidate was discarded", before1)
         tuned = head.get_weights()
         # regularise toward the cloud head: interpolate, choose on the holdout
+        del current_w
         best = None
         for a in INTERP_GRID:
-            w = {k: cloud_w[k] + a * (tuned[k] - cloud_w[k]) for k in tuned}
-            head.set_weights(w)
-            sc = self.score(head, active, fhw, yhw)[0]
+            head.set_weights({k: cloud_w[k] + a * (tuned[k] - cloud_w[k]) for k in tuned})
+            sc = score(head, active, fhw, yhw)[0]
             if best is None or sc > best[0]:
-                best = (sc, a, w)
-        (ft1, ft3), interp, weights = best
+                best = (sc, a)
+        (ft1, ft3), interp = best
+        weights = {k: cloud_w[k] + interp * (tuned[k] - cloud_w[k]) for k in tuned}
+        del tuned, cloud_w
         head.set_weights(weights)
         report["fine_tuned"] = {"top1": ft1, "top3": ft3, "interpolation": interp}
         # the memory of the user's contexts (the most recent ones), mixed in with a weight chosen on the holdout
+        del ftr
         memory = col.recent.memory()
-        del ftr, fnew, fold, faug, col
-        scores = self.score(head, active, fhw, yhw, memory, MIX_GRID)
+        del col
+        scores = score(head, active, fhw, yhw, memory, MIX_GRID)
         (after1, after3), memory.mix = max(zip(scores, MIX_GRID), key=lambda sm: sm[0])
         report["with_memory"] = {"top1": after1, "top3": after3, "mix": memory.mix}
         new_version = self.store.next_head_version()
@@ -446,44 +425,6 @@ class KeyboardLearner:
                   f"{'promoted' if promote else 'kept the current head'} (v{new_version})")
         progress("version_" + status, {"version": new_version, "accuracy": after1, "previous_accuracy": before1})
         return finish(status, detail, before1, after1, new_version)
-
-    def score(self, head: Head, active: np.ndarray, f: np.ndarray, y: np.ndarray, memory: Memory | None = None,
-              mixes=(0.0,)) -> list[tuple[float, float]]:
-        """(top-1, top-3) on the holdout sample for each memory mixing weight, SCORE_CHUNK rows at a time
-        (the head's and the memory's probabilities are computed once per chunk for all weights)."""
-        hits = np.zeros((len(mixes), 2), np.int64)
-        for i in range(0, len(y), SCORE_CHUNK):
-            fb, yb = f[i:i + SCORE_CHUNK].astype(np.float32), y[i:i + SCORE_CHUNK]
-            ph = head.predict(fb, active)
-            pm = memory.probs(fb, ph.shape[1]) if memory is not None and len(memory.keys) and any(mixes) else None
-            for j, mix in enumerate(mixes):
-                p = ph if pm is None or mix == 0 else (1 - mix) * ph + mix * pm
-                hits[j] += topk_hits(p, yb)
-        return [(h1 / max(1, len(y)), h3 / max(1, len(y))) for h1, h3 in hits]
-
-    def fit(self, head: Head, f: np.ndarray, y: np.ndarray, active: np.ndarray, steps: int, lr: float, seed: int,
-            should_stop, progress: Progress, round_id: int) -> None:
-        """`steps` optimiser steps over shuffled passes of the training sample; `epoch` events per pass."""
-        rng = np.random.default_rng(seed)
-        b, n, done, passes = head.batch, len(y), 0, -(-steps * head.batch // max(1, len(y)))
-        xb, yb, mb = np.zeros((b, f.shape[1]), np.float32), np.zeros(b, np.int32), np.zeros(b, np.float32)
-        for e in range(1, passes + 1):
-            order, total, count = rng.permutation(n), 0.0, 0
-            for i in range(0, n, b):
-                if done >= steps:
-                    break
-                idx = order[i:i + b]
-                xb[:], yb[:], mb[:] = 0.0, 0, 0.0
-                xb[:len(idx)], yb[:len(idx)], mb[:len(idx)] = f[idx], y[idx], 1.0
-                total += head.step(xb, yb, mb, active, lr) * len(idx)
-                count += len(idx)
-                done += 1
-                if done % 100 == 0 and should_stop():
-                    return
-            if count:
-                progress("epoch", {"round": round_id, "epoch": e, "epochs": passes, "loss": total / count})
-            if done >= steps:
-                break
 
     def _remember_learnt(self, samples, info: dict, round_id: int) -> None:
         """After a round that learnt: the sentences it learnt (by hash) and each file's size then, what the next

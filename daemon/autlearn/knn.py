@@ -16,6 +16,7 @@ import numpy as np
 
 SPECIAL_COUNT = 4  # <pad> <unk> <bos> <eos>, ids 0..3 (docs/bundle-format.md)
 KNN_K, KNN_TEMPERATURE = 32, 0.05
+KNN_CHUNK = 32  # queries compared with the memory at a time
 SCORE_CHUNK = 128  # holdout rows scored at a time: [128, capacity] probabilities, never [N, capacity]
 
 
@@ -41,16 +42,17 @@ class Memory:
             return out
         qn = (q / (np.linalg.norm(q, axis=1, keepdims=True) + 1e-8)).astype(np.float32)
         k = min(KNN_K, len(self.keys))
-        for i in range(0, len(qn), SCORE_CHUNK):
-            sim = np.zeros((len(qn[i:i + SCORE_CHUNK]), len(self.keys)), np.float32)
-            for j in range(0, len(self.keys), 8192):  # keys converted 8192 at a time, never all as float32
-                sim[:, j:j + 8192] = qn[i:i + SCORE_CHUNK] @ self.keys[j:j + 8192].astype(np.float32).T
-            idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        for i in range(0, len(qn), KNN_CHUNK):  # [32, M] similarities at a time, keys converted 8192 at a time
+            sim = np.zeros((len(qn[i:i + KNN_CHUNK]), len(self.keys)), np.float32)
+            for j in range(0, len(self.keys), 8192):
+                sim[:, j:j + 8192] = qn[i:i + KNN_CHUNK] @ self.keys[j:j + 8192].astype(np.float32).T
+            idx = np.argpartition(sim, len(self.keys) - k, axis=1)[:, -k:]
             top = np.take_along_axis(sim, idx, axis=1)
+            del sim
             w = np.exp((top - top.max(axis=1, keepdims=True)) / KNN_TEMPERATURE)
             w /= w.sum(axis=1, keepdims=True)
             rows = np.repeat(np.arange(len(idx)), k)
-            np.add.at(out[i:i + SCORE_CHUNK], (rows, self.targets[idx].ravel()), w.ravel())
+            np.add.at(out[i:i + KNN_CHUNK], (rows, self.targets[idx].ravel()), w.ravel())
         return out
 
     def save(self, path: Path, extra: dict) -> None:
@@ -146,3 +148,19 @@ class Recent:
 
     def memory(self) -> Memory:
         return Memory(*self.raw())
+
+
+def score(head, active: np.ndarray, f: np.ndarray, y: np.ndarray, memory: Memory | None = None,
+          mixes=(0.0,)) -> list[tuple[float, float]]:
+    """(top-1, top-3) on the holdout sample for each memory mixing weight, SCORE_CHUNK rows at a time
+    (the head's and the memory's probabilities are computed once per chunk for all weights)."""
+    hits = np.zeros((len(mixes), 2), np.int64)
+    for i in range(0, len(y), SCORE_CHUNK):
+        fb, yb = f[i:i + SCORE_CHUNK].astype(np.float32), y[i:i + SCORE_CHUNK]
+        ph = head.predict(fb, active)
+        pm = memory.probs(fb, ph.shape[1]) if memory is not None and len(memory.keys) and any(mixes) else None
+        for j, mix in enumerate(mixes):
+            p = ph if pm is None or mix == 0 else (1 - mix) * ph + mix * pm
+            hits[j] += topk_hits(p, yb)
+    return [(h1 / max(1, len(y)), h3 / max(1, len(y))) for h1, h3 in hits]
+
