@@ -16,10 +16,16 @@ BENCH_REPORTS ?= reports
 BENCH_REPEATS ?= 5
 BENCH_ARGS    ?=
 
-.PHONY: bench bench-clean
+.PHONY: bench bench-keyboard bench-clean
 
 bench: $(STAMP)
 	$(BIN)/python tools/bench.py --work $(BENCH_WORK) --reports $(BENCH_REPORTS) --repeats $(BENCH_REPEATS) $(BENCH_ARGS)
+	$(MAKE) --no-print-directory bench-keyboard
+
+# The keyboard row (tools/bench_keyboard.py): a round's peak RSS and time at 5k / 25k / 100k words and a later
+# round after 1,000 new words; merged into $(BENCH_REPORTS)/bench.json as `keyboard`.
+bench-keyboard: $(STAMP)
+	$(BIN)/python tools/bench_keyboard.py --work $(BENCH_WORK)/keyboard --reports $(BENCH_REPORTS)
 
 bench-clean:
 	rm -rf $(BENCH_WORK)

@@ -252,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
                            "concatenated; each centred on its mean word vector")
     text.add_argument("--synonyms-per-word", type=_positive_int, default=5, metavar="N",
                       help="at most N synonyms per word, most similar first")
+    text.add_argument("--tokenizer", choices=("auto", "word", "cjk"), default="auto",
+                      help="word: words between spaces and punctuation; cjk: each Chinese/Japanese character is one "
+                           "token (text without spaces), other scripts as words; auto: cjk when at least 30%% of "
+                           "the letters are Chinese/Japanese. Recorded in the manifest; the board splits the same way")
+    text.add_argument("--max-unk", type=float, default=0.5, metavar="FRACTION",
+                      help="fail when more than this share of the held-out words is <unk> (the vocabulary or the "
+                           "tokenizer does not fit the text)")
     text.add_argument("--force", action="store_true", help="replace an existing non-empty output directory")
     text.set_defaults(run=_run_text)
 
@@ -367,7 +374,7 @@ def _run_text(args) -> int:
         learning_rate=args.learning_rate, head_learning_rate=args.head_lr, head_epochs=args.head_epochs,
         head_positions=args.head_positions, synonym_threshold=args.synonym_threshold,
         synonyms_per_word=args.synonyms_per_word, synonym_source=args.synonym_source, strategy=args.strategy,
-        force=args.force)
+        tokenizer=args.tokenizer, max_unk=args.max_unk, force=args.force)
     result = build_text_bundle(opts, progress=lambda line: print(line, flush=True))
     if result.out is not None:
         print(_text_summary(result), flush=True)

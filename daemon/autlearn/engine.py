@@ -36,10 +36,10 @@ class Engine:
         self.features = FeatureSource(bundle, variant, self.extractor, self.cache, config["data.max_pixels"],
                                       max_file_bytes)
         if bundle.task == "next_word":
-            from .keyboard import KeyboardLearner
+            from .keyboard import KeyboardLearner, limits_of
             self.learner = KeyboardLearner(bundle, bundle_id, variant, self.store, self.extractor, self.cache,
                                            paths.heads, config["model.threads"], config["training.holdout_fraction"],
-                                           config["training.min_word_count"], max_file_bytes)
+                                           config["training.min_word_count"], max_file_bytes, limits_of(config))
         else:
             self.learner = Learner(bundle, bundle_id, variant, self.store, self.features, paths.heads,
                                    config["model.threads"])
@@ -76,6 +76,9 @@ class Engine:
 
     def round(self, trigger: str, progress: Progress, should_stop) -> RoundResult:
         lr = self.config["training.learning_rate"] or self.bundle.learning_rate
+        if self.bundle.task == "next_word":
+            from .keyboard import limits_of
+            self.learner.limits = limits_of(self.config)  # a reloaded configuration applies from this round on
         result = self.learner.run(self.current_version(), trigger, self.config["training.epochs"], lr,
                                   self.config["training.promote_tolerance"], self.config["training.seed"],
                                   progress, should_stop, self.config["training.augment_copies"],

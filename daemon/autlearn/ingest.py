@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from . import imaging
+from . import imaging, kbtext
 from .durable import read_regular_file, write_atomic, write_text_atomic
 from .errors import AutlearnError
 from .store import Store
@@ -268,13 +268,9 @@ class Ingestor:
                                     f"grew over the limit of {self.max_file_bytes} bytes while it was read", report)
         sha = hashlib.sha256(data).hexdigest()
         if self.text:
-            try:
-                words = data.decode("utf-8")
-            except UnicodeDecodeError as e:
-                return self._quarantine(path, st, label, data, f"not UTF-8 text (byte {e.start}: "
-                                        f"{data[e.start:e.start + 1]!r})", report)
-            if "\x00" in words or not words.strip():
-                return self._quarantine(path, st, label, data, "empty or binary, not text", report)
+            problem = kbtext.text_problem(data)  # UTF-8, UTF-16/32 with a BOM or GB18030; not binary, not empty
+            if problem:
+                return self._quarantine(path, st, label, data, problem, report)
             self.store.upsert_sample(spath, st.st_size, st.st_mtime_ns, sha, label, "text", False, "ok")
             report.added += 1
             return

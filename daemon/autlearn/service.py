@@ -356,16 +356,24 @@ class Service:
             return
         if not self.config["training.auto"] or self.blocking_reasons() or time.monotonic() < self._round_retry_at:
             return
-        new = self.store.count_new()
+        new, need, unit = self._pending()
         interval = self.config["training.interval_s"]
-        if new >= self.config["training.min_new_samples"]:
-            trigger = f"{new} new samples"
+        if new >= need:
+            trigger = f"{new} new {unit}"
         elif new and interval and time.monotonic() - self._last_round_end >= interval:
-            trigger = f"interval of {interval:g}s passed with {new} new samples"
+            trigger = f"interval of {interval:g}s passed with {new} new {unit}"
         else:
             return
         self._round_queued = True
         self._jobs.put(("round", trigger))
+
+    def _pending(self) -> tuple[int, int, str]:
+        """What the next round would learn from that no round has, what triggers one, and its unit: a keyboard
+        counts new words of text (a growing notes file is one sample), an image bundle new samples."""
+        if self.bundle.task == "next_word":
+            from .keyboard import pending_words
+            return pending_words(self.store), self.config["training.min_new_words"], "words"
+        return self.store.count_new(), self.config["training.min_new_samples"], "samples"
 
     # ------------------------------------------------------------------ API (called from the request thread)
     def status(self, args: dict) -> dict:
@@ -415,10 +423,12 @@ class Service:
         reasons = self.blocking_reasons()
         if reasons:
             return ("round paused: " if st["activity"] == "paused" else "not training: ") + "; ".join(reasons)
-        new = self.store.count_new()
-        need = self.config["training.min_new_samples"]
+        new, need, unit = self._pending()
         if not self.config["training.auto"]:
             return "automatic rounds are off (training.auto = false); 'autlearnctl train' starts one"
+        if new < need and unit == "words":
+            return (f"waiting for new text: about {new} of {need} new words needed to start a round "
+                    f"(training.min_new_words; counted from what was added to the text files since the last round)")
         if new < need:
             return f"waiting for new samples: {new} of {need} needed to start a round"
         wait = self._round_retry_at - time.monotonic()

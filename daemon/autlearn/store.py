@@ -311,6 +311,21 @@ class Store:
         self.db.execute("INSERT INTO classes(bundle, name, slot, public) VALUES(?,?,?,0)", (bundle, name, slot))
         return slot
 
+    def add_classes(self, bundle: str, names: list[str], capacity: int) -> list[str]:
+        """Give each new name of `names` the next free slot, in order, in one transaction, until the head is full;
+        returns the names added."""
+        existing = self.classes(bundle)
+        slot, added = len(existing), []
+        with self.batch():
+            for name in names:
+                if name in existing or slot >= capacity:
+                    continue
+                self.db.execute("INSERT INTO classes(bundle, name, slot, public) VALUES(?,?,?,0)", (bundle, name, slot))
+                existing[name] = slot
+                added.append(name)
+                slot += 1
+        return added
+
     # --- head versions ---
     def add_head(self, bundle: str, variant: str, status: str, file: str, accuracy: float | None = None,
                  previous_accuracy: float | None = None, n_train: int = 0, n_holdout: int = 0,
