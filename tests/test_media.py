@@ -48,7 +48,7 @@ def test_import_copies_whole_files_with_their_hash_and_skips_vanished_ones(tmp_p
     (mount / "autlearn" / "loose.png").write_bytes(b"no label folder")
     dest = tmp_path / "imported"
     (dest / "3").mkdir(parents=True)
-    (dest / "3" / "leftover.png.part").write_bytes(b"half")  # what a pulled stick left last time
+    (dest / "3" / ".leftover.png.77.1.tmp").write_bytes(b"half")  # what a pulled stick left last time
     imp = Importer(dest)
     assert imp.clean_partial() == 1
     files = sorted((mount / "autlearn").glob("*/*.png"))
@@ -65,7 +65,7 @@ def test_import_copies_whole_files_with_their_hash_and_skips_vanished_ones(tmp_p
     report = imp.import_mount(str(mount), pull_one_file)
     assert report.copied == 5 and any("not inside a label folder" in r for r in report.skipped)
     copies = sorted(dest.rglob("*.png"))
-    assert len(copies) == 5 and not list(dest.rglob("*.part"))
+    assert len(copies) == 5 and not list(dest.rglob("*.tmp"))
     assert victim_bytes not in [c.read_bytes() for c in copies]
     import hashlib
     for c in copies:

@@ -142,9 +142,6 @@ def test_the_watcher_names_what_changed_and_asks_for_a_full_scan_only_when_event
         assert not c.full and {str(inbox / "a" / "x.png"), str(inbox / "b")} <= c.paths
         assert all(p.startswith(str(inbox)) for p in c.paths)
         assert w.due() is None  # once per burst
-        logging.getLogger("watchdog.observers.inotify_c").warning("Inotify queue overflowed; filesystem events "
-                                                                  "were lost")
-        assert wait().full
         w.touch([f"/x/{i}" for i in range(MAX_PENDING + 1)])
         assert wait().full
     finally:

@@ -36,10 +36,10 @@ class Engine:
         self.features = FeatureSource(bundle, variant, self.extractor, self.cache, config["data.max_pixels"],
                                       max_file_bytes)
         if bundle.task == "next_word":
-            from .keyboard import KeyboardLearner
+            from .keyboard import KeyboardLearner, limits_of
             self.learner = KeyboardLearner(bundle, bundle_id, variant, self.store, self.extractor, self.cache,
                                            paths.heads, config["model.threads"], config["training.holdout_fraction"],
-                                           config["training.min_word_count"], max_file_bytes)
+                                           config["training.min_word_count"], max_file_bytes, limits_of(config))
         else:
             self.learner = Learner(bundle, bundle_id, variant, self.store, self.features, paths.heads,
                                    config["model.threads"])
@@ -70,13 +70,20 @@ class Engine:
     def round_due(self) -> bool:
         return bool(self.config["training.auto"]) and self.store.count_new() >= self.config["training.min_new_samples"]
 
+    def _gate(self) -> dict:
+        """Image rounds: training.holdout_fraction = 0 means no holdout gate (the keyboard always has one)."""
+        return {} if self.bundle.task == "next_word" else {"holdout": self.config["training.holdout_fraction"] > 0}
+
     def round(self, trigger: str, progress: Progress, should_stop) -> RoundResult:
         lr = self.config["training.learning_rate"] or self.bundle.learning_rate
+        if self.bundle.task == "next_word":
+            from .keyboard import limits_of
+            self.learner.limits = limits_of(self.config)  # a reloaded configuration applies from this round on
         result = self.learner.run(self.current_version(), trigger, self.config["training.epochs"], lr,
                                   self.config["training.promote_tolerance"], self.config["training.seed"],
                                   progress, should_stop, self.config["training.augment_copies"],
                                   self.config["training.mode"], self.config["training.online_steps"],
-                                  self.config["training.min_steps"])
+                                  self.config["training.min_steps"], **self._gate())
         if result.outcome == "promoted":
             self.store.set_meta(current_key(self.bundle_id, self.variant.name), str(result.version))
         return result

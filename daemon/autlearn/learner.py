@@ -23,7 +23,7 @@ from .errors import AutlearnError
 from .featcache import FeatureCache, feature_key
 from .features import FeatureExtractor
 from .head import Head, Weights, load_weights, save_weights
-from .ingest import read_regular_file
+from .durable import read_regular_file
 from .store import Sample, Store
 
 log = logging.getLogger(__name__)
@@ -308,7 +308,9 @@ class Learner:
 
     def run(self, version: int, trigger: str, epochs: int, lr: float, tolerance: float, seed: int,
             progress: Progress, should_stop: Callable[[], bool], augment_copies: int = 0, mode: str = "offline",
-            online_steps: int = 3, min_steps: int = 0) -> RoundResult:
+            online_steps: int = 3, min_steps: int = 0, holdout: bool = True) -> RoundResult:
+        """One round. With `holdout` false (training.holdout_fraction = 0) there is no holdout gate: every
+        sample trains and the candidate is promoted without a holdout check (its accuracy is not measured)."""
         t0 = time.monotonic()
         round_id = self.store.start_round(trigger)
         progress("round_started", {"round": round_id, "trigger": trigger})
@@ -321,7 +323,7 @@ class Learner:
             progress("features", {"round": round_id, "computed": computed, "cached": cached})
             stopping = should_stop()  # a step boundary: waits here while training must pause
             y = np.array([slots[s.label] for s in kept], np.int32)
-            hold = np.array([s.holdout for s in kept], bool)
+            hold = np.array([s.holdout and holdout for s in kept], bool)
             xtr, ytr, xho, yho = x[~hold], y[~hold], x[hold], y[hold]
             aug_computed = aug_cached = 0
             if augmenting and len(ytr):  # training samples only: the holdout judges real data
@@ -353,7 +355,7 @@ class Learner:
             return finish("stopped", "the daemon is stopping")
         if len(ytr) == 0:
             return finish("skipped", "no training samples yet")
-        if len(yho) == 0:
+        if len(yho) == 0 and holdout:
             return finish("skipped", "no holdout samples yet: a candidate could not be judged")
         base_w = self.current_weights(version)
         head = self.new_head()
@@ -381,7 +383,7 @@ class Learner:
         new_version = self.store.next_head_version()
         fname = f"head-v{new_version}.npz"
         save_weights(cand, self.heads_dir / fname)
-        promote = after >= before - tolerance
+        promote = not holdout or after >= before - tolerance
         status = "promoted" if promote else "rejected"
         self.store.add_head(self.bundle_id, self.variant.name, status, fname, after, before, n_original, len(yho),
                             round_id)
@@ -389,7 +391,10 @@ class Learner:
         if prequential:
             seen = sum(n for _, n in prequential)
             online = f"online: {sum(h for h, _ in prequential) / seen:.3f} predicted right before learning {seen}; "
-        detail = (online + bounded + f"holdout accuracy {before:.3f} → {after:.3f} on {len(yho)} samples; "
-                  f"{'promoted' if promote else 'kept the current head'} (v{new_version})")
+        if not holdout:
+            detail = online + bounded + f"promoted without a holdout check (training.holdout_fraction = 0) (v{new_version})"
+        else:
+            detail = (online + bounded + f"holdout accuracy {before:.3f} → {after:.3f} on {len(yho)} samples; "
+                      f"{'promoted' if promote else 'kept the current head'} (v{new_version})")
         progress("version_" + status, {"version": new_version, "accuracy": after, "previous_accuracy": before})
         return finish(status, detail, before, after, new_version)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .durable import read_regular_file, remove_temporaries, write_atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -68,12 +70,7 @@ class Importer:
 
     def clean_partial(self) -> int:
         """Remove temporary files a crash or a pulled stick left behind."""
-        n = 0
-        if self.dest.is_dir():
-            for p in self.dest.rglob("*.part"):
-                p.unlink(missing_ok=True)
-                n += 1
-        return n
+        return remove_temporaries(self.dest) if self.dest.is_dir() else 0
 
     def import_mount(self, mount: str, should_stop: Callable[[], bool] = lambda: False) -> ImportReport:
         report = ImportReport(mount)
@@ -98,10 +95,10 @@ class Importer:
             if not src.is_file() or src.is_symlink():
                 report.skipped.append(f"{src}: not a regular file")
                 return
-            if src.stat().st_size > self.max_file_bytes:
+            data, _ = read_regular_file(src, self.max_file_bytes)  # a FIFO swapped in is refused, not waited on
+            if len(data) > self.max_file_bytes:
                 report.skipped.append(f"{src}: larger than {self.max_file_bytes} bytes")
                 return
-            data = src.read_bytes()
         except OSError as e:  # the stick went away, or a bad sector
             report.skipped.append(f"{src}: {e.strerror or e}")
             return
@@ -110,16 +107,10 @@ class Importer:
         if target.exists():
             report.already += 1
             return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".part")
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(target, data)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             report.skipped.append(f"{src}: cannot store the copy: {e.strerror or e}")
             return
         report.copied += 1

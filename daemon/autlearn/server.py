@@ -56,12 +56,16 @@ class ControlServer:
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.setsockopt(zmq.SNDHWM, 1000)
-        self._bind(self.router, control)
-        self._bind(self.pub, events)
         self.routers = [self.router]
         self.auth = None
-        if tcp:
-            self._listen_tcp(tcp, curve_keys, authorized_keys)
+        try:
+            self._bind(self.router, control)
+            self._bind(self.pub, events)
+            if tcp:
+                self._listen_tcp(tcp, curve_keys, authorized_keys)
+        except BaseException:
+            self.close()  # a listener that cannot bind leaves no socket or authenticator thread behind
+            raise
 
     def _router(self) -> zmq.Socket:
         r = self.ctx.socket(zmq.ROUTER)
@@ -82,8 +86,8 @@ class ControlServer:
         r = self._router()
         r.curve_publickey, r.curve_secretkey = curve_keys
         r.curve_server = True
-        r.bind(endpoint)
         self.routers.append(r)
+        r.bind(endpoint)
         log.info("TCP control listener on %s (CURVE; authorized keys in %s)", endpoint, authorized_keys)
 
     def _bind(self, sock: zmq.Socket, endpoint: str) -> None:

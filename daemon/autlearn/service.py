@@ -72,6 +72,7 @@ class Service:
         self._redelegate_here = False
         self.gate: Callable[[], list[str]] = lambda: []
         self.policy_readings: dict = {}
+        self.watcher_state: Callable[[], dict | None] = lambda: None  # main wires the file watcher's state in
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -194,8 +195,10 @@ class Service:
                     elif kind == "round":
                         self._round_queued = False
                         self._record_failure(engine)
-                        self._round(engine, trigger)
-                        self._round_failures, self._round_retry_at = 0, 0.0
+                        if self._round(engine, trigger).outcome == "skipped":
+                            self._round_skipped()
+                        else:
+                            self._round_failures, self._round_retry_at = 0, 0.0
                 except Exception as e:  # a job's failure never takes the daemon down
                     full = _disk_full(e)
                     if full:
@@ -221,6 +224,14 @@ class Service:
         delay = 5.0 if disk_full else min(3600.0, 30.0 * 2 ** (self._round_failures - 1))
         self._round_retry_at = time.monotonic() + delay
         log.info("automatic rounds resume in %.0f s (failure %d in a row)", delay, self._round_failures)
+
+    def _round_skipped(self) -> None:
+        """A skipped round (nothing it could judge or learn yet) holds automatic rounds back as a failed one
+        does, so that the samples that triggered it do not start a round at every tick."""
+        self._round_failures += 1
+        delay = min(3600.0, 30.0 * 2 ** (self._round_failures - 1))
+        self._round_retry_at = time.monotonic() + delay
+        log.info("round skipped: automatic rounds resume in %.0f s (or when 'autlearnctl train' asks)", delay)
 
     def _record_failure(self, engine: Engine) -> None:
         """Mark the failed round in the history; a full disk may refuse the write, and then it is tried again
@@ -263,7 +274,7 @@ class Service:
         if report.added or report.quarantined or report.removed or report.waiting:
             self._emit("import", report.as_dict())
 
-    def _round(self, engine: Engine, trigger: str) -> None:
+    def _round(self, engine: Engine, trigger: str):
         self._set(activity="training", round={"trigger": trigger, "started": time.time(), "step": "features"})
 
         def progress(name: str, data: dict) -> None:
@@ -277,6 +288,7 @@ class Service:
         finally:
             self._last_round_end = time.monotonic()
         self._set(activity="idle", round=None, last_round=result.as_dict())
+        return result
 
     def _checkpoint(self) -> bool:
         """Called between training steps: waits while training must pause; True means stop the round."""
@@ -306,11 +318,7 @@ class Service:
             now = time.monotonic()
             if now - cache["at"] >= 1.0 or cache["config"] is not self.config:
                 c = self.config
-                pc = policy.PolicyConfig.from_values({
-                    "require_mains": c["policy.require_mains"], "max_temp_c": c["policy.max_temp_c"] or None,
-                    "max_load": c["policy.max_load"] or None,
-                    "gpu_max_util": None if c["policy.gpu_max_util"] >= 100 else c["policy.gpu_max_util"],
-                    "window": c["policy.window"]})
+                pc = policy.PolicyConfig.from_config(c)
                 cache.update(at=now, config=c, verdict=policy.evaluate(pc, probe, datetime.datetime.now()))
             self.policy_readings = cache["verdict"].readings
             return list(cache["verdict"].reasons)
@@ -348,16 +356,24 @@ class Service:
             return
         if not self.config["training.auto"] or self.blocking_reasons() or time.monotonic() < self._round_retry_at:
             return
-        new = self.store.count_new()
+        new, need, unit = self._pending()
         interval = self.config["training.interval_s"]
-        if new >= self.config["training.min_new_samples"]:
-            trigger = f"{new} new samples"
+        if new >= need:
+            trigger = f"{new} new {unit}"
         elif new and interval and time.monotonic() - self._last_round_end >= interval:
-            trigger = f"interval of {interval:g}s passed with {new} new samples"
+            trigger = f"interval of {interval:g}s passed with {new} new {unit}"
         else:
             return
         self._round_queued = True
         self._jobs.put(("round", trigger))
+
+    def _pending(self) -> tuple[int, int, str]:
+        """What the next round would learn from that no round has, what triggers one, and its unit: a keyboard
+        counts new words of text (a growing notes file is one sample), an image bundle new samples."""
+        if self.bundle.task == "next_word":
+            from .keyboard import pending_words
+            return pending_words(self.store), self.config["training.min_new_words"], "words"
+        return self.store.count_new(), self.config["training.min_new_samples"], "samples"
 
     # ------------------------------------------------------------------ API (called from the request thread)
     def status(self, args: dict) -> dict:
@@ -375,6 +391,8 @@ class Service:
             "last_scan": st["last_scan"],
             "last_error": st["last_error"],
             "last_import": st["last_import"],
+            "watcher": self.watcher_state(),
+            "refused": self.store.problems(10),
             "variant_choice": {k: v for k, v in self.variant_choice.items() if k in ("name", "reason")},
             "bundle": {"id": self.bundle_id, "task": self.bundle.task, "variant": self.variant.name,
                        "labels": len(self.bundle.labels), "class_capacity": self.bundle.class_capacity},
@@ -405,15 +423,20 @@ class Service:
         reasons = self.blocking_reasons()
         if reasons:
             return ("round paused: " if st["activity"] == "paused" else "not training: ") + "; ".join(reasons)
-        new = self.store.count_new()
-        need = self.config["training.min_new_samples"]
+        new, need, unit = self._pending()
         if not self.config["training.auto"]:
             return "automatic rounds are off (training.auto = false); 'autlearnctl train' starts one"
+        if new < need and unit == "words":
+            return (f"waiting for new text: about {new} of {need} new words needed to start a round "
+                    f"(training.min_new_words; counted from what was added to the text files since the last round)")
         if new < need:
             return f"waiting for new samples: {new} of {need} needed to start a round"
         wait = self._round_retry_at - time.monotonic()
         if wait > 0:
-            return (f"the last round failed ({st['last_error']}); automatic rounds resume in {wait:.0f} s "
+            lr = st["last_round"]
+            why = (f"was skipped ({lr['detail']})" if lr and lr.get("outcome") == "skipped"
+                   else f"failed ({st['last_error']})")
+            return (f"the last round {why}; automatic rounds resume in {wait:.0f} s "
                     "('autlearnctl train' starts one now)")
         return "a round is about to start"
 

@@ -156,10 +156,16 @@ class Store:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield checkpoint
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            # SQLite may have ended the transaction itself (SQLITE_FULL at COMMIT rolls it back): a ROLLBACK then
+            # would raise "no transaction is active" and hide the error that matters (e.g. the full disk).
+            if self.db.in_transaction:
+                try:
+                    self.db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
             raise
-        self.db.execute("COMMIT")
 
     # --- meta ---
     def get_meta(self, key: str, default: str | None = None) -> str | None:
@@ -304,6 +310,21 @@ class Store:
             return None
         self.db.execute("INSERT INTO classes(bundle, name, slot, public) VALUES(?,?,?,0)", (bundle, name, slot))
         return slot
+
+    def add_classes(self, bundle: str, names: list[str], capacity: int) -> list[str]:
+        """Give each new name of `names` the next free slot, in order, in one transaction, until the head is full;
+        returns the names added."""
+        existing = self.classes(bundle)
+        slot, added = len(existing), []
+        with self.batch():
+            for name in names:
+                if name in existing or slot >= capacity:
+                    continue
+                self.db.execute("INSERT INTO classes(bundle, name, slot, public) VALUES(?,?,?,0)", (bundle, name, slot))
+                existing[name] = slot
+                added.append(name)
+                slot += 1
+        return added
 
     # --- head versions ---
     def add_head(self, bundle: str, variant: str, status: str, file: str, accuracy: float | None = None,
