@@ -161,25 +161,3 @@ def test_the_scale_bench_merges_its_section_and_writes_distinct_images(tmp_path)
     files = list((tmp_path / "imgs").rglob("*.png"))
     assert len(files) == 60 and len({hashlib.sha256(f.read_bytes()).hexdigest() for f in files}) == 60
 
-
-def test_a_watchdog_thread_that_dies_makes_the_next_scan_a_full_one(tmp_path, monkeypatch):
-    import threading
-    import time
-
-    from autlearn import watcher
-    from autlearn.watcher import DebouncedWatcher
-
-    monkeypatch.setattr(threading, "excepthook", watcher._watchdog_thread_died)  # pytest puts its own in place
-    monkeypatch.setattr(watcher, "_previous_excepthook", lambda args: None)
-    w = DebouncedWatcher([str(tmp_path)], 0.0)
-    assert w.due().full  # the first scan
-    assert w.due() is None
-
-    def walk():  # stands in for watchdog's recursive walk raising in its own thread
-        exec(compile("raise RecursionError('maximum recursion depth exceeded')", "/x/watchdog/observers/inotify.py",
-                     "exec"))
-    t = threading.Thread(target=walk)
-    t.start()
-    t.join()
-    time.sleep(0.01)
-    assert w.due().full
