@@ -69,3 +69,7 @@ def no_tensorflow_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT / "tests" / "block_tensorflow") + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than about 10 s (pytest -m 'not slow' leaves it out)")

@@ -19,11 +19,12 @@ import numpy as np
 
 from . import augment, imaging
 from .bundle import Bundle, Variant
+from .durable import read_regular_file
 from .errors import AutlearnError
 from .featcache import FeatureCache, feature_key
 from .features import FeatureExtractor
 from .head import Head, Weights, load_weights, save_weights
-from .durable import read_regular_file
+from .ingest import shown
 from .store import Sample, Store
 
 log = logging.getLogger(__name__)
@@ -60,10 +61,11 @@ def read_sample(path: str, max_bytes: int) -> bytes | None:
     try:
         data, _ = read_regular_file(path, max_bytes)
     except OSError as e:
-        log.info("sample %s cannot be read again (%s); it waits for the next scan", path, e.strerror or e)
+        log.info("sample %s cannot be read again (%s); it waits for the next scan", shown(path), e.strerror or e)
         return None
     if len(data) > max_bytes:
-        log.info("sample %s grew past data.max_file_mb since it was ingested; it waits for the next scan", path)
+        log.info("sample %s grew past data.max_file_mb since it was ingested; it waits for the next scan",
+                 shown(path))
         return None
     return data
 
@@ -192,12 +194,12 @@ class FeatureSource:
     def _decode(self, s: Sample) -> np.ndarray | None:
         data = read_sample(s.path, self.max_file_bytes)
         if data is None or hashlib.sha256(data).hexdigest() != s.sha256:
-            log.info("sample %s changed since it was ingested; it waits for the next scan", s.path)
+            log.info("sample %s changed since it was ingested; it waits for the next scan", shown(s.path))
             return None
         try:
             return imaging.load_input(data, s.path, self.bundle.input, self.max_pixels)
         except AutlearnError as e:
-            log.warning("%s", e.message)
+            log.warning("%s", shown(e.message))
             return None
 
     def for_bytes(self, data: bytes, name: str) -> tuple[np.ndarray, bool]:

@@ -58,6 +58,7 @@ class ControlServer:
         self.pub.setsockopt(zmq.SNDHWM, 1000)
         self.routers = [self.router]
         self.auth = None
+        self._ipc_files: list[Path] = []
         try:
             self._bind(self.router, control)
             self._bind(self.pub, events)
@@ -94,6 +95,7 @@ class ControlServer:
         sock.bind(endpoint)
         if endpoint.startswith("ipc://"):
             path = Path(endpoint[len("ipc://"):])
+            self._ipc_files.append(path)
             os.chmod(path, 0o660)  # owner and group only
             if self.group:
                 try:
@@ -189,3 +191,5 @@ class ControlServer:
         self.pub.close(0)
         if self.auth is not None:
             self.auth.stop()
+        for path in self._ipc_files:  # no stale socket file for a client to wait on (the lock says they are ours)
+            path.unlink(missing_ok=True)
