@@ -285,7 +285,7 @@ class KeyboardLearner:
         and with it (1000) the test user of tests/test_keyboard.py no longer saw a personal word suggested."""
         t0 = time.monotonic()
         round_id = self.store.start_round(trigger)
-        progress("round_started", {"round": round_id, "trigger": trigger})
+        progress("round_started", {"round_id": round_id, "trigger": trigger})
         sents = self.user_sentences()
         train = [w for w, h, _ in sents if not h]
         new = [w for w, h, done in sents if not h and not done]
@@ -302,7 +302,7 @@ class KeyboardLearner:
                 faug, yaug, _, _ = self.positions(aug, slots)
         fho, yho, c2, k2 = self.positions(hold, slots)
         computed, cached = c1 + c2, k1 + k2
-        progress("features", {"round": round_id, "computed": computed, "cached": cached,
+        progress("features", {"round_id": round_id, "computed": computed, "cached": cached,
                               "personal_words": personal})
         words_only = yho >= SPECIAL_COUNT  # accuracy counts real words (vocabulary or personal), as the cloud did
         fhw, yhw = fho[words_only], yho[words_only]
@@ -401,7 +401,8 @@ class KeyboardLearner:
         detail = (f"next-word top-1 {before1:.3f} → {after1:.3f}, top-3 {before3:.3f} → {after3:.3f} on "
                   f"{len(yhw)} held-out words (pretrained {report['pretrained']['top1']:.3f}/"
                   f"{report['pretrained']['top3']:.3f}); {len(personal)} new personal words; "
-                  f"{'promoted' if promote else 'kept the current head'} (v{new_version})")
+                  + (f"promoted (v{new_version})" if promote else
+                     f"candidate v{new_version} rejected, kept the current head (v{version})"))
         progress("version_" + status, {"version": new_version, "accuracy": after1, "previous_accuracy": before1})
         return finish(status, detail, before1, after1, new_version)
 
