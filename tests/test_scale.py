@@ -146,3 +146,18 @@ def test_the_watcher_names_what_changed_and_asks_for_a_full_scan_only_when_event
         assert wait().full
     finally:
         w.stop()
+
+
+def test_the_scale_bench_merges_its_section_and_writes_distinct_images(tmp_path):
+    import hashlib
+    import json
+
+    import bench_scale
+    report = tmp_path / "bench.json"
+    report.write_text(json.dumps({"summary": {"kept": 1}, "scale": {"old": True}}))
+    bench_scale.merge_into(report, {"samples": 3})
+    assert json.loads(report.read_text()) == {"summary": {"kept": 1}, "scale": {"samples": 3}}
+    bench_scale.make_images(tmp_path / "imgs", 60, 0, "a")
+    files = list((tmp_path / "imgs").rglob("*.png"))
+    assert len(files) == 60 and len({hashlib.sha256(f.read_bytes()).hexdigest() for f in files}) == 60
+

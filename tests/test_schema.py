@@ -158,3 +158,18 @@ def test_a_round_reads_a_bounded_number_of_samples_from_a_large_store(tmp_path):
     other = store.learnt_training_sample(500, seed=2)
     assert {s.id for s in other} != {s.id for s in replay}  # a different draw per round
     store.close()
+
+
+def test_the_cache_summary_status_shows_does_not_depend_on_the_number_of_entries(tmp_path):
+    def steps_for(n: int) -> int:
+        cache = FeatureCache(tmp_path / f"c{n}.db")
+        cache.put_many({f"k{i}": np.zeros(8, np.float32) for i in range(n)})
+        assert cache.count() == n and cache.size_bytes() == 32 * n
+        counter = [0]
+        cache.db.set_progress_handler(lambda: counter.__setitem__(0, counter[0] + 1), 1)
+        cache.summary()
+        cache.db.set_progress_handler(None, 1)
+        cache.close()
+        return counter[0]
+
+    assert steps_for(3000) == steps_for(10)
