@@ -70,6 +70,3 @@ def no_tensorflow_env() -> dict:
     env["PYTHONPATH"] = str(ROOT / "tests" / "block_tensorflow") + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes more than about 10 s (pytest -m 'not slow' leaves it out)")

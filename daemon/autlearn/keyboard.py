@@ -1,6 +1,6 @@
 """The keyboard scenario on the board: next-word prediction that learns the user's own words and phrasing.
 
-Head fine-tuning alone does not personalise a keyboard (DESIGN.md), so a round combines three parts:
+Head fine-tuning alone does not personalise a keyboard (docs/architecture.md), so a round combines three parts:
 - **personal words**: the user's frequent out-of-vocabulary words claim the head's spare output slots;
 - **head fine-tuning** regularised toward the cloud head: the tuned weights are interpolated with the cloud
   head's, the interpolation chosen on the user's holdout, so general text does not suffer;
