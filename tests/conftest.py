@@ -69,3 +69,4 @@ def no_tensorflow_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT / "tests" / "block_tensorflow") + os.pathsep + env.get("PYTHONPATH", "")
     return env
+

@@ -77,6 +77,7 @@ def test_rejected_candidate_leaves_promoted_head_untouched(tmp_path, tiny_bundle
     reckless = engine_of(svc)
     bad = reckless.round("test", no_progress, never)
     assert bad.outcome == "rejected"
+    assert bad.detail.endswith(f"candidate v{bad.version} rejected, kept the current head (v{good.version})")
     assert bad.accuracy_after < bad.accuracy_before
     assert eng.current_version() == good.version
     assert [v["status"] for v in eng.store.heads()] == ["initial", "promoted", "rejected"]
@@ -188,8 +189,8 @@ def test_a_round_that_fails_is_recorded_and_automatic_rounds_back_off(tmp_path, 
     head = svc.store.head(svc.current_version())
     (svc.paths.heads / head["file"]).write_bytes(b"not a weights file")  # the current head cannot be read
     deadline = time.monotonic() + 60
-    while svc.store.count_new() < 10 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while (svc.store.count_new() < 10 or svc._get()["activity"] != "idle") and time.monotonic() < deadline:
+        time.sleep(0.05)  # the scan commits as it goes: wait until it has ended, or tick() starts nothing
     svc.tick()  # a round is due: it starts and fails
     while not svc.store.rounds(1) or svc.store.rounds(1)[0]["outcome"] is None:
         assert time.monotonic() < deadline, "the round did not end"

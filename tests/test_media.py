@@ -95,3 +95,20 @@ def test_daemon_imports_a_stick_when_it_is_mounted(tmp_path, tiny_bundle, user_d
         assert d.status()["samples"]["ok"] == 30
     finally:
         assert d.stop() == 0
+
+
+def test_a_stick_with_a_tree_deeper_than_the_recursion_limit_is_imported_with_the_deep_part_refused(
+        tmp_path, user_digits, write_user):
+    from autlearn.ingest import MAX_DEPTH
+    from test_hostile_files import deep_dirs, remove_deep
+    images, labels = user_digits
+    mount = tmp_path / "stick"
+    write_user(mount / "autlearn", images[:3], labels[:3])
+    deep = deep_dirs(mount / "autlearn" / "4", 1100)
+    (deep / "deep.png").write_bytes(b"x")
+    try:
+        report = Importer(tmp_path / "imported").import_mount(str(mount))
+        assert report.copied == 3
+        assert any(f"more than {MAX_DEPTH} levels" in r for r in report.skipped)
+    finally:
+        remove_deep(mount / "autlearn" / "4" / "d")

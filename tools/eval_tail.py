@@ -170,13 +170,34 @@ def cut_info(bundle: Path) -> dict:
             "base_latency_ms": v["latency_ms"]}
 
 
-def run_group(name: str, data, bundles: dict[str, Path], work: Path, local: list[float]) -> dict:
+class Memo:
+    """Results already measured (work/rounds.json, keyed by group/user/what): a run interrupted or split over
+    several invocations (one cut at a time while the others' bundles build) does not redo them. Delete the
+    file (or the bundle) to measure again."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.exists() else {}
+
+    def get(self, key: str, compute):
+        if key not in self.data:
+            value = compute()
+            if self.path.exists():  # another invocation may have added results meanwhile
+                self.data = {**json.loads(self.path.read_text()), **self.data}
+            self.data[key] = value
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(self.data, indent=1) + "\n")
+            tmp.replace(self.path)
+        return self.data[key]
+
+
+def run_group(name: str, data, bundles: dict[str, Path], work: Path, local: list[float], memo: Memo) -> dict:
     per = {cut: [] for cut in bundles}
     rows = []
     for u in data.users:
         row = {"name": u["name"], "n_train": int(len(u["train"])), "n_test": int(len(u["test"]))}
         for cut, bundle in bundles.items():
-            row[cut] = board_round(data, u, bundle, work / "boards")
+            row[cut] = memo.get(f"{name}/{u['name']}/{cut}", lambda: board_round(data, u, bundle, work / "boards"))
             per[cut].append(row[cut]["accuracy"])
         rows.append(row)
         log(f"   {name} {u['name']}: " + "  ".join(f"{c} {row[c]['accuracy']:.3f} ({row[c]['round_seconds']:.0f}s)"
@@ -207,6 +228,7 @@ def main(argv=None) -> int:
     out_json = args.out / "tail.json"
     result = json.loads(out_json.read_text()) if out_json.exists() else {}
     t0 = time.monotonic()
+    memo = Memo(args.work / "rounds.json")
     if args.group in ("uci", "all"):
         import eval_image as ei
 
@@ -215,9 +237,9 @@ def main(argv=None) -> int:
         spec = json.loads((bundles[cuts[0]] / "manifest.json").read_text())["input"]
         data = ei.load_users(args.work, spec, 10, 0.5, 0.3, 0)
         ev = json.loads(args.eval_json.read_text())["image"]["methods"]
-        g = run_group("uci", data, bundles, args.work, ev["local_only"]["per_user"])
+        g = run_group("uci", data, bundles, args.work, ev["local_only"]["per_user"], memo)
         g["reference"] = {m: {"mean": ev[m]["mean"], "per_user": ev[m]["per_user"]}
-                          for m in ("centralised", "fedavg", "local_only", "autlearn_offline_aug")}
+                          for m in ("centralised", "fedavg", "autlearn_offline_aug")}
         g["reference_source"] = str(args.eval_json)
         result["uci"] = g
     if args.group in ("new_classes", "all"):
@@ -225,13 +247,14 @@ def main(argv=None) -> int:
         public, data = new_class_data(args.work, args.new_users, args.per_class)
         bundles = {c: ensure_bundle(args.work, "new04", c, ["--data", str(public), "--fit-box", "20"]) for c in cuts}
         decode(data, json.loads((bundles[cuts[0]] / "manifest.json").read_text())["input"])
-        local = [local_only(data.x[u["train"]], data.labels[u["train"]] - 5, data.x[u["test"]],
-                            data.labels[u["test"]] - 5, 5, args.local_epochs, 0) for u in data.users]
+        local = [memo.get(f"new_classes/{u['name']}/local_only", lambda: local_only(
+            data.x[u["train"]], data.labels[u["train"]] - 5, data.x[u["test"]], data.labels[u["test"]] - 5, 5,
+            args.local_epochs, 0)) for u in data.users]
         log(f"   local only: {[round(a, 3) for a in local]}")
-        result["new_classes"] = run_group("new_classes", data, bundles, args.work, local)
+        result["new_classes"] = run_group("new_classes", data, bundles, args.work, local, memo)
         result["new_classes"]["per_class_train"] = args.per_class
-    if "whole_model_train_ms_per_sample" not in result:
-        result["whole_model_train_ms_per_sample"] = round(whole_model_step_ms() / 32, 5)
+    result["whole_model_train_ms_per_sample"] = memo.get("whole_model_train_ms_per_sample",
+                                                         lambda: round(whole_model_step_ms() / 32, 5))
     result["seconds_last_run"] = round(time.monotonic() - t0, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(result, indent=2) + "\n")

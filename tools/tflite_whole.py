@@ -2,7 +2,7 @@
 
 The image classifier of `autlearn_build.image_model` (conv 3x3/2 → three depthwise-separable blocks → global
 average pool → dense 64 + ReLU → class_capacity logits, unused classes masked) rebuilt as a `tf.Module` whose
-`train` signature updates *every* weight, and which converts with TFLITE_BUILTINS only (DESIGN.md, "Facts"):
+`train` signature updates *every* weight, and which converts with TFLITE_BUILTINS only (docs/architecture.md, "Facts"):
 
 * convolutions as im2col: `tf.pad` + `tf.slice` per kernel tap (their gradients are SLICE and PAD; Python
   slicing would bring StridedSliceGrad, a Flex op). Stride 2 reads the taps from a [B, H/2, 2, W/2, 2, C]

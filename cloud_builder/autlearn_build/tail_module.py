@@ -9,7 +9,7 @@ the tail above it trains on the board through the same four signatures as the he
   get_weights() -> {dw3_w, dw3_b, pw3_w, pw3_b, …, w0, b0, w1, b1}   the head's weights (the class slots) last
   set_weights(<the same names>) -> {ok}                               also resets the Adam state
 
-Written flex-free (DESIGN.md, Facts measured): a 3x3 depthwise convolution as 9 `tf.slice` taps of a padded
+Written flex-free (docs/architecture.md, facts measured): a 3x3 depthwise convolution as 9 `tf.slice` taps of a padded
 input (stride 2 through a reshape into (block, phase) pairs, no strided slice), a pointwise convolution as a
 matmul over the pixels, BatchNorm folded into weights and biases with the pretrained statistics, ReLU6 as
 min(max(x, 0), 6), hand-written Adam, a fixed train batch with a mask.

@@ -73,6 +73,7 @@ def _choice(*options: str) -> Callable[[Any], str]:
         if v not in options:
             raise ValueError("expected one of " + ", ".join(options))
         return v
+    check.options = options  # type: ignore[attr-defined]
     return check
 
 

@@ -67,9 +67,6 @@ class Engine:
         self.features.extractor = self.extractor
         self.learner.extractor = self.extractor
 
-    def round_due(self) -> bool:
-        return bool(self.config["training.auto"]) and self.store.count_new() >= self.config["training.min_new_samples"]
-
     def _gate(self) -> dict:
         """Image rounds: training.holdout_fraction = 0 means no holdout gate (the keyboard always has one)."""
         return {} if self.bundle.task == "next_word" else {"holdout": self.config["training.holdout_fraction"] > 0}

@@ -11,9 +11,9 @@ on), reads stop at the size limit, symlinks may not lead out of the watched tree
 is recorded under an escaped form and refused with a reason instead of breaking the scan.
 
 Every refused entry gets a reason record: a row in the store (``status`` lists the latest) and a
-``<tag>-<name>.reason.txt`` in the quarantine. A copy of the file is kept beside it only when it is a regular
-file that could be read within ``data.max_file_mb`` (and the quarantine holds less than QUARANTINE_MAX_BYTES):
-a FIFO, device, socket or symlink is never opened, read or moved, an oversized file is never read. Names are
+``<tag>-<name>.reason.txt`` in the quarantine (docs/ingest.md). A copy is kept beside it only for a quarantined
+file that was read within ``data.max_file_mb`` (while the quarantine holds less than QUARANTINE_MAX_BYTES): a
+FIFO, device, socket or symlink is never opened, read or moved, an oversized file is never read. Names are
 written with control characters escaped (``shown``), so a name cannot forge a log line or a record's line.
 """
 

@@ -19,11 +19,12 @@ import numpy as np
 
 from . import augment, imaging
 from .bundle import Bundle, Variant
+from .durable import read_regular_file
 from .errors import AutlearnError
 from .featcache import FeatureCache, feature_key
 from .features import FeatureExtractor
 from .head import Head, Weights, load_weights, save_weights
-from .durable import read_regular_file
+from .ingest import shown
 from .store import Sample, Store
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def epoch_events(progress: Progress, round_id: int, epochs: int) -> Callable[[in
 
     def on_epoch(e: int, n: int, loss: float) -> None:
         if e % every == 0 or e == n:
-            progress("epoch", {"round": round_id, "epoch": e, "epochs": n, "loss": loss})
+            progress("epoch", {"round_id": round_id, "epoch": e, "epochs": n, "loss": loss})
 
     return on_epoch
 
@@ -60,10 +61,11 @@ def read_sample(path: str, max_bytes: int) -> bytes | None:
     try:
         data, _ = read_regular_file(path, max_bytes)
     except OSError as e:
-        log.info("sample %s cannot be read again (%s); it waits for the next scan", path, e.strerror or e)
+        log.info("sample %s cannot be read again (%s); it waits for the next scan", shown(path), e.strerror or e)
         return None
     if len(data) > max_bytes:
-        log.info("sample %s grew past data.max_file_mb since it was ingested; it waits for the next scan", path)
+        log.info("sample %s grew past data.max_file_mb since it was ingested; it waits for the next scan",
+                 shown(path))
         return None
     return data
 
@@ -192,12 +194,12 @@ class FeatureSource:
     def _decode(self, s: Sample) -> np.ndarray | None:
         data = read_sample(s.path, self.max_file_bytes)
         if data is None or hashlib.sha256(data).hexdigest() != s.sha256:
-            log.info("sample %s changed since it was ingested; it waits for the next scan", s.path)
+            log.info("sample %s changed since it was ingested; it waits for the next scan", shown(s.path))
             return None
         try:
             return imaging.load_input(data, s.path, self.bundle.input, self.max_pixels)
         except AutlearnError as e:
-            log.warning("%s", e.message)
+            log.warning("%s", shown(e.message))
             return None
 
     def for_bytes(self, data: bytes, name: str) -> tuple[np.ndarray, bool]:
@@ -313,14 +315,14 @@ class Learner:
         sample trains and the candidate is promoted without a holdout check (its accuracy is not measured)."""
         t0 = time.monotonic()
         round_id = self.store.start_round(trigger)
-        progress("round_started", {"round": round_id, "trigger": trigger})
+        progress("round_started", {"round_id": round_id, "trigger": trigger})
         slots = self.store.classes(self.bundle_id)
         chosen, bounded = self.round_samples(version, seed + round_id)
         samples = [s for s in chosen if s.label in slots]
         augmenting = augment_copies > 0 and mode == "offline"
         with self.features.sharing_inputs() if augmenting else contextlib.nullcontext():
             x, kept, computed, cached = self.features.for_samples(samples)
-            progress("features", {"round": round_id, "computed": computed, "cached": cached})
+            progress("features", {"round_id": round_id, "computed": computed, "cached": cached})
             stopping = should_stop()  # a step boundary: waits here while training must pause
             y = np.array([slots[s.label] for s in kept], np.int32)
             hold = np.array([s.holdout and holdout for s in kept], bool)
@@ -332,7 +334,7 @@ class Learner:
                 if len(kept_a):
                     xtr = np.concatenate([xtr, xa])
                     ytr = np.concatenate([ytr, np.array([slots[s.label] for s in kept_a], np.int32)])
-                progress("augmented", {"round": round_id, "computed": aug_computed, "cached": aug_cached})
+                progress("augmented", {"round_id": round_id, "computed": aug_computed, "cached": aug_cached})
         n_original = int((~hold).sum())
         active = self.active()
         prequential: list[tuple[int, int]] = []
@@ -376,7 +378,7 @@ class Learner:
             return finish("skipped", "no new samples to learn from online", before)
         if should_stop():
             return finish("stopped", "the daemon is stopping; the candidate was discarded", before)
-        progress("trained", {"round": round_id, "epochs": len(losses), "loss_first": losses[0],
+        progress("trained", {"round_id": round_id, "epochs": len(losses), "loss_first": losses[0],
                              "loss_last": losses[-1]})
         after = accuracy(head.predict(xho, active), yho)
         cand = head.get_weights()
@@ -395,6 +397,7 @@ class Learner:
             detail = online + bounded + f"promoted without a holdout check (training.holdout_fraction = 0) (v{new_version})"
         else:
             detail = (online + bounded + f"holdout accuracy {before:.3f} → {after:.3f} on {len(yho)} samples; "
-                      f"{'promoted' if promote else 'kept the current head'} (v{new_version})")
+                      + (f"promoted (v{new_version})" if promote else
+                         f"candidate v{new_version} rejected, kept the current head (v{version})"))
         progress("version_" + status, {"version": new_version, "accuracy": after, "previous_accuracy": before})
         return finish(status, detail, before, after, new_version)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .durable import read_regular_file, remove_temporaries, write_atomic
+from .ingest import shown, walk_files
 
 log = logging.getLogger(__name__)
 
@@ -75,32 +76,29 @@ class Importer:
     def import_mount(self, mount: str, should_stop: Callable[[], bool] = lambda: False) -> ImportReport:
         report = ImportReport(mount)
         src_root = Path(mount) / self.folder
-        for dirpath, dirnames, filenames in os.walk(src_root, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            rel = Path(dirpath).relative_to(src_root)
-            if not rel.parts:
-                report.skipped.extend(f"{name}: not inside a label folder" for name in filenames)
-                continue
-            label = rel.parts[0]
-            for name in sorted(filenames):
-                if should_stop():
-                    return report
-                if name.startswith("."):
-                    continue
-                self._copy(Path(dirpath) / name, label, report)
+        for path, refused in walk_files(src_root):  # iterative and depth-bounded, as the scan of watched folders
+            if should_stop():
+                return report
+            rel = path.relative_to(src_root)
+            if refused:
+                report.skipped.append(f"{shown(path)}: {refused}")
+            elif len(rel.parts) < 2:
+                report.skipped.append(f"{shown(rel)}: not inside a label folder")
+            else:
+                self._copy(path, rel.parts[0], report)
         return report
 
     def _copy(self, src: Path, label: str, report: ImportReport) -> None:
         try:
             if not src.is_file() or src.is_symlink():
-                report.skipped.append(f"{src}: not a regular file")
+                report.skipped.append(f"{shown(src)}: not a regular file")
                 return
             data, _ = read_regular_file(src, self.max_file_bytes)  # a FIFO swapped in is refused, not waited on
             if len(data) > self.max_file_bytes:
-                report.skipped.append(f"{src}: larger than {self.max_file_bytes} bytes")
+                report.skipped.append(f"{shown(src)}: larger than {self.max_file_bytes} bytes")
                 return
         except OSError as e:  # the stick went away, or a bad sector
-            report.skipped.append(f"{src}: {e.strerror or e}")
+            report.skipped.append(f"{shown(src)}: {e.strerror or e}")
             return
         sha = hashlib.sha256(data).hexdigest()
         target = self.dest / label / f"{sha[:24]}{src.suffix.lower()}"
@@ -111,7 +109,7 @@ class Importer:
             target.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(target, data)
         except OSError as e:
-            report.skipped.append(f"{src}: cannot store the copy: {e.strerror or e}")
+            report.skipped.append(f"{shown(src)}: cannot store the copy: {e.strerror or e}")
             return
         report.copied += 1
 
