@@ -480,20 +480,24 @@ def _fd_targets(pid: int) -> set[str]:
 
 
 def _paused_round_with_a_swapped_sample(tmp_path, bundle, images, labels, swap) -> tuple[Daemon, Path]:
-    """A round that has computed its features waits at a step boundary (paused); meanwhile a training sample's
-    file is replaced by `swap(path)`. Resuming makes the round read that file again for its augmented copy."""
+    """A round that has computed its features waits at a step boundary (paused: the board runs on battery);
+    meanwhile a training sample's file is replaced by `swap(path)`. The charger plugged in makes the round read
+    that file again for its augmented copy."""
+    from test_service import fake_battery
     root = tmp_path / "r"
-    d = Daemon(root, bundle, training="auto = false\nepochs = 5\naugment_copies = 1\n", data=HOSTILE_DATA)
+    sysfs = tmp_path / "sys"
+    fake_battery(sysfs, "Discharging", 0)
+    d = Daemon(root, bundle, training="auto = false\nepochs = 5\naugment_copies = 1\n", data=HOSTILE_DATA,
+               extra_config=f'[policy]\nsysfs = "{sysfs}"\n')
     assert came_up(d)
     from userdata import write_user
     write_user(d.inbox, images[:60], labels[:60])
     wait_until(lambda: call(root, "status")["samples"]["ok"] == 60, 30, "ingestion")
-    call(root, "pause")
-    call(root, "train")
+    call(root, "train")  # a requested round starts on battery too, and waits at its first step boundary
     wait_until(lambda: call(root, "status")["activity"] == "paused", 30, "the paused round")
     (path,) = query(root / "state" / "autlearn.sqlite", "SELECT path FROM samples WHERE holdout=0 LIMIT 1")[0]
     swap(Path(path))
-    call(root, "resume")
+    fake_battery(sysfs, "Charging", 1)
     return d, Path(path)
 
 

@@ -77,6 +77,7 @@ def test_rejected_candidate_leaves_promoted_head_untouched(tmp_path, tiny_bundle
     reckless = engine_of(svc)
     bad = reckless.round("test", no_progress, never)
     assert bad.outcome == "rejected"
+    assert bad.detail.endswith(f"candidate v{bad.version} rejected, kept the current head (v{good.version})")
     assert bad.accuracy_after < bad.accuracy_before
     assert eng.current_version() == good.version
     assert [v["status"] for v in eng.store.heads()] == ["initial", "promoted", "rejected"]

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import AutlearnError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (JetPack 6, Ubuntu 22.04): the same parser from PyPI (daemon/pyproject.toml)
+    import tomli as tomllib
 
 
 # --- validators: tiny pure functions that return the value or raise ValueError("expected ...") ---
@@ -167,6 +172,20 @@ SETTINGS: tuple[Setting, ...] = (
             "chunk, the rest on batches replayed from the stream so far; image rounds: raised to make min_steps)."),
     Setting("training", "min_word_count", 2, _number(1, 1_000_000, integer=True),
             "Keyboard: an out-of-vocabulary word the user wrote this often claims a spare output slot."),
+    Setting("training", "min_new_words", 500, _number(1, 100_000_000, integer=True),
+            "Keyboard: new words of text (counted from what was added to the text files since the last round) "
+            "that trigger a round; a keyboard counts words, not files (min_new_samples is for images)."),
+    Setting("training", "text_positions", 20_000, _number(100, 10_000_000, integer=True),
+            "Keyboard: training positions a round keeps at most (a uniform sample of the new text, the rest "
+            "replayed from text learnt before); with the limits below it bounds a round's memory."),
+    Setting("training", "text_holdout_positions", 2_000, _number(10, 1_000_000, integer=True),
+            "Keyboard: held-out positions (a uniform sample) that judge a candidate and choose its mixing weights."),
+    Setting("training", "text_max_steps", 400, _number(1, 10_000_000, integer=True),
+            "Keyboard: optimiser steps a round makes at most (epochs over the new text, replay mixed in)."),
+    Setting("training", "memory_entries", 20_000, _number(0, 10_000_000, integer=True),
+            "Keyboard: contexts the memory (nearest-neighbour next-word model) keeps: the most recent ones."),
+    Setting("training", "memory_mb", 8.0, _number(0.0, 100_000.0),
+            "Keyboard: the memory's size cap (float16 keys); the smaller of this and memory_entries applies."),
     Setting("training", "augment_copies", 1, _number(0, 8, integer=True),
             "Augmented copies (random crop, rotation, shift) per training image; 1 is the paper's cap, 0 = off."),
     Setting("training", "learning_rate", 0.0, _number(0.0, 10.0),

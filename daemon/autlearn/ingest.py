@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from . import imaging
+from . import imaging, kbtext
 from .durable import read_regular_file, write_atomic, write_text_atomic
 from .errors import AutlearnError
 from .store import Store
@@ -163,6 +163,41 @@ class Ingestor:
             self._retry_waiting(report)
         return report
 
+    def scan_paths(self, roots: list[str], paths) -> IngestReport:
+        """Look again only at `paths` (what the watcher saw change below `roots`): a file is judged as a full
+        scan would judge it, a directory that appeared is walked, a path that is gone is forgotten with
+        everything below it. Files elsewhere are not touched (not even stat-ed)."""
+        report = IngestReport()
+        tops = sorted((Path(r).absolute() for r in roots), key=lambda r: -len(r.parts))
+        with self.store.batch() as checkpoint:
+            for spath in sorted(set(paths)):
+                path = Path(spath).absolute()
+                root = next((r for r in tops if path.is_relative_to(r)), None)
+                if root is None or path == root:
+                    continue
+                if any(part.startswith(".") for part in path.relative_to(root).parts) or \
+                        path.name.endswith((".part", ".tmp", "~")):
+                    continue  # what walk_files skips
+                try:
+                    is_dir = path.is_dir() and not path.is_symlink()
+                    exists = is_dir or os.path.lexists(path)
+                except OSError:
+                    continue
+                if not exists:
+                    report.removed += self.store.forget_under(db_path(path)[0])
+                    continue
+                depth = len(path.relative_to(root).parts) - (0 if is_dir else 1)  # of the folder, root = 0
+                if depth > MAX_DEPTH:
+                    continue  # below a folder that the scan refuses (it holds the reason)
+                for f, refused in (walk_files(path, MAX_DEPTH - depth) if is_dir else [(path, None)]):
+                    if refused:
+                        self._refuse_folder(f, refused, report)
+                    else:
+                        self._consider(root, f, report)
+                    checkpoint()
+            self._retry_waiting(report)
+        return report
+
     def _refuse_folder(self, path: Path, reason: str, report: IngestReport) -> None:
         try:
             st = os.lstat(path)
@@ -233,13 +268,9 @@ class Ingestor:
                                     f"grew over the limit of {self.max_file_bytes} bytes while it was read", report)
         sha = hashlib.sha256(data).hexdigest()
         if self.text:
-            try:
-                words = data.decode("utf-8")
-            except UnicodeDecodeError as e:
-                return self._quarantine(path, st, label, data, f"not UTF-8 text (byte {e.start}: "
-                                        f"{data[e.start:e.start + 1]!r})", report)
-            if "\x00" in words or not words.strip():
-                return self._quarantine(path, st, label, data, "empty or binary, not text", report)
+            problem = kbtext.text_problem(data)  # UTF-8, UTF-16/32 with a BOM or GB18030; not binary, not empty
+            if problem:
+                return self._quarantine(path, st, label, data, problem, report)
             self.store.upsert_sample(spath, st.st_size, st.st_mtime_ns, sha, label, "text", False, "ok")
             report.added += 1
             return

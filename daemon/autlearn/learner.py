@@ -31,6 +31,13 @@ log = logging.getLogger(__name__)
 
 # `epoch` events per round at most: every epoch up to this many, then every k-th and the last.
 MAX_EPOCH_EVENTS = 100
+# A round from a head that has learnt from the store replays at most REPLAY_MAX of the training samples it learnt
+# (a random draw, new each round) next to all the new ones, and judges on a stable sample of at most HOLDOUT_MAX
+# holdout samples plus the new holdout ones: its cost follows the new files, not how many the board holds.
+REPLAY_MAX = 2048
+HOLDOUT_MAX = 2048
+# Inputs decoded and run through the base at a time when features are missing (memory: 1,024 28×28 inputs ≈ 3 MB).
+FEATURE_CHUNK = 1024
 
 
 def epoch_events(progress: Progress, round_id: int, epochs: int) -> Callable[[int, int, float], None]:
@@ -40,7 +47,7 @@ def epoch_events(progress: Progress, round_id: int, epochs: int) -> Callable[[in
 
     def on_epoch(e: int, n: int, loss: float) -> None:
         if e % every == 0 or e == n:
-            progress("epoch", {"round": round_id, "epoch": e, "epochs": n, "loss": loss})
+            progress("epoch", {"round_id": round_id, "epoch": e, "epochs": n, "loss": loss})
 
     return on_epoch
 
@@ -142,18 +149,27 @@ class FeatureSource:
         keys = [self.key(s.sha256, name) for s, name, _ in items]
         found = self.cache.get_many(keys)
         computed: dict[str, np.ndarray] = {}
-        inputs, todo_keys = [], []
+        inputs, todo_keys, pending = [], [], set()
+
+        def run_base() -> None:  # a chunk at a time: decoded inputs never pile up for a whole round
+            if inputs:
+                chunk = dict(zip(todo_keys, self.extractor(np.stack(inputs))))
+                self.cache.put_many(chunk)
+                computed.update(chunk)
+                inputs.clear()
+                todo_keys.clear()
+
         for (s, _, vseed), k in zip(items, keys):
-            if k in found or k in computed:
+            if k in found or k in computed or k in pending:
                 continue
             x = self._read(s)
             if x is not None:
                 inputs.append(x if vseed is None else augment.augment_image(x, vseed))
                 todo_keys.append(k)
-        if inputs:
-            feats = self.extractor(np.stack(inputs))
-            computed = dict(zip(todo_keys, feats))
-            self.cache.put_many(computed)
+                pending.add(k)
+                if len(inputs) >= FEATURE_CHUNK:
+                    run_base()
+        run_base()
         kept, rows = [], []
         for (s, _, _), k in zip(items, keys):
             v = found.get(k)
@@ -233,6 +249,30 @@ class Learner:
         unseen = sum(1 for s, h in zip(kept, hold) if not h and not s.trained)
         return min(1.0, max(unseen, n_train - learnt) / n_train)
 
+    def round_samples(self, version: int, seed: int) -> tuple[list[Sample], str]:
+        """The samples a round reads, and a note on what it left out. Few samples: all of them (new ones in
+        arrival order). Many, from a head that has learnt from the store: every new sample, a random draw of
+        REPLAY_MAX learnt training samples and a stable sample of HOLDOUT_MAX holdout ones, read through indexes."""
+        counts = self.store.counts()
+        learnt = counts["ok"] - counts["holdout"] - counts["new_train"]
+        row = self.store.head(version)
+        replay = bool(row and row.get("n_train")) and learnt > REPLAY_MAX
+        if not replay and counts["holdout"] <= HOLDOUT_MAX:
+            return self.store.usable_samples(), ""
+        new = self.store.new_samples()
+        ids = {s.id for s in new}
+        hold = [s for s in self.store.holdout_sample(HOLDOUT_MAX) if s.id not in ids]
+        if replay:
+            old = self.store.learnt_training_sample(REPLAY_MAX, seed)
+        else:
+            old = [s for s in self.store.usable_samples() if not s.holdout and s.trained]
+        notes = []
+        if replay:
+            notes.append(f"replayed {len(old)} of {learnt} learnt samples")
+        if counts["holdout"] > HOLDOUT_MAX:
+            notes.append(f"judged on {len(hold) + sum(s.holdout for s in new)} of {counts['holdout']} holdout samples")
+        return old + hold + new, "; ".join(notes) + "; " if notes else ""
+
     def current_weights(self, version: int) -> Weights:
         row = self.store.head(version)
         if row is None:
@@ -275,13 +315,14 @@ class Learner:
         sample trains and the candidate is promoted without a holdout check (its accuracy is not measured)."""
         t0 = time.monotonic()
         round_id = self.store.start_round(trigger)
-        progress("round_started", {"round": round_id, "trigger": trigger})
+        progress("round_started", {"round_id": round_id, "trigger": trigger})
         slots = self.store.classes(self.bundle_id)
-        samples = [s for s in self.store.usable_samples() if s.label in slots]
+        chosen, bounded = self.round_samples(version, seed + round_id)
+        samples = [s for s in chosen if s.label in slots]
         augmenting = augment_copies > 0 and mode == "offline"
         with self.features.sharing_inputs() if augmenting else contextlib.nullcontext():
             x, kept, computed, cached = self.features.for_samples(samples)
-            progress("features", {"round": round_id, "computed": computed, "cached": cached})
+            progress("features", {"round_id": round_id, "computed": computed, "cached": cached})
             stopping = should_stop()  # a step boundary: waits here while training must pause
             y = np.array([slots[s.label] for s in kept], np.int32)
             hold = np.array([s.holdout and holdout for s in kept], bool)
@@ -293,7 +334,7 @@ class Learner:
                 if len(kept_a):
                     xtr = np.concatenate([xtr, xa])
                     ytr = np.concatenate([ytr, np.array([slots[s.label] for s in kept_a], np.int32)])
-                progress("augmented", {"round": round_id, "computed": aug_computed, "cached": aug_cached})
+                progress("augmented", {"round_id": round_id, "computed": aug_computed, "cached": aug_cached})
         n_original = int((~hold).sum())
         active = self.active()
         prequential: list[tuple[int, int]] = []
@@ -337,7 +378,7 @@ class Learner:
             return finish("skipped", "no new samples to learn from online", before)
         if should_stop():
             return finish("stopped", "the daemon is stopping; the candidate was discarded", before)
-        progress("trained", {"round": round_id, "epochs": len(losses), "loss_first": losses[0],
+        progress("trained", {"round_id": round_id, "epochs": len(losses), "loss_first": losses[0],
                              "loss_last": losses[-1]})
         after = accuracy(head.predict(xho, active), yho)
         cand = head.get_weights()
@@ -353,9 +394,10 @@ class Learner:
             seen = sum(n for _, n in prequential)
             online = f"online: {sum(h for h, _ in prequential) / seen:.3f} predicted right before learning {seen}; "
         if not holdout:
-            detail = online + f"promoted without a holdout check (training.holdout_fraction = 0) (v{new_version})"
+            detail = online + bounded + f"promoted without a holdout check (training.holdout_fraction = 0) (v{new_version})"
         else:
-            detail = (online + f"holdout accuracy {before:.3f} → {after:.3f} on {len(yho)} samples; "
-                      f"{'promoted' if promote else 'kept the current head'} (v{new_version})")
+            detail = (online + bounded + f"holdout accuracy {before:.3f} → {after:.3f} on {len(yho)} samples; "
+                      + (f"promoted (v{new_version})" if promote else
+                         f"candidate v{new_version} rejected, kept the current head (v{version})"))
         progress("version_" + status, {"version": new_version, "accuracy": after, "previous_accuracy": before})
         return finish(status, detail, before, after, new_version)

@@ -96,6 +96,7 @@ def reload_config(service: Service, path: str | None, overrides: dict) -> None:
         new = config_mod.load(path).with_overrides(**overrides)
     except AutlearnError as e:
         log.error("SIGHUP: new configuration refused, the old settings stay in force: %s", e.message)
+        service.record_error("reload", f"new configuration refused, the old settings stay in force: {e.message}")
         return
     later = service.reload(new)
     log.info("SIGHUP: configuration %s reloaded%s", path,
@@ -107,9 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.debug)
     try:
         if args.check_config is not None:
-            path = args.check_config or args.config or DEFAULT_CONFIG
-            config_mod.load(path)
-            print(f"{path}: configuration is valid")
+            path = args.check_config or args.config
+            if path is None and not os.path.exists(DEFAULT_CONFIG):
+                print(f"no {DEFAULT_CONFIG}: autlearnd runs on the built-in defaults, which are valid")
+                return 0
+            config_mod.load(path or DEFAULT_CONFIG)
+            print(f"{path or DEFAULT_CONFIG}: configuration is valid")
             return 0
         cfg, path, overrides = load_config(args)
         return run(cfg, path, overrides)
@@ -123,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
 def run(cfg: config_mod.Config, config_path: str | None = None, overrides: dict | None = None) -> int:
     overrides = overrides or {}
     paths = Paths.under(cfg["paths.root"]) if cfg["paths.root"] else Paths.packaged()
-    paths.create()
+    try:
+        paths.create()
+    except OSError as e:
+        where = f"paths.root = {cfg['paths.root']}" if cfg["paths.root"] else "the packaged paths"
+        raise AutlearnError("bad_config", f"{where}: cannot create {e.filename}: {e.strerror}") from None
     lock = open(paths.run / "autlearnd.lock", "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

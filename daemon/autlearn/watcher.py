@@ -5,7 +5,14 @@ One inotify descriptor watches every directory below the watched roots down to `
 (deeper folders are not read by the scan either, which records them with a reason). Directories are found
 by an iterative walk, so a tree thousands of levels deep costs a bounded number of watches and never the
 stack. A directory created or moved in gets its watches at once; a move or a queue overflow re-walks the
-directories (not the files) to bring the watches up to date. Any event makes the next scan due.
+directories (not the files) to bring the watches up to date.
+
+Only the paths the events named are looked at again (a file created, written, moved or deleted; a directory
+created, moved in or deleted), so a change costs what it touched, not every file the board holds. A full scan of
+the watched directories happens at start, when a watched directory appears, after the watch thread was started
+again, and when events were lost: the kernel's queue overflowed or more than MAX_PENDING paths piled up in one
+burst. (watchdog, used before, walks new trees recursively in its own thread and died silently on a tree about a
+thousand levels deep; it offers no depth bound.)
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import select
 import struct
 import threading
 import time
+from dataclasses import dataclass, field
 
 from .ingest import MAX_DEPTH, shown
 
@@ -33,6 +41,7 @@ IN_NONBLOCK, IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
 MASK = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
         | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK)
 _EVENT = struct.Struct("iIII")
+MAX_PENDING = 20_000  # paths remembered in one burst; past it one full scan is cheaper than the list
 _RESTART_S = (1.0, 60.0)  # back-off of restarts after the watch thread died: first, most
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -117,12 +126,21 @@ class _Inotify:
         return out
 
 
+@dataclass(frozen=True)
+class Changes:
+    """What one scan must look at: `full` (every watched directory) or just `paths`."""
+    full: bool
+    paths: frozenset[str] = field(default_factory=frozenset)
+
+
 class DebouncedWatcher:
     def __init__(self, roots: list[str], debounce_s: float, max_depth: int = MAX_DEPTH):
         self.roots = roots
         self.debounce_s = debounce_s
         self.max_depth = max_depth
         self._last: float | None = time.monotonic()  # scan once at start
+        self._full = True
+        self._paths: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -143,18 +161,33 @@ class DebouncedWatcher:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def touch(self) -> None:
+    def touch(self, paths=()) -> None:
+        """Events arrived naming `paths` (str): the next scan looks at them, after the debounce."""
         with self._lock:
             self._last = time.monotonic()
+            if not self._full:
+                self._paths.update(paths)
+                if len(self._paths) > MAX_PENDING:
+                    self._full, self._paths = True, set()
 
-    def due(self) -> bool:
-        """True once per burst of events, after `debounce_s` without new events. Restarts a dead watch thread."""
+    def lost_events(self) -> None:
+        """Events were (or may have been) missed: the next scan walks every watched directory."""
+        with self._lock:
+            self._last = time.monotonic()
+            self._full, self._paths = True, set()
+
+    def due(self) -> Changes | None:
+        """Once per burst of events, after `debounce_s` without new ones: what the scan must look at.
+        Restarts a dead watch thread first."""
         self._supervise()
         with self._lock:
             if self._last is not None and time.monotonic() - self._last >= self.debounce_s:
                 self._last = None
-                return True
-        return False
+                changes = Changes(self._full, frozenset(self._paths))
+                self._full, self._paths = False, set()
+                if changes.full or changes.paths:
+                    return changes
+        return None
 
     def _supervise(self) -> None:
         t = self._thread
@@ -164,7 +197,7 @@ class DebouncedWatcher:
         delay = min(_RESTART_S[1], _RESTART_S[0] * 2 ** (self._restarts - 1))
         self._restart_at = time.monotonic() + delay
         log.error("the file watcher stopped (%s); starting it again (restart %d)", self._error, self._restarts)
-        self.touch()  # events may have been missed meanwhile: scan once more
+        self.lost_events()  # events may have been missed meanwhile: scan everything once more
         self.start()
 
     def state(self) -> dict:
@@ -200,7 +233,7 @@ class DebouncedWatcher:
                 ino.watch_tree(os.fsencode(root), 0)
                 self._watched_roots.add(root)
                 log.info("watching %s", shown(root))
-                self.touch()
+                self.lost_events()  # what it held before the watch began
 
     def _loop(self, ino: _Inotify) -> None:
         poller = select.poll()
@@ -216,16 +249,31 @@ class DebouncedWatcher:
                 # POLLNVAL/POLLERR, or a spurious wake-up: a closed descriptor raises here
                 os.fstat(ino.fd)
                 continue
-            self.touch()
-            rewalk = False
+            rewalk, lost, paths = False, False, []
             for wd, mask, name in events:
-                if mask & (IN_Q_OVERFLOW | IN_MOVE_SELF) or (mask & IN_MOVED_FROM and mask & IN_ISDIR):
-                    rewalk = True  # paths of moved directories changed, or events were lost
-                elif mask & IN_IGNORED:
+                if mask & IN_Q_OVERFLOW:
+                    rewalk = lost = True  # events were lost
+                    continue
+                if mask & IN_MOVE_SELF:
+                    rewalk = True  # a watched directory moved: its watches' paths changed
+                if mask & IN_IGNORED:
                     ino.watches.pop(wd, None)
-                elif mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO) and wd in ino.watches:
-                    parent, depth = ino.watches[wd]
-                    if depth < self.max_depth:
-                        ino.watch_tree(os.path.join(parent, name), depth + 1)
+                    continue
+                if wd not in ino.watches or not name:
+                    continue  # an event on the watched directory itself: its entries' own events say how
+                parent, depth = ino.watches[wd]
+                path = os.path.join(parent, name)
+                if mask & IN_ISDIR:
+                    if mask & IN_ATTRIB and not mask & (IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE):
+                        continue  # a directory's own attributes: nothing below it changed
+                    if mask & IN_MOVED_FROM:
+                        rewalk = True  # paths of the moved directory's watches changed
+                    elif mask & (IN_CREATE | IN_MOVED_TO) and depth < self.max_depth:
+                        ino.watch_tree(path, depth + 1)
+                paths.append(os.fsdecode(path))
+            if lost:
+                self.lost_events()
+            else:
+                self.touch(paths)
             if rewalk:
                 ino.rewatch([os.fsencode(r) for r in self._watched_roots if os.path.isdir(r)])
