@@ -64,12 +64,13 @@ def test_a_watch_thread_that_dies_is_shown_and_started_again(tmp_path):
         w.stop()
 
 
-def test_a_watched_directory_created_after_start_is_watched(tmp_path):
-    inbox = tmp_path / "later"
+def test_a_watched_directory_created_after_start_is_watched_even_through_a_symlink(tmp_path):
+    (tmp_path / "link").symlink_to(tmp_path / "later")
+    inbox = tmp_path / "link"
     w = DebouncedWatcher([str(inbox)], 0.1)
     w.start()
     try:
-        assert _noticed(w, lambda: (inbox / "3").mkdir(parents=True))
+        assert _noticed(w, lambda: (tmp_path / "later" / "3").mkdir(parents=True))
         assert _noticed(w, lambda: (inbox / "3" / "a.png").write_bytes(b"x"))
     finally:
         w.stop()

@@ -84,7 +84,8 @@ class _Inotify:
             self.fd = -1
 
     def _add(self, path: bytes, depth: int) -> int | None:
-        wd = _libc.inotify_add_watch(self.fd, path, MASK)
+        # a watched root may itself be a symlink (as the scan allows); links below it are not followed
+        wd = _libc.inotify_add_watch(self.fd, path, MASK if depth else MASK & ~IN_DONT_FOLLOW)
         if wd < 0:
             e = ctypes.get_errno()
             if e == errno.ENOSPC and not self.limit_hit:  # fs.inotify.max_user_watches
