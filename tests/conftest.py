@@ -23,7 +23,7 @@ def tiny_bundle(tmp_path_factory) -> Path:
     """A small real bundle: MNIST-5k subset, one epoch. Built once per session."""
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     subprocess.run([str(BIN / "autlearn-build"), "image", "--data", "mnist5k", "--limit", "1500", "--epochs", "2",
-                    "--out", str(out), "--seed", "0"], check=True, capture_output=True, timeout=300)
+                    "--out", str(out), "--seed", "0"], check=True, capture_output=True, timeout=900)
     return out
 
 
@@ -47,7 +47,7 @@ def text_bundle(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("textbundle") / "kb"
     subprocess.run([str(BIN / "autlearn-build"), "text", "--data", "shakespeare", "--limit", "20000", "--epochs", "2",
                     "--vocab", "300", "--seq-len", "10", "--spare-slots", "20", "--embed", "16", "--hidden", "32",
-                    "--out", str(out), "--seed", "0"], check=True, capture_output=True, timeout=300)
+                    "--out", str(out), "--seed", "0"], check=True, capture_output=True, timeout=900)
     return out
 
 
