@@ -34,7 +34,7 @@ def tiny_tail_bundle(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "tiny-tail"
     subprocess.run([str(BIN / "autlearn-build"), "image", "--data", "mnist5k", "--limit", "600", "--epochs", "1",
                     "--head-epochs", "1", "--tail", "last_block", "--out", str(out), "--seed", "0"],
-                   check=True, capture_output=True, timeout=600)
+                   check=True, capture_output=True, timeout=900)
     return out
 
 

@@ -36,16 +36,18 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def ensure_bundle(work: Path, group: str, cut: str, data_args: list[str]) -> Path:
-    out = work / f"bundle-{group}-{cut}"
+def ensure_bundle(work: Path, group: str, cut: str, data_args: list[str], variant: str = "",
+                  extra: list[str] = ()) -> Path:
+    out = work / f"bundle-{group}-{cut}{variant}"
     if (out / "manifest.json").exists():
         return out
     cmd = [str(BIN / "autlearn-build"), "image", *data_args, "--epochs", "8", "--seed", "0", "--degrade", "1",
-           "--tail", cut, "--out", str(out), "--force"]
+           "--tail", cut, "--out", str(out), "--force", *extra]
     log(f"   building: {' '.join(cmd[1:])}")
-    with open(work / f"build-{group}-{cut}.log", "w") as f:
+    logf = work / f"build-{group}-{cut}{variant}.log"
+    with open(logf, "w") as f:
         if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode != 0:
-            raise SystemExit(f"autlearn-build failed; see {work / f'build-{group}-{cut}.log'}")
+            raise SystemExit(f"autlearn-build failed; see {logf}")
     return out
 
 
@@ -197,7 +199,8 @@ def run_group(name: str, data, bundles: dict[str, Path], work: Path, local: list
     for u in data.users:
         row = {"name": u["name"], "n_train": int(len(u["train"])), "n_test": int(len(u["test"]))}
         for cut, bundle in bundles.items():
-            row[cut] = memo.get(f"{name}/{u['name']}/{cut}", lambda: board_round(data, u, bundle, work / "boards"))
+            key = cut + bundle.name.split(cut, 1)[1]  # the cut plus the bundle's variant suffix
+            row[cut] = memo.get(f"{name}/{u['name']}/{key}", lambda: board_round(data, u, bundle, work / "boards"))
             per[cut].append(row[cut]["accuracy"])
         rows.append(row)
         log(f"   {name} {u['name']}: " + "  ".join(f"{c} {row[c]['accuracy']:.3f} ({row[c]['round_seconds']:.0f}s)"
@@ -220,10 +223,16 @@ def main(argv=None) -> int:
     ap.add_argument("--new-users", type=int, default=2)
     ap.add_argument("--per-class", type=int, default=200)
     ap.add_argument("--local-epochs", type=int, default=30)
+    ap.add_argument("--variant", default="", help="suffix of the tail bundles' names (with --tail-args)")
+    ap.add_argument("--tail-args", default="", help="extra autlearn-build options of the tail bundles, e.g. "
+                                                      "'--tail-l2 0 --tail-lr-scale 1' (with --variant)")
     ap.add_argument("--eval-json", type=Path, default=Path("reports/eval.json"),
                     help="make eval's report: centralised, FedAvg and local-only figures of the UCI users")
     args = ap.parse_args(argv)
     cuts = [c for c in args.cuts.split(",") if c]
+
+    def tail_variant(cut):
+        return ("", []) if cut == "head" or not args.variant else (args.variant, args.tail_args.split())
     args.work.mkdir(parents=True, exist_ok=True)
     out_json = args.out / "tail.json"
     result = json.loads(out_json.read_text()) if out_json.exists() else {}
@@ -233,7 +242,7 @@ def main(argv=None) -> int:
         import eval_image as ei
 
         log("== uci users (make eval's partition)")
-        bundles = {c: ensure_bundle(args.work, "uci", c, ["--data", "mnist5k"]) for c in cuts}
+        bundles = {c: ensure_bundle(args.work, "uci", c, ["--data", "mnist5k"], *tail_variant(c)) for c in cuts}
         spec = json.loads((bundles[cuts[0]] / "manifest.json").read_text())["input"]
         data = ei.load_users(args.work, spec, 10, 0.5, 0.3, 0)
         ev = json.loads(args.eval_json.read_text())["image"]["methods"]
@@ -241,18 +250,22 @@ def main(argv=None) -> int:
         g["reference"] = {m: {"mean": ev[m]["mean"], "per_user": ev[m]["per_user"]}
                           for m in ("centralised", "fedavg", "autlearn_offline_aug")}
         g["reference_source"] = str(args.eval_json)
-        result["uci"] = g
+        result["uci" + args.variant] = g
     if args.group in ("new_classes", "all"):
         log("== new-classes users (base on digits 0-4, users bring 5-9)")
         public, data = new_class_data(args.work, args.new_users, args.per_class)
-        bundles = {c: ensure_bundle(args.work, "new04", c, ["--data", str(public), "--fit-box", "20"]) for c in cuts}
+        bundles = {c: ensure_bundle(args.work, "new04", c, ["--data", str(public), "--fit-box", "20"],
+                                    *tail_variant(c)) for c in cuts}
         decode(data, json.loads((bundles[cuts[0]] / "manifest.json").read_text())["input"])
         local = [memo.get(f"new_classes/{u['name']}/local_only", lambda: local_only(
             data.x[u["train"]], data.labels[u["train"]] - 5, data.x[u["test"]], data.labels[u["test"]] - 5, 5,
             args.local_epochs, 0)) for u in data.users]
         log(f"   local only: {[round(a, 3) for a in local]}")
-        result["new_classes"] = run_group("new_classes", data, bundles, args.work, local, memo)
-        result["new_classes"]["per_class_train"] = args.per_class
+        result["new_classes" + args.variant] = g = run_group("new_classes", data, bundles, args.work, local, memo)
+        g["per_class_train"] = args.per_class
+    for key in ("uci", "new_classes"):
+        if key + args.variant in result and args.variant:
+            result[key + args.variant]["tail_args"] = args.tail_args
     result["whole_model_train_ms_per_sample"] = memo.get("whole_model_train_ms_per_sample",
                                                          lambda: round(whole_model_step_ms() / 32, 5))
     result["seconds_last_run"] = round(time.monotonic() - t0, 1)
@@ -272,10 +285,14 @@ def markdown(r: dict) -> str:
     if "whole_model_train_ms_per_sample" in r:
         lines += [f"Whole-model training through a builtin-only TFLite `train` signature (tools/tflite_whole.py): "
                   f"{r['whole_model_train_ms_per_sample']} ms per sample, timed like the cuts below.", ""]
-    for group, g in ((k, r[k]) for k in ("uci", "new_classes") if k in r):
+    for group, g in ((k, v) for k, v in r.items() if isinstance(v, dict) and "methods" in v):
         m = g["methods"]
         cuts = [c for c in CUTS if c in m]
-        lines += [f"## {group}", "", "| method | mean | min | per user |", "|---|---|---|---|"]
+        if g.get("tail_args"):
+            lines += [f"## {group} (tail bundles built with `{g['tail_args']}`)", ""]
+        else:
+            lines += [f"## {group}", ""]
+        lines += ["| method | mean | min | per user |", "|---|---|---|---|"]
         for key in ["pretrained", *cuts, "local_only"]:
             if key in m:
                 per = ", ".join(f"{100 * a:.1f}" for a in m[key].get("per_user", []))
@@ -292,9 +309,17 @@ def markdown(r: dict) -> str:
                          f"{i['train_ms_per_epoch'] if i['train_ms_per_epoch'] is not None else 'n/a'} | "
                          f"{g['round_seconds'][c]} | {pct(i['accuracy_int8_public'])} |")
         local = g["methods"]["local_only"]["per_user"]
+        ref = g.get("reference", {})
+        lines.append("")
         for c in cuts:
             beats = sum(a >= b for a, b in zip(g["methods"][c]["per_user"], local))
-            lines.append(f"\n{c}: ≥ local-only for {beats} of {len(local)} users.")
+            mean = m[c]["mean"]
+            targets = [f"local-only's mean {pct(m['local_only']['mean'])}: "
+                       f"{'met' if mean >= m['local_only']['mean'] else 'missed'}"]
+            targets += [f"{k}'s {pct(ref[k]['mean'])}: {'met' if mean >= ref[k]['mean'] else 'missed'}"
+                        for k in ("centralised", "fedavg") if k in ref]
+            lines.append(f"* {c}: mean {pct(mean)}; ≥ local-only for {beats} of {len(local)} users; target "
+                         + "; ".join(targets) + ".")
         lines.append("")
     return "\n".join(lines) + "\n"
 
