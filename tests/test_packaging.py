@@ -31,10 +31,9 @@ DEBIAN_PACKAGES = {
     "numpy": "python3-numpy",
     "pillow": "python3-pil",
     "pyzmq": "python3-zmq",
-    "watchdog": "python3-watchdog",
     "pyudev": "python3-pyudev",
 }
-IMPORT_TO_DIST = {"numpy": "numpy", "PIL": "pillow", "zmq": "pyzmq", "watchdog": "watchdog", "pyudev": "pyudev"}
+IMPORT_TO_DIST = {"numpy": "numpy", "PIL": "pillow", "zmq": "pyzmq", "pyudev": "pyudev"}
 # Not in Debian: shipped inside the package under /usr/lib/autlearn/vendor (debian/vendor-wheel).
 VENDORED = {"ai-edge-litert": "ai_edge_litert"}
 # Imported lazily, optional (the daemon falls back without them), and in Debian: Recommends.

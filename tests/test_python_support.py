@@ -105,7 +105,7 @@ def test_daemon_wheel_metadata_python_and_dependencies(daemon_wheel):
     requires = meta.get_all("Requires-Dist")
     dists = {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower(): r for r in requires}
     assert not {d for d in dists if d.startswith(("tensorflow", "tf-", "keras", "jax", "torch"))}, requires
-    assert {"numpy", "ai-edge-litert", "pillow", "pyzmq", "watchdog", "pyudev", "tomli"} <= set(dists), requires
+    assert {"numpy", "ai-edge-litert", "pillow", "pyzmq", "pyudev", "tomli"} <= set(dists), requires
     assert re.fullmatch(r'tomli>=[\d.]+; python_version < "3\.11"', dists["tomli"]), dists["tomli"]
     assert "autlearnd = autlearn.main:main" in entry_points and "autlearnctl = autlearn.ctl:main" in entry_points
     assert not [n for n in names if n.startswith("autlearn_build")], "the cloud builder stays out of the wheel"

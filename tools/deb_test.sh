@@ -212,7 +212,7 @@ if in_root apt-get update -qq >"$WORK/apt.log" 2>&1 \
 else
     tail -25 "$WORK/apt.log"; bad "apt-get install"; summary; exit 1
 fi
-say "   $(in_root dpkg-query -W -f='${Package} ${Version}, ' python3 python3-numpy python3-zmq python3-pil python3-watchdog python3-pyudev python3-systemd autlearn)"
+say "   $(in_root dpkg-query -W -f='${Package} ${Version}, ' python3 python3-numpy python3-zmq python3-pil python3-pyudev python3-systemd autlearn)"
 check "nothing from pip: no pip in the root, no package outside dpkg's" \
     in_root sh -c '! python3 -m pip --version && [ -z "$(ls /usr/local/lib/python3*/dist-packages 2>/dev/null)" ]'
 
