@@ -273,8 +273,8 @@ else
 fi
 check "control socket /run/autlearn/control.sock is 0660 autlearn:autlearn" \
     in_root sh -c '[ "$(stat -c %U:%G:%a /run/autlearn/control.sock)" = autlearn:autlearn:660 ]'
-check "autlearnctl status" in_root autlearnctl status
-in_root autlearnctl status 2>&1 | sed 's/^/   | /' || true
+check "autlearnctl status" in_root autlearnctl --timeout $((10 * SLOW)) status
+in_root autlearnctl --timeout $((10 * SLOW)) status 2>&1 | sed 's/^/   | /' || true
 
 # Digits drawn with Pillow's built-in font, 8 per class, dropped into the watched inbox while it runs.
 cat >"$ROOT/root/make_digits.py" <<'EOF'
@@ -303,15 +303,15 @@ EOF
 t=$(date +%s)
 round=""
 for _ in $(seq $((240 * SLOW))); do
-    round=$(in_root autlearnctl --json status 2>/dev/null | in_root python3 /root/last_round.py || true)
+    round=$(in_root autlearnctl --timeout $((10 * SLOW)) --json status 2>/dev/null | in_root python3 /root/last_round.py || true)
     [ -n "$round" ] && break
     kill -0 "$DAEMON_PID" 2>/dev/null || break
     sleep 0.5
 done
 if [ -n "$round" ]; then ok "inbox noticed, one automatic training round: $round ($(( $(date +%s) - t ))s)"
 else tail -20 "$WORK/autlearnd.log"; bad "a training round within $((120 * SLOW)) s"; fi
-in_root autlearnctl --json status >"$WORK/status-$ARCH.json" 2>/dev/null || true
-in_root autlearnctl status 2>&1 | sed 's/^/   | /' || true
+in_root autlearnctl --timeout $((10 * SLOW)) --json status >"$WORK/status-$ARCH.json" 2>/dev/null || true
+in_root autlearnctl --timeout $((10 * SLOW)) status 2>&1 | sed 's/^/   | /' || true
 in_root adduser --quiet --disabled-password --gecos "" alice >/dev/null
 in_root adduser --quiet --disabled-password --gecos "" mallory >/dev/null
 in_root adduser --quiet alice autlearn
@@ -320,8 +320,8 @@ check "autlearnctl for a member of the autlearn group (alice)" \
 if out=$(in_root setpriv --reuid=mallory --regid=mallory --init-groups autlearnctl --timeout $((5 * SLOW)) status 2>&1); then
     bad "autlearnctl refused to a user outside the group (mallory)" "it answered"
 else ok "autlearnctl refused to a user outside the group (mallory): $(printf '%s' "$out" | tail -1)"; fi
-check "autlearnctl versions" in_root autlearnctl versions
-if out=$(in_root autlearnctl predict /var/lib/autlearn/inbox/3/3_0.png 2>&1); then
+check "autlearnctl versions" in_root autlearnctl --timeout $((10 * SLOW)) versions
+if out=$(in_root autlearnctl --timeout $((10 * SLOW)) predict /var/lib/autlearn/inbox/3/3_0.png 2>&1); then
     ok "autlearnctl predict: $(printf '%s' "$out" | head -1)"
 else bad "autlearnctl predict" "$(printf '%s' "$out" | tail -3 | tr '\n' ' ')"; fi
 kill -HUP "$DAEMON_PID" 2>/dev/null || true  # (a daemon that died already fails the checks below)
