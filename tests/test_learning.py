@@ -189,8 +189,8 @@ def test_a_round_that_fails_is_recorded_and_automatic_rounds_back_off(tmp_path, 
     head = svc.store.head(svc.current_version())
     (svc.paths.heads / head["file"]).write_bytes(b"not a weights file")  # the current head cannot be read
     deadline = time.monotonic() + 60
-    while svc.store.count_new() < 10 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while (svc.store.count_new() < 10 or svc.activity() != "idle") and time.monotonic() < deadline:
+        time.sleep(0.05)  # the scan has ended (a tick during it starts nothing)
     svc.tick()  # a round is due: it starts and fails
     while not svc.store.rounds(1) or svc.store.rounds(1)[0]["outcome"] is None:
         assert time.monotonic() < deadline, "the round did not end"
