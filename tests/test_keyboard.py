@@ -17,15 +17,6 @@ NAMES = ["zorbek", "quilla", "mardok", "tevvy"]
 PLACES = ["market", "garden", "river", "church"]
 
 
-@pytest.fixture(scope="session")
-def text_bundle(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("textbundle") / "kb"
-    subprocess.run([str(BIN / "autlearn-build"), "text", "--data", "shakespeare", "--limit", "20000", "--epochs", "2",
-                    "--vocab", "300", "--seq-len", "10", "--spare-slots", "20", "--embed", "16", "--hidden", "32",
-                    "--out", str(out), "--seed", "0"], check=True, capture_output=True, timeout=300)
-    return out
-
-
 def user_text(n: int, seed: int) -> str:
     """A writer with their own words and phrasing: names the public corpus never saw, in fixed phrases."""
     rng = random.Random(seed)

@@ -47,6 +47,8 @@ class TextBuildOptions:
     synonyms_per_word: int = 5
     synonym_source: str = "both"
     strategy: str = "default"
+    tokenizer: str = "auto"
+    max_unk: float = 0.5
     force: bool = False
 
     def validate(self) -> None:
@@ -69,6 +71,8 @@ class TextBuildOptions:
             (-1.0 <= self.synonym_threshold <= 1.0, "--synonym-threshold must be a cosine in [-1, 1]"),
             (1 <= self.synonyms_per_word <= 100, "--synonyms-per-word must be between 1 and 100"),
             (self.synonym_source in ("input", "output", "both"), "--synonym-source must be input, output or both"),
+            (self.tokenizer in ("auto", *td.TOKENIZERS), f"--tokenizer must be auto, {', '.join(td.TOKENIZERS)}"),
+            (0.0 < self.max_unk <= 1.0, "--max-unk must be in (0, 1]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -93,6 +97,20 @@ def _hits(scores: np.ndarray, targets: np.ndarray, excluded: list[int]) -> tuple
     return int(np.sum(np.argmax(scores, axis=1) == targets)), int(np.sum(np.any(top3 == targets[:, None], axis=1)))
 
 
+def check_unknown(unk_rate: float, limit: float, corpus: td.TextCorpus, val_docs: list[td.Document]) -> None:
+    """A bundle whose own held-out words are mostly <unk> would suggest nothing useful: refuse it, say why."""
+    if not unk_rate > limit:
+        return
+    sample = " ".join(w for d in val_docs[:3] for s in d.sentences[:200] for w in s)
+    if corpus.tokenizer == "word" and td.cjk_share(sample) >= 0.3:
+        hint = ("the text is Chinese/Japanese, written without spaces, and the word tokenizer takes each run of "
+                "characters as one word: build with --tokenizer cjk (or auto)")
+    else:
+        hint = "raise --vocab, or check that the training and held-out documents are in the same language"
+    raise InputError(f"{unk_rate * 100:.1f}% of the held-out words are <unk> (the limit is --max-unk "
+                     f"{limit:g}): {hint}")
+
+
 def build_text_bundle(opts: TextBuildOptions, progress: Callable[[str], None] = print) -> TextBuildResult:
     start = time.perf_counter()
     opts.validate()
@@ -106,7 +124,7 @@ def build_text_bundle(opts: TextBuildOptions, progress: Callable[[str], None] = 
     dist = make_distribution(opts.strategy)
 
     progress(f"loading {opts.data} …")
-    corpus = td.load_corpus(opts.data)
+    corpus = td.load_corpus(opts.data, opts.tokenizer)
     train_docs, val_docs = td.split_documents(corpus, opts.val_fraction)
     vocabulary = td.build_vocabulary(train_docs, opts.vocab)
     n_vocab = len(vocabulary)
@@ -121,8 +139,10 @@ def build_text_bundle(opts: TextBuildOptions, progress: Callable[[str], None] = 
                          f"{opts.seq_len} (raise --limit or add text)")
     w_train, w_val = td.target_weights(y_train), td.target_weights(y_val)
     unk_rate = float(np.mean(val_stream == td.UNK_ID)) if len(val_stream) else float("nan")
-    progress(f"  {len(corpus.documents)} documents ({sum(d.n_words for d in corpus.documents)} words); "
-             f"held out: {', '.join(d.name for d in val_docs)}")
+    progress(f"  {len(corpus.documents)} documents ({sum(d.n_words for d in corpus.documents)} tokens, "
+             f"tokenizer {corpus.tokenizer}); held out: {', '.join(d.name for d in val_docs)}")
+    words = val_stream[(val_stream != td.BOS_ID) & (val_stream != td.EOS_ID) & (val_stream != td.PAD_ID)]
+    check_unknown(float(np.mean(words == td.UNK_ID)) if len(words) else 0.0, opts.max_unk, corpus, val_docs)
     progress(f"  vocabulary {n_vocab} tokens (4 special + {n_vocab - 4} words), {opts.spare_slots} spare slots; "
              f"{len(train_stream)} training / {len(val_stream)} held-out tokens; <unk> {unk_rate * 100:.1f}% of "
              f"held-out tokens")
@@ -216,7 +236,7 @@ def build_text_bundle(opts: TextBuildOptions, progress: Callable[[str], None] = 
 
     fields = {
         "vocabulary": vocabulary,
-        "tokenizer": td.tokenizer_manifest(),
+        "tokenizer": td.tokenizer_manifest(corpus.tokenizer),
         "seq_len": opts.seq_len,
         "spare_slots": opts.spare_slots,
         "synonyms": {"file": SYNONYM_FILE, "source": opts.synonym_source, "threshold": opts.synonym_threshold,

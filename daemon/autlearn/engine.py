@@ -12,6 +12,7 @@ from .ingest import IngestReport, Ingestor
 from .learner import FeatureSource, Learner, Progress, RoundResult
 from .paths import Paths
 from .store import Store
+from .watcher import Changes
 
 
 def current_key(bundle_id: str, variant: str) -> str:
@@ -35,10 +36,10 @@ class Engine:
         self.features = FeatureSource(bundle, variant, self.extractor, self.cache, config["data.max_pixels"],
                                       max_file_bytes)
         if bundle.task == "next_word":
-            from .keyboard import KeyboardLearner
+            from .keyboard import KeyboardLearner, limits_of
             self.learner = KeyboardLearner(bundle, bundle_id, variant, self.store, self.extractor, self.cache,
                                            paths.heads, config["model.threads"], config["training.holdout_fraction"],
-                                           config["training.min_word_count"], max_file_bytes)
+                                           config["training.min_word_count"], max_file_bytes, limits_of(config))
         else:
             self.learner = Learner(bundle, bundle_id, variant, self.store, self.features, paths.heads,
                                    config["model.threads"])
@@ -53,8 +54,11 @@ class Engine:
     def current_version(self) -> int:
         return int(self.store.get_meta(current_key(self.bundle_id, self.variant.name)))
 
-    def scan(self) -> IngestReport:
+    def scan(self, changes: Changes | None = None) -> IngestReport:
+        """Every watched directory, or only what `changes` names (the watcher's events)."""
         roots = [os.path.abspath(p) for p in self.config["data.watch"]] + [str(self.paths.imported)]
+        if changes is not None and not changes.full:
+            return self.ingestor.scan_paths(roots, changes.paths)
         return self.ingestor.scan(roots)
 
     def rebuild_extractor(self) -> None:
@@ -63,16 +67,20 @@ class Engine:
         self.features.extractor = self.extractor
         self.learner.extractor = self.extractor
 
-    def round_due(self) -> bool:
-        return bool(self.config["training.auto"]) and self.store.count_new() >= self.config["training.min_new_samples"]
+    def _gate(self) -> dict:
+        """Image rounds: training.holdout_fraction = 0 means no holdout gate (the keyboard always has one)."""
+        return {} if self.bundle.task == "next_word" else {"holdout": self.config["training.holdout_fraction"] > 0}
 
     def round(self, trigger: str, progress: Progress, should_stop) -> RoundResult:
         lr = self.config["training.learning_rate"] or self.bundle.learning_rate
+        if self.bundle.task == "next_word":
+            from .keyboard import limits_of
+            self.learner.limits = limits_of(self.config)  # a reloaded configuration applies from this round on
         result = self.learner.run(self.current_version(), trigger, self.config["training.epochs"], lr,
                                   self.config["training.promote_tolerance"], self.config["training.seed"],
                                   progress, should_stop, self.config["training.augment_copies"],
                                   self.config["training.mode"], self.config["training.online_steps"],
-                                  self.config["training.min_steps"])
+                                  self.config["training.min_steps"], **self._gate())
         if result.outcome == "promoted":
             self.store.set_meta(current_key(self.bundle_id, self.variant.name), str(result.version))
         return result

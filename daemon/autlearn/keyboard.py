@@ -1,6 +1,6 @@
 """The keyboard scenario on the board: next-word prediction that learns the user's own words and phrasing.
 
-Head fine-tuning alone does not personalise a keyboard (DESIGN.md), so a round combines three parts:
+Head fine-tuning alone does not personalise a keyboard (docs/architecture.md), so a round combines three parts:
 - **personal words**: the user's frequent out-of-vocabulary words claim the head's spare output slots;
 - **head fine-tuning** regularised toward the cloud head: the tuned weights are interpolated with the cloud
   head's, the interpolation chosen on the user's holdout, so general text does not suffer;
@@ -8,18 +8,25 @@ Head fine-tuning alone does not personalise a keyboard (DESIGN.md), so a round c
   the feature cache anyway) paired with the word that followed, used as a nearest-neighbour next-word model and
   mixed with the head's softmax; the mixing weight is chosen on the holdout.
 The tokenizer follows the rules the bundle's manifest records, so the board splits text as the cloud did.
+
+A round's memory is bounded by configuration (`KeyboardLimits`), not by the amount of text: files are streamed
+sentence by sentence (kbtext), their windows' base features come from the cache in chunks of CHUNK_SENTENCES,
+and only bounded samples are kept (knn): a uniform sample of the new training positions, one of the positions
+learnt before (replayed), one of the holdout, and the most recent contexts for the memory. The optimiser makes
+at most `max_steps` steps. A sentence learnt by an earlier round is recognised by its hash, so a growing notes
+file costs base features (cache misses) only for its new sentences, and an edited file's old sentences, gone
+from the text, are gone from what the next round learns.
 """
 
 from __future__ import annotations
 
+import array
 import hashlib
 import json
 import logging
-import re
+import os
 import time
-import unicodedata
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,50 +37,22 @@ from .featcache import FeatureCache, feature_key
 from .features import FeatureExtractor
 from .head import Head, Weights, load_weights, save_weights
 from .ingest import holdout_of
-from .learner import Progress, RoundResult, epoch_events, read_sample
+from .kbtext import Tokenizer, read_pieces
+from .kbsample import (BYTES_PER_WORD_KEY, LEARNT_BYTES_KEY, Collected, KeyboardLimits, fit_steps, is_in,
+                       limits_of, pending_words, sentence_hash)
+from .knn import SPECIAL_COUNT, Memory, score, topk_hits, unit
+from .learner import Progress, RoundResult
 from .store import Store
 
 log = logging.getLogger(__name__)
 
-SPECIAL_COUNT = 4  # <pad> <unk> <bos> <eos>, ids 0..3 (docs/bundle-format.md)
-MEMORY_CAP = 20_000  # stored contexts per head version
-KNN_K, KNN_TEMPERATURE = 32, 0.05
+__all__ = ["KeyboardLearner", "KeyboardPredictor", "KeyboardLimits", "Tokenizer", "topk_hits", "pending_words",
+           "limits_of", "score", "SPECIAL_COUNT", "Memory", "unit"]
+CHUNK_SENTENCES = 128  # sentences whose windows' features are fetched (or computed) together
+MAX_COUNTED_WORDS = 200_000  # distinct out-of-vocabulary words counted at once (then words seen once are dropped)
+LEARNT_FILE = "keyboard-learnt.npy"  # hashes of the sentences earlier rounds learnt from
 MIX_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7)
 INTERP_GRID = (0.25, 0.5, 0.75, 1.0)
-
-
-class Tokenizer:
-    """The word tokenizer exactly as the manifest's `tokenizer` describes it."""
-
-    def __init__(self, spec: dict):
-        self.table = str.maketrans({c: "'" for c in spec.get("apostrophes", "")})
-        self.word = re.compile(spec["word_pattern"])
-        self.sentence_end = re.compile(spec["sentence_end_pattern"])
-        self.paragraph = re.compile(spec["paragraph_break_pattern"])
-        self.lower = bool(spec.get("lowercase", True))
-        self.normalization = spec.get("normalization", "NFKC")
-        ids = spec.get("special_ids", {})
-        self.pad, self.unk, self.bos, self.eos = (ids.get(k, i) for i, k in enumerate(("pad", "unk", "bos", "eos")))
-
-    def _norm(self, text: str) -> str:
-        text = unicodedata.normalize(self.normalization, text) if self.normalization else text
-        return (text.lower() if self.lower else text).translate(self.table)
-
-    def sentences(self, text: str) -> list[list[str]]:
-        out = []
-        for paragraph in self.paragraph.split(self._norm(text)):
-            for chunk in self.sentence_end.split(paragraph):
-                words = self.word.findall(chunk)
-                if words:
-                    out.append(words)
-        return out
-
-    def context(self, text: str) -> list[str]:
-        """The words of the sentence being typed (empty after a sentence end)."""
-        norm = self._norm(text)
-        last = self.paragraph.split(norm)[-1]
-        parts = self.sentence_end.split(last)
-        return self.word.findall(parts[-1]) if parts else []
 
 
 def _windows(ids_in: list[int], ids_out: list[int], t: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,64 +63,6 @@ def _windows(ids_in: list[int], ids_out: list[int], t: int, pad: int) -> tuple[n
         a, b = ids_in[i * t:(i + 1) * t], ids_out[i * t:(i + 1) * t]
         x[i, :len(a)], y[i, :len(b)] = a, b
     return x, y
-
-
-@dataclass
-class Memory:
-    """Stored contexts (unit-length features) and the word that followed each."""
-    keys: np.ndarray  # [M, H] float16
-    targets: np.ndarray  # [M] int32
-    mix: float = 0.0
-
-    @classmethod
-    def empty(cls, h: int) -> "Memory":
-        return cls(np.zeros((0, h), np.float16), np.zeros(0, np.int32), 0.0)
-
-    def probs(self, q: np.ndarray, capacity: int) -> np.ndarray:
-        out = np.zeros((len(q), capacity), np.float32)
-        if len(self.keys) == 0:
-            return out
-        keys = self.keys.astype(np.float32)
-        qn = q / (np.linalg.norm(q, axis=1, keepdims=True) + 1e-8)
-        k = min(KNN_K, len(keys))
-        for i in range(0, len(qn), 256):
-            sim = qn[i:i + 256] @ keys.T
-            idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-            top = np.take_along_axis(sim, idx, axis=1)
-            w = np.exp((top - top.max(axis=1, keepdims=True)) / KNN_TEMPERATURE)
-            w /= w.sum(axis=1, keepdims=True)
-            rows = np.repeat(np.arange(len(idx)), k)
-            np.add.at(out[i:i + 256], (rows, self.targets[idx].ravel()), w.ravel())
-        return out
-
-    def save(self, path: Path, extra: dict) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, keys=self.keys, targets=self.targets, params=np.array(json.dumps({"mix": self.mix, **extra})))
-        tmp.replace(path)
-
-    @classmethod
-    def load(cls, path: Path, h: int) -> "Memory":
-        if not path.exists():
-            return cls.empty(h)
-        with np.load(path) as z:
-            params = json.loads(str(z["params"]))
-            return cls(z["keys"], z["targets"], float(params.get("mix", 0.0)))
-
-
-def unit(f: np.ndarray) -> np.ndarray:
-    return (f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-8)).astype(np.float16)
-
-
-def topk_hits(probs: np.ndarray, y: np.ndarray) -> tuple[int, int]:
-    """Top-1 and top-3 hits as the keyboard suggests: special tokens (<unk>, <eos>, …) are never a suggestion,
-    so a candidate that merely stops predicting <unk> gains nothing."""
-    if len(y) == 0:
-        return 0, 0
-    ranked = np.array(probs, dtype=np.float32, copy=True)
-    ranked[:, :SPECIAL_COUNT] = -np.inf
-    top3 = np.argsort(-ranked, axis=1)[:, :3]
-    return int(np.sum(top3[:, 0] == y)), int(np.sum(np.any(top3 == y[:, None], axis=1)))
 
 
 class KeyboardModel:
@@ -162,13 +83,14 @@ class KeyboardLearner:
 
     def __init__(self, bundle: Bundle, bundle_id: str, variant: Variant, store: Store, extractor: FeatureExtractor,
                  cache: FeatureCache, heads_dir: Path, threads: int, holdout_fraction: float,
-                 min_word_count: int = 2, max_file_bytes: int = 64 << 20):
+                 min_word_count: int = 2, max_file_bytes: int = 64 << 20, limits: KeyboardLimits | None = None):
         self.bundle, self.bundle_id, self.variant = bundle, bundle_id, variant
         self.store, self.extractor, self.cache = store, extractor, cache
         self.heads_dir, self.threads = heads_dir, threads
         self.holdout_fraction = holdout_fraction
         self.min_word_count = min_word_count
         self.max_file_bytes = max_file_bytes
+        self.limits = limits or KeyboardLimits()
         self.tok = Tokenizer(bundle.manifest["tokenizer"])
         self.vocab = list(bundle.manifest["vocabulary"])
         self.base_index = {w: i for i, w in enumerate(self.vocab)}
@@ -228,43 +150,44 @@ class KeyboardLearner:
         return np.concatenate(xs), np.concatenate(ys)
 
     def positions(self, sentences, slots) -> tuple[np.ndarray, np.ndarray, int, int]:
-        """Flattened features and targets of every position whose target is learnt (not <pad>/<bos>)."""
+        """Flattened features and targets of every position whose target is learnt (not <pad>/<bos>).
+        Holds all of them: for tools and small texts; a round streams instead (`_collect`)."""
         x, y = self.encode(sentences, slots)
         f, computed, cached = self.features(x)
         keep = (y != self.tok.pad) & (y != self.tok.bos)
         return f[keep], y[keep], computed, cached
 
-    def user_sentences(self) -> list[tuple[list[str], bool, bool]]:
-        """(words, holdout, already trained) for every sentence of the user's text files, in arrival order."""
-        out = []
-        for s in self.store.usable_samples():
-            if s.kind != "text":
-                continue
-            data = read_sample(s.path, self.max_file_bytes)
-            try:
-                text = data.decode("utf-8") if data is not None else None
-            except UnicodeDecodeError:
-                text = None
-            if text is None:
-                continue
-            for words in self.tok.sentences(text):
-                sha = hashlib.sha256(" ".join(words).encode()).hexdigest()
-                out.append((words, holdout_of(sha, self.holdout_fraction), s.trained))
-        return out
+    def text_files(self) -> list:
+        return [s for s in self.store.usable_samples() if s.kind == "text"]
 
-    def claim_personal_words(self, sentences: list[list[str]]) -> list[str]:
+    def stream_sentences(self, samples):
+        """(sample, words) for every sentence of the user's text files, in arrival order, streamed."""
+        for s in samples:
+            try:
+                for words in self.tok.stream(read_pieces(s.path, self.max_file_bytes)):
+                    yield s, words
+            except OSError as e:
+                log.info("text %s cannot be read again (%s); it waits for the next scan", s.path, e.strerror or e)
+
+    def user_sentences(self) -> list[tuple[list[str], bool, bool]]:
+        """(words, holdout, already learnt) for every sentence of the user's text files, all held (for tools)."""
+        learnt = self.learnt()
+        return [(w, holdout_of(hashlib.sha256(" ".join(w).encode()).hexdigest(), self.holdout_fraction),
+                 is_in(learnt, sentence_hash(w))) for _, w in self.stream_sentences(self.text_files())]
+
+    def learnt(self) -> np.ndarray:
+        try:
+            return np.load(self.heads_dir / LEARNT_FILE)
+        except (OSError, ValueError):
+            return np.zeros(0, np.uint64)
+
+    def claim_personal_words(self, counts: Counter) -> list[str]:
         """Frequent out-of-vocabulary words of the user take the head's spare output slots."""
-        counts = Counter(w for s in sentences for w in s if w not in self.base_index)
-        added = []
-        for word, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-            if n < self.min_word_count:
-                break
-            known = word in self.store.classes(self.bundle_id)
-            if self.store.add_class(self.bundle_id, word, self.bundle.class_capacity) is None:
-                break
-            if not known:
-                added.append(word)
-        return added
+        known = self.store.classes(self.bundle_id)
+        free = self.bundle.class_capacity - len(known)
+        wanted = [w for w, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+                  if n >= self.min_word_count and w not in known][:max(0, free)]
+        return self.store.add_classes(self.bundle_id, wanted, self.bundle.class_capacity)
 
     def model(self, version: int, active: np.ndarray) -> KeyboardModel:
         row = self.store.head(version)
@@ -277,38 +200,137 @@ class KeyboardLearner:
         initial = [h for h in self.store.heads(self.bundle_id) if h["status"] == "initial"]
         return load_weights(self.heads_dir / initial[0]["file"])
 
+    # --- the two passes over the text -----------------------------------------------------------------
+    def _survey(self, samples) -> tuple[Counter, dict]:
+        """Pass 1: out-of-vocabulary word counts of the training text; sentence and position counts (held out,
+        new, learnt before), hashes, file sizes."""
+        counts: Counter = Counter()
+        learnt = self.learnt()
+        hashes = array.array("Q")
+        info = {"sentences": 0, "holdout_sentences": 0, "new_sentences": 0, "words": 0, "bytes": {},
+                "positions": {"hold": 0, "new": 0, "old": 0}}
+        for s in samples:
+            try:
+                info["bytes"][s.path] = os.stat(s.path).st_size
+            except OSError:
+                pass
+        pos = info["positions"]
+        for _, words in self.stream_sentences(samples):
+            info["words"] += len(words)
+            if holdout_of(hashlib.sha256(" ".join(words).encode()).hexdigest(), self.holdout_fraction):
+                info["holdout_sentences"] += 1
+                pos["hold"] += len(words) + 1
+                continue
+            info["sentences"] += 1
+            h = sentence_hash(words)
+            hashes.append(h)
+            new = not is_in(learnt, h)
+            info["new_sentences"] += new
+            pos["new" if new else "old"] += len(words) + 1
+            counts.update(w for w in words if w not in self.base_index)
+            if len(counts) > MAX_COUNTED_WORDS:
+                counts = Counter({w: n for w, n in counts.items() if n > 1})
+        info["hashes"] = np.unique(np.frombuffer(hashes, np.uint64)) if hashes else np.zeros(0, np.uint64)
+        info["learnt"] = learnt
+        return counts, info
+
+    def _collect(self, samples, slots: dict, info: dict, col: Collected, augment_copies: int, seed: int) -> None:
+        """Pass 2: windows → base features (cache first) → the bounded samples, CHUNK_SENTENCES at a time.
+
+        Only the sentences a sample can use are fetched: each kind (held out, new, learnt before) is drawn
+        with the probability that fills its sample twice over (the position-level reservoir then trims it),
+        plus the training text's tail that the memory keeps; the rest costs no features at all."""
+        lim, learnt, pos = self.limits, info["learnt"], info["positions"]
+        new_expected = min(pos["new"], lim.positions)
+        replay = min(pos["old"], max(0, lim.positions - new_expected), max(new_expected, lim.positions // 4))
+        p = {"hold": min(1.0, 2 * lim.holdout_positions / max(1, pos["hold"])),
+             "new": min(1.0, 2 * lim.positions / max(1, pos["new"])),
+             "old": min(1.0, 2 * replay / max(1, pos["old"]))}
+        tail_from = pos["new"] + pos["old"] - col.recent.capacity
+        rng = np.random.default_rng(seed)
+        batch: list[tuple[list[str], bool, bool, bool]] = []  # (words, held out, new, sampled)
+
+        def flush() -> None:
+            x, y = self.encode([w for w, _, _, _ in batch], slots)
+            rows = np.repeat(np.arange(len(batch)), [max(1, -(-(len(w) + 1) // self.t)) for w, _, _, _ in batch])
+            f, c, k = self.features(x)
+            col.computed, col.cached = col.computed + c, col.cached + k
+            flags = np.array([(h, n, s) for _, h, n, s in batch], bool).reshape(-1, 3)[rows]
+            keep = (y != self.tok.pad) & (y != self.tok.bos)
+            hold, new, sel = (flags[:, i:i + 1] & keep for i in range(3))
+            new &= ~hold
+            words_hold = hold & sel & (y >= SPECIAL_COUNT)  # accuracy counts real words (vocabulary or personal)
+            col.hold.add(f[words_hold], y[words_hold])
+            train = keep & ~hold  # positions in arrival order: the memory keeps the most recent
+            col.recent.add(f[train], y[train])
+            col.new.add(f[new & sel], y[new & sel])
+            col.old.add(f[train & ~new & sel], y[train & ~new & sel])
+            if col.stream is not None:
+                col.stream.add(f[new & sel], y[new & sel])
+            fresh = [w for w, h, n, s in batch if n and s and not h]
+            if augment_copies > 0 and fresh and self.synonyms and col.stream is None:
+                fa, ya, c2, k2 = self.positions(self.augmented(fresh, augment_copies, seed), slots)
+                col.computed, col.cached = col.computed + c2, col.cached + k2
+                col.aug.add(fa, ya)
+            batch.clear()
+
+        at = 0  # training positions so far
+        for _, words in self.stream_sentences(samples):
+            hold = holdout_of(hashlib.sha256(" ".join(words).encode()).hexdigest(), self.holdout_fraction)
+            new = not hold and not is_in(learnt, sentence_hash(words))
+            sel = bool(rng.random() < p["hold" if hold else "new" if new else "old"])
+            tail = False
+            if not hold:
+                at += len(words) + 1
+                tail = at > tail_from
+            if sel or tail:
+                batch.append((words, hold, new, sel))
+            if len(batch) >= CHUNK_SENTENCES:
+                flush()
+        if batch:
+            flush()
+        col.train_positions = at
+
     # --- the round ------------------------------------------------------------------------------------
     def run(self, version: int, trigger: str, epochs: int, lr: float, tolerance: float, seed: int,
             progress: Progress, should_stop, augment_copies: int = 0, mode: str = "offline",
             online_steps: int = 3, min_steps: int = 0) -> RoundResult:
         """One keyboard round. `min_steps` is not applied here: a text gives hundreds of positions an epoch,
-        and with it (1000) the test user of tests/test_keyboard.py no longer saw a personal word suggested."""
+        and with it (1000) the test user of tests/test_keyboard.py no longer saw a personal word suggested;
+        `limits.max_steps` caps the optimiser steps instead."""
         t0 = time.monotonic()
         round_id = self.store.start_round(trigger)
         progress("round_started", {"round_id": round_id, "trigger": trigger})
-        sents = self.user_sentences()
-        train = [w for w, h, _ in sents if not h]
-        new = [w for w, h, done in sents if not h and not done]
-        hold = [w for w, h, _ in sents if h]
-        personal = self.claim_personal_words(train)
+        h, lim, b = self.variant.feature_size, self.limits, self.bundle.train_batch
+        samples = self.text_files()
+        counts, info = self._survey(samples)
+        personal = self.claim_personal_words(counts)
+        del counts
         slots = self.store.classes(self.bundle_id)
         active = self.active()
-        ftr, ytr, c1, k1 = self.positions(train, slots)
-        faug = np.zeros((0, ftr.shape[1]), np.float32)
-        yaug = np.zeros(0, np.int32)
-        if augment_copies > 0 and mode == "offline" and self.synonyms:
-            aug = self.augmented(train, augment_copies, seed)
-            if aug:
-                faug, yaug, _, _ = self.positions(aug, slots)
-        fho, yho, c2, k2 = self.positions(hold, slots)
-        computed, cached = c1 + c2, k1 + k2
+        col = Collected(lim, h, seed + round_id, mode == "online")
+        self._collect(samples, slots, info, col, augment_copies if mode == "offline" else 0, seed)
+        computed, cached = col.computed, col.cached
         progress("features", {"round_id": round_id, "computed": computed, "cached": cached,
                               "personal_words": personal})
-        words_only = yho >= SPECIAL_COUNT  # accuracy counts real words (vocabulary or personal), as the cloud did
-        fhw, yhw = fho[words_only], yho[words_only]
+        fnew, ynew = col.new.sample()
+        replay = min(len(col.old), max(0, lim.positions - len(ynew)), max(len(ynew), lim.positions // 4))
+        fold, yold = col.old.sample(replay)
+        faug, yaug = col.aug.sample()
+        ftr, ytr = np.concatenate([fnew, fold, faug]), np.concatenate([ynew, yold, yaug])
+        n_new = len(ynew) + len(yaug)
+        report_sampled = {"new": len(ynew), "replayed": len(yold), "augmented": len(yaug)}
+        aug_seen = col.aug.seen
+        del fnew, fold, faug, ynew, yold, yaug
+        col.new = col.old = col.aug = None  # their sample is in ftr now
+        fhw, yhw = col.hold.sample()
         stopping = should_stop()
-        report: dict = {"personal_words": personal, "sentences": len(train), "holdout_sentences": len(hold),
-                        "augmented_positions": int(len(yaug))}
+        report: dict = {"personal_words": personal, "sentences": info["sentences"],
+                        "holdout_sentences": info["holdout_sentences"], "new_sentences": info["new_sentences"],
+                        "words": info["words"], "train_positions": col.train_positions,
+                        "sampled": {**report_sampled, "holdout": len(yhw), "holdout_seen": col.hold.seen},
+                        "augmented_positions": aug_seen,
+                        "memory_entries": min(col.recent.seen, col.recent.capacity)}
         prequential: list[tuple[int, int]] = []
 
         def finish(outcome, detail, before=None, after=None, new_version=None) -> RoundResult:
@@ -317,7 +339,7 @@ class KeyboardLearner:
                                     features_cached=cached, accuracy_before=before, accuracy_after=after,
                                     outcome=outcome, detail=detail, seconds=secs)
             if outcome in ("promoted", "rejected"):
-                self.store.mark_trained([s.id for s in self.store.usable_samples() if s.kind == "text"], round_id)
+                self._remember_learnt(samples, info, round_id)
             res = RoundResult(round_id, outcome, detail, len(ytr), len(yhw), computed, cached, before, after,
                               new_version, secs, mode=mode, prequential=prequential or None)
             res.keyboard = report  # type: ignore[attr-defined]
@@ -330,33 +352,32 @@ class KeyboardLearner:
         if len(ytr) == 0 or len(yhw) == 0:
             return finish("skipped", "not enough text yet (need sentences for training and for the holdout)")
 
-        def score(m: KeyboardModel) -> tuple[float, float]:
-            h1, h3 = topk_hits(m.probs(fhw), yhw)
-            return h1 / len(yhw), h3 / len(yhw)
-
-        current = self.model(version, active)
-        before1, before3 = score(current)
+        # one head interpreter for the whole round (each holds its weights, optimiser slots and arenas)
+        head = self.new_head()
+        row = self.store.head(version)
+        current_w = load_weights(self.heads_dir / row["file"])
+        current_mem = Memory.load(self.heads_dir / memory_file(row["file"]), h)
+        head.set_weights(current_w)
+        before1, before3 = score(head, active, fhw, yhw, current_mem, (current_mem.mix,))[0]
         cloud_w = self.cloud_weights()
-        cloud = KeyboardModel(self.new_head(), Memory.empty(self.variant.feature_size), active)
-        cloud.head.set_weights(cloud_w)
-        report["pretrained"] = dict(zip(("top1", "top3"), score(cloud)))
+        head.set_weights(cloud_w)
+        report["pretrained"] = dict(zip(("top1", "top3"), score(head, active, fhw, yhw)[0]))
         report["current"] = {"top1": before1, "top3": before3}
 
-        head = self.new_head()
-        head.set_weights(load_weights(self.heads_dir / self.store.head(version)["file"]))
+        head.set_weights(current_w)  # scoring ran no optimiser step: its state is still fresh
         if mode == "online":
-            fnew, ynew, _, _ = self.positions(new, slots)
-            memory = Memory(current.memory.keys, current.memory.targets, current.memory.mix)
+            fs, ys = col.stream.raw()
+            memory = current_mem
             online = KeyboardModel(head, memory, active)
-            for i in range(0, len(ynew), self.bundle.train_batch):  # predict first, then learn
-                fb, yb = fnew[i:i + self.bundle.train_batch], ynew[i:i + self.bundle.train_batch]
+            cap = col.recent.capacity
+            for i in range(0, len(ys), b):  # predict first, then learn
+                fb, yb = fs[i:i + b].astype(np.float32), ys[i:i + b]
                 w = yb >= SPECIAL_COUNT
                 h1, h3 = topk_hits(online.probs(fb[w]), yb[w])
                 prequential.append((h1, int(w.sum())))
-                report.setdefault("prequential_top3_hits", 0)
-                report["prequential_top3_hits"] += h3
-                memory.keys = np.concatenate([memory.keys, unit(fb)])[-MEMORY_CAP:]
-                memory.targets = np.concatenate([memory.targets, yb])[-MEMORY_CAP:]
+                report["prequential_top3_hits"] = report.get("prequential_top3_hits", 0) + h3
+                memory.keys = np.concatenate([memory.keys, unit(fb)])[-cap:]
+                memory.targets = np.concatenate([memory.targets, yb])[-cap:]
                 if memory.mix == 0:
                     memory.mix = 0.3
                 for _ in range(online_steps):
@@ -364,31 +385,31 @@ class KeyboardLearner:
             if not prequential:
                 return finish("skipped", "no new sentences to learn from online")
         else:
-            head.fit(np.concatenate([ftr, faug]), np.concatenate([ytr, yaug]), active, epochs, lr, seed + round_id,
-                     should_stop, epoch_events(progress, round_id, epochs))
+            steps = min(lim.max_steps, max(1, epochs * -(-n_new // b)))
+            report["steps"] = steps
+            fit_steps(head, ftr, ytr, active, steps, lr, seed + round_id, should_stop, progress, round_id)
         if should_stop():
             return finish("stopped", "the daemon is stopping; the candidate was discarded", before1)
         tuned = head.get_weights()
         # regularise toward the cloud head: interpolate, choose on the holdout
+        del current_w
         best = None
         for a in INTERP_GRID:
-            w = {k: cloud_w[k] + a * (tuned[k] - cloud_w[k]) for k in tuned}
-            head.set_weights(w)
-            s = score(KeyboardModel(head, Memory.empty(self.variant.feature_size), active))
-            if best is None or s > best[0]:
-                best = (s, a, w)
-        (ft1, ft3), interp, weights = best
+            head.set_weights({k: cloud_w[k] + a * (tuned[k] - cloud_w[k]) for k in tuned})
+            sc = score(head, active, fhw, yhw)[0]
+            if best is None or sc > best[0]:
+                best = (sc, a)
+        (ft1, ft3), interp = best
+        weights = {k: cloud_w[k] + interp * (tuned[k] - cloud_w[k]) for k in tuned}
+        del tuned, cloud_w
         head.set_weights(weights)
         report["fine_tuned"] = {"top1": ft1, "top3": ft3, "interpolation": interp}
-        # the memory of the user's contexts, mixed in with a weight chosen on the holdout
-        memory = Memory(unit(ftr[-MEMORY_CAP:]), ytr[-MEMORY_CAP:].astype(np.int32))
-        best = None
-        for mix in MIX_GRID:
-            memory.mix = mix
-            s = score(KeyboardModel(head, memory, active))
-            if best is None or s > best[0]:
-                best = (s, mix)
-        (after1, after3), memory.mix = best
+        # the memory of the user's contexts (the most recent ones), mixed in with a weight chosen on the holdout
+        del ftr
+        memory = col.recent.memory()
+        del col
+        scores = score(head, active, fhw, yhw, memory, MIX_GRID)
+        (after1, after3), memory.mix = max(zip(scores, MIX_GRID), key=lambda sm: sm[0])
         report["with_memory"] = {"top1": after1, "top3": after3, "mix": memory.mix}
         new_version = self.store.next_head_version()
         fname = f"head-v{new_version}.npz"
@@ -405,6 +426,18 @@ class KeyboardLearner:
                      f"candidate v{new_version} rejected, kept the current head (v{version})"))
         progress("version_" + status, {"version": new_version, "accuracy": after1, "previous_accuracy": before1})
         return finish(status, detail, before1, after1, new_version)
+
+    def _remember_learnt(self, samples, info: dict, round_id: int) -> None:
+        """After a round that learnt: the sentences it learnt (by hash) and each file's size then, what the next
+        round's `pending_words` and novelty are measured against; the text's bytes per word."""
+        tmp = self.heads_dir / (LEARNT_FILE + ".tmp.npy")
+        np.save(tmp, info["hashes"])
+        os.replace(tmp, self.heads_dir / LEARNT_FILE)
+        total = sum(info["bytes"].values())
+        if info["words"]:
+            self.store.set_meta(BYTES_PER_WORD_KEY, repr(max(1.0, total / info["words"])))
+        self.store.set_meta(LEARNT_BYTES_KEY, json.dumps(info["bytes"]))
+        self.store.mark_trained([s.id for s in samples], round_id)
 
 
 def load_synonyms(bundle: Bundle) -> dict[str, list[str]]:

@@ -11,8 +11,11 @@ import sys
 import threading
 from pathlib import Path
 
+import zmq
+
 from . import __version__, config as config_mod
 from .errors import AutlearnError
+from .ingest import shown
 from .media import MediaWatcher
 from .notify import Notifier
 from .paths import Paths
@@ -40,6 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _OneLine(logging.Filter):
+    """Control characters in a message (a file name with a newline, an escape sequence) are written escaped:
+    one record is one line, and no name can forge another."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        safe = shown(msg)
+        if safe != msg:
+            record.msg, record.args = safe, None
+        return True
+
+
 def setup_logging(debug: bool) -> None:
     """The journal (with structured fields) when systemd started us and systemd-python exists; else stderr."""
     level = logging.DEBUG if debug else logging.INFO
@@ -50,9 +65,12 @@ def setup_logging(debug: bool) -> None:
             pass
         else:
             handler = JournalHandler(SYSLOG_IDENTIFIER="autlearnd")
+            handler.addFilter(_OneLine())
             logging.basicConfig(level=level, handlers=[handler])
             return
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_OneLine())
+    logging.basicConfig(level=level, handlers=[handler], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def load_config(args) -> tuple[config_mod.Config, str | None, dict]:
@@ -135,6 +153,7 @@ def run(cfg: config_mod.Config, config_path: str | None = None, overrides: dict 
     service.start()
     service.use_policy()
     watcher = DebouncedWatcher([os.path.abspath(w) for w in cfg["data.watch"]], cfg["data.debounce_s"])
+    service.watcher_state = watcher.state
     curve_keys = None
     if cfg["control.tcp"]:
         from .curve import server_pair
@@ -144,9 +163,16 @@ def run(cfg: config_mod.Config, config_path: str | None = None, overrides: dict 
         media = MediaWatcher(Path(cfg["media.mounts"]), cfg["media.under"], cfg["media.folder"],
                              on_accelerator_change=service.accelerator_changed)
         media.start()
-    server = ControlServer(service, paths.control_endpoint, paths.events_endpoint, notifier, events, watcher,
-                           group=cfg["control.group"], tcp=cfg["control.tcp"], curve_keys=curve_keys,
-                           authorized_keys=Path(cfg["control.authorized_keys"]), media=media)
+    try:
+        server = ControlServer(service, paths.control_endpoint, paths.events_endpoint, notifier, events, watcher,
+                               group=cfg["control.group"], tcp=cfg["control.tcp"], curve_keys=curve_keys,
+                               authorized_keys=Path(cfg["control.authorized_keys"]), media=media)
+    except zmq.ZMQError as e:
+        if media is not None:
+            media.stop()
+        service.stop()
+        where = f"control.tcp = {cfg['control.tcp']!r}" if cfg["control.tcp"] else paths.control_endpoint
+        raise AutlearnError("bad_config", f"cannot listen on {where}: {e}") from None
     watcher.start()
     notifier.ready(service.status_line())
     log.info("control socket %s, events %s", paths.control_endpoint, paths.events_endpoint)

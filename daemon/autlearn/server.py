@@ -59,12 +59,8 @@ class ControlServer:
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.setsockopt(zmq.SNDHWM, 1000)
-        self._bind(self.router, control)
-        self._bind(self.pub, events)
         self.routers = [self.router]
         self.auth = None
-        if tcp:
-            self._listen_tcp(tcp, curve_keys, authorized_keys)
         # replies of slow requests, from the answerer thread: (socket, frames); a byte on the pipe wakes the loop
         self._later: queue.Queue = queue.Queue()
         self._wake_r, self._wake_w = os.pipe()
@@ -72,6 +68,15 @@ class ControlServer:
         os.set_blocking(self._wake_w, False)
         self._failures: dict[str, int] = {}
         self._retry_at: dict[str, float] = {}
+        self._ipc_files: list[Path] = []
+        try:
+            self._bind(self.router, control)
+            self._bind(self.pub, events)
+            if tcp:
+                self._listen_tcp(tcp, curve_keys, authorized_keys)
+        except BaseException:
+            self.close()  # a listener that cannot bind leaves no socket or authenticator thread behind
+            raise
 
     def _router(self) -> zmq.Socket:
         r = self.ctx.socket(zmq.ROUTER)
@@ -92,14 +97,15 @@ class ControlServer:
         r = self._router()
         r.curve_publickey, r.curve_secretkey = curve_keys
         r.curve_server = True
-        r.bind(endpoint)
         self.routers.append(r)
+        r.bind(endpoint)
         log.info("TCP control listener on %s (CURVE; authorized keys in %s)", endpoint, authorized_keys)
 
     def _bind(self, sock: zmq.Socket, endpoint: str) -> None:
         sock.bind(endpoint)
         if endpoint.startswith("ipc://"):
             path = Path(endpoint[len("ipc://"):])
+            self._ipc_files.append(path)
             os.chmod(path, 0o660)  # owner and group only
             if self.group:
                 try:
@@ -248,8 +254,9 @@ class ControlServer:
         return self.notifier.watchdog_s / 3 if self.notifier.watchdog_s else 5.0
 
     def _watch(self) -> None:
-        if self.watcher.due():
-            self.service.request_scan()
+        changes = self.watcher.due()
+        if changes is not None:
+            self.service.request_scan(changes)
 
     def _media(self) -> None:
         for mount in sorted(self.media.new_media()):
@@ -280,3 +287,5 @@ class ControlServer:
         self.pub.close(0)
         if self.auth is not None:
             self.auth.stop()
+        for path in self._ipc_files:  # no stale socket file for a client to wait on (the lock says they are ours)
+            path.unlink(missing_ok=True)

@@ -56,6 +56,7 @@ class Service:
         # Conditions that forbid training now (battery, heat, load, time window…): sentences, empty = allowed.
         self.gate: Callable[[], list[str]] = lambda: []
         self.policy_readings: dict = {}
+        self.watcher_state: Callable[[], dict | None] = lambda: None  # main wires the file watcher's state in
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -114,11 +115,13 @@ class Service:
         self._emit("error", {"where": where, "message": message})
 
     # ------------------------------------------------------------------ worker thread
-    def request_scan(self) -> None:
-        self.worker.put("scan", "files changed")
+    def request_scan(self, changes=None) -> None:
+        """Scan what the watcher saw change (a watcher.Changes), or everything."""
+        self.worker.put("scan", changes if changes is not None else "files changed")
 
     def take_round(self, trigger: str) -> bool:
-        """A round job leaves the worker's queue (worker thread). Paused by the user, no round starts: it waits for `resume`."""
+        """A round job leaves the worker's queue (worker thread). Paused by the user, no round starts: it waits for
+        `resume`."""
         with self._lock:
             self._rounds_queued -= 1
             if self._paused_by_user:
@@ -159,11 +162,7 @@ class Service:
             now = time.monotonic()
             if now - cache["at"] >= 1.0 or cache["config"] is not self.config:
                 c = self.config
-                pc = policy.PolicyConfig.from_values({
-                    "require_mains": c["policy.require_mains"], "max_temp_c": c["policy.max_temp_c"] or None,
-                    "max_load": c["policy.max_load"] or None,
-                    "gpu_max_util": None if c["policy.gpu_max_util"] >= 100 else c["policy.gpu_max_util"],
-                    "window": c["policy.window"]})
+                pc = policy.PolicyConfig.from_config(c)
                 cache.update(at=now, config=c, verdict=policy.evaluate(pc, probe, datetime.datetime.now()))
             self.policy_readings = cache["verdict"].readings
             return list(cache["verdict"].reasons)
@@ -206,12 +205,12 @@ class Service:
             return
         if not self.config["training.auto"] or self.blocking_reasons() or time.monotonic() < self.worker.retry_at:
             return
-        new = self.store.count_new()
+        new, need, unit = self._pending()
         interval = self.config["training.interval_s"]
         if new >= self.config["training.min_new_samples"]:
-            trigger = f"{new} new samples"
+            trigger = f"{new} new {unit}"
         elif new and interval and time.monotonic() - self.worker.last_round_end >= interval:
-            trigger = f"interval of {interval:g}s passed with {new} new samples"
+            trigger = f"interval of {interval:g}s passed with {new} new {unit}"
         else:
             return
         self._queue_round(trigger)
@@ -221,12 +220,20 @@ class Service:
             self._rounds_queued += 1
         self.worker.put("round", trigger)
 
+    def _pending(self) -> tuple[int, int, str]:
+        """What the next round would learn from that no round has, what triggers one, and its unit: a keyboard
+        counts new words of text (a growing notes file is one sample), an image bundle new samples."""
+        if self.bundle.task == "next_word":
+            from .keyboard import pending_words
+            return pending_words(self.store), self.config["training.min_new_words"], "words"
+        return self.store.count_new(), self.config["training.min_new_samples"], "samples"
+
     # ------------------------------------------------------------------ API (called from the request thread)
     def status(self, args: dict) -> dict:
         st = self._get()
         version = self.current_version()
         head = self.store.head(version) or {}
-        initial = [h for h in self.store.heads(self.bundle_id) if h["status"] == "initial"]
+        initial = self.store.initial_head(self.bundle_id)
         return {
             "daemon": {"version": __version__, "protocol": PROTOCOL_VERSION, "pid": os.getpid(),
                        "uptime_s": round(time.time() - self._started, 3), "runtime": RUNTIME},
@@ -237,6 +244,8 @@ class Service:
             "last_scan": st["last_scan"],
             "last_error": st["last_error"],
             "last_import": st["last_import"],
+            "watcher": self.watcher_state(),
+            "refused": self.store.problems(10),
             "variant_choice": {k: v for k, v in self.variant_choice.items() if k in ("name", "reason")},
             "bundle": {"id": self.bundle_id, "task": self.bundle.task, "variant": self.variant.name,
                        "labels": len(self.bundle.labels), "class_capacity": self.bundle.class_capacity},
@@ -246,7 +255,7 @@ class Service:
             "samples": self.store.sample_counts(),
             "head": {"version": version, "status": head.get("status"), "accuracy": head.get("accuracy"),
                      "previous_accuracy": head.get("previous_accuracy"),
-                     "initial_version": initial[0]["version"] if initial else None},
+                     "initial_version": initial},
             "cache": self.cache.summary(),
             "paused_by_user": self._paused_by_user,
             "conditions": self.policy_readings,
@@ -267,15 +276,20 @@ class Service:
         reasons = self.blocking_reasons()
         if reasons:
             return ("round paused: " if st["activity"] == "paused" else "not training: ") + "; ".join(reasons)
-        new = self.store.count_new()
-        need = self.config["training.min_new_samples"]
+        new, need, unit = self._pending()
         if not self.config["training.auto"]:
             return "automatic rounds are off (training.auto = false); 'autlearnctl train' starts one"
+        if new < need and unit == "words":
+            return (f"waiting for new text: about {new} of {need} new words needed to start a round "
+                    f"(training.min_new_words; counted from what was added to the text files since the last round)")
         if new < need:
             return f"waiting for new samples: {new} of {need} needed to start a round"
         wait = self.worker.retry_at - time.monotonic()
         if wait > 0:
-            return (f"the last round failed ({st['last_error']}); automatic rounds resume in {wait:.0f} s "
+            lr = st["last_round"]
+            why = (f"was skipped ({lr['detail']})" if lr and lr.get("outcome") == "skipped"
+                   else f"failed ({st['last_error']})")
+            return (f"the last round {why}; automatic rounds resume in {wait:.0f} s "
                     "('autlearnctl train' starts one now)")
         return "a round is about to start"
 

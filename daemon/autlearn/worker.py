@@ -63,7 +63,7 @@ class Worker:
                         self.redelegate.clear()
                         engine.rebuild_extractor()
                     if kind == "scan":
-                        self._scan(engine)
+                        self._scan(engine, None if isinstance(trigger, str) else trigger)
                     elif kind == "import":
                         self._import(trigger)
                         self._scan(engine)
@@ -71,8 +71,10 @@ class Worker:
                         if not svc.take_round(trigger):
                             continue
                         self._record_failure(engine)
-                        self._round(engine, trigger)
-                        self.failures, self.retry_at = 0, 0.0
+                        if self._round(engine, trigger).outcome == "skipped":
+                            self._round_skipped()
+                        else:
+                            self.failures, self.retry_at = 0, 0.0
                 except Exception as e:  # a job's failure never takes the daemon down
                     full = _disk_full(e)
                     if full:
@@ -99,6 +101,14 @@ class Worker:
         self.retry_at = time.monotonic() + delay
         log.info("automatic rounds resume in %.0f s (failure %d in a row)", delay, self.failures)
 
+    def _round_skipped(self) -> None:
+        """A skipped round (nothing it could judge or learn yet) holds automatic rounds back as a failed one
+        does, so that the samples that triggered it do not start a round at every tick."""
+        self.failures += 1
+        delay = min(3600.0, 30.0 * 2 ** (self.failures - 1))
+        self.retry_at = time.monotonic() + delay
+        log.info("round skipped: automatic rounds resume in %.0f s (or when 'autlearnctl train' asks)", delay)
+
     def _record_failure(self, engine: Engine) -> None:
         """Mark the failed round in the history; a full disk may refuse the write, and then it is tried again
         before the next round (only the worker runs rounds, so an unfinished one by then is the failed one)."""
@@ -122,15 +132,15 @@ class Worker:
                  len(report.skipped))
         self.svc.emit("media_import", report.as_dict())
 
-    def _scan(self, engine: Engine) -> None:
+    def _scan(self, engine: Engine, changes=None) -> None:
         self.svc.update_state(activity="ingesting")
-        report = engine.scan()
+        report = engine.scan(changes)
         self.svc.update_state(activity="idle", last_scan={**report.as_dict(), "time": time.time()})
         self.svc.tick_soon.set()
         if report.added or report.quarantined or report.removed or report.waiting:
             self.svc.emit("import", report.as_dict())
 
-    def _round(self, engine: Engine, trigger: str) -> None:
+    def _round(self, engine: Engine, trigger: str):
         self.svc.update_state(activity="training", round={"round_id": None, "trigger": trigger,
                                                           "started": time.time(), "step": "features"})
 
@@ -143,6 +153,7 @@ class Worker:
         finally:
             self.last_round_end = time.monotonic()
         self.svc.update_state(activity="idle", round=None, last_round=result.as_dict())
+        return result
 
     def _checkpoint(self) -> bool:
         """Called between training steps: waits while training must pause; True means stop the round."""
