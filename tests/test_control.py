@@ -207,7 +207,7 @@ def test_resume_keeps_a_pending_delegate_choice(tmp_path, tiny_bundle):
     svc.stop()  # no worker to take the flag: what resume does to it is all that is seen
     svc.accelerator_changed("test")
     svc.resume({})
-    assert svc._redelegate_worker.is_set() and svc.answerer.redelegate.is_set()
+    assert svc.worker.redelegate.is_set() and svc.answerer.redelegate.is_set()
 
 
 def test_command_line_failures_are_one_sentence_and_an_exit_code(tmp_path):

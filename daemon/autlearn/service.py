@@ -1,49 +1,39 @@
-"""The daemon's API in one object. Transports (the ZeroMQ server, tests) are thin adapters over it.
+"""The daemon's API in one object over bootstrap (start-up), the worker (worker.py), the answerer (answerer.py)
+and the scheduling below. Transports (the ZeroMQ server, tests) are thin adapters over it.
 
 Threads: the caller's thread answers requests (status never waits for training); one worker thread owns
 ingestion and training rounds; the answerer thread (answerer.py) runs predict and bench. Each thread has its own
 interpreters and SQLite handles.
 
 Cross-thread fields, each with one writer: the request thread writes `config` and `_paused_by_user`; the
-worker writes `_round_failures`, `_round_retry_at`, `_last_round_end` and `_unrecorded_failure`; `_state`,
-`_rounds_queued` and `_round_requested` change only under `_lock`; `_redelegate_worker` (an Event) is set by
-anyone and cleared only by the worker; the policy gate's cache is guarded by its own lock.
+worker's and the answerer's own fields are listed in their modules; `_state`, `_rounds_queued` and
+`_round_requested` change only under `_lock`; the policy gate's cache is guarded by its own lock.
 """
 
 from __future__ import annotations
 
 import datetime
-import errno
 import logging
 import os
-import queue
 import shutil
-import sqlite3
 import threading
 import time
 from typing import Any, Callable
 
-from . import __version__, bundle as bundle_mod
+from . import __version__, bootstrap
 from .answerer import Answerer
 from .config import Config
 from .errors import AutlearnError
-from .featcache import FeatureCache, Stats
-from .head import Head, save_weights
-from .engine import Engine, current_key
+from .featcache import Stats
+from .engine import current_key
 from .paths import Paths
 from .protocol import PROTOCOL_VERSION
 from .runtime import RUNTIME
-from .store import Store
+from .worker import Worker
 
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[str, dict], None]
-
-
-def _disk_full(e: BaseException) -> bool:
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return isinstance(e, sqlite3.OperationalError) and "full" in str(e)
 
 
 class Service:
@@ -51,7 +41,6 @@ class Service:
         self.config = config
         self.paths = paths
         self._emit = emit or (lambda name, data: None)
-        self._jobs: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self.tick_soon = threading.Event()  # set when a scan ends: the server loop ticks at once, not in 0.5 s
         self._lock = threading.Lock()
@@ -59,16 +48,11 @@ class Service:
                        "last_error": None, "last_import": None}
         self._started = time.time()
         self.cache_stats = Stats()
-        self._worker: threading.Thread | None = None
+        self.worker = Worker(self, self._stop)
         self.answerer: Answerer | None = None
         self._paused_by_user = False
-        self._redelegate_worker = threading.Event()
         self._rounds_queued = 0  # round jobs in the worker's queue (under _lock)
         self._round_requested: str | None = None  # a round's trigger held while paused (under _lock)
-        self._round_failures = 0  # in a row: automatic rounds back off after each
-        self._round_retry_at = 0.0
-        self._unrecorded_failure: str | None = None  # a failed round the store could not mark (full disk)
-        self._last_round_end = time.monotonic()
         # Conditions that forbid training now (battery, heat, load, time window…): sentences, empty = allowed.
         self.gate: Callable[[], list[str]] = lambda: []
         self.policy_readings: dict = {}
@@ -76,56 +60,24 @@ class Service:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        self.paths.create()
-        self.store = Store(self.paths.db)
-        self.store.fail_unfinished_rounds()
-        source = self.config["model.bundle"]
-        if source:
-            try:
-                bundle_mod.install(source, self.paths.bundle)
-            except AutlearnError as e:
-                if not (self.paths.bundle / "manifest.json").exists():
-                    raise
-                log.error("refused bundle %s, keeping the installed one: %s", source, e.message)
-        self.bundle = bundle_mod.load_installed(self.paths.bundle)  # repairs an install cut off by a power loss
-        self.bundle_id = bundle_mod.sha256_file(self.paths.bundle / "manifest.json")[:16]
-        self.variant_choice = self.choose_variant(force=False)
-        self.variant = self.bundle.variant(self.variant_choice["name"])
-        self.store.ensure_public_classes(self.bundle_id, self.bundle.labels)
-        self.cache = self._open_cache()
-        self._ensure_initial_head()
+        b = bootstrap.boot(self.config, self.paths, self.cache_stats)
+        self.store, self.cache, self.bundle, self.bundle_id = b.store, b.cache, b.bundle, b.bundle_id
+        self.variant_choice, self.variant = b.variant_choice, b.variant
         self.answerer = Answerer(self)
         self.answerer.start()
-        self._worker = threading.Thread(target=self._work, name="autlearn-worker", daemon=True)
-        self._worker.start()
+        self.worker.start()
         from .media import Importer
         Importer(self.paths.imported).clean_partial()
-        self._set(activity="idle")
+        self.update_state(activity="idle")
         log.info("ready: bundle %s variant %s, head v%d, %s (%s)", self.bundle_id, self.variant.name,
                  self.current_version(), RUNTIME, self.answerer.delegate.in_use)
 
-    def _budget(self):
-        from .variants import Budget
-        return Budget(self.config["model.max_latency_ms"] or None, self.config["model.max_memory_mb"] or None)
-
     def choose_variant(self, force: bool) -> dict:
-        """The configured variant, or the most accurate one this board can afford (measured once, remembered)."""
-        if self.config["model.variant"] and not force:
-            return {"name": self.bundle.variant(self.config["model.variant"]).name,
-                    "reason": "set in the configuration (model.variant)"}
-        if len(self.bundle.variant_names) == 1 and not force:
-            return {"name": self.bundle.variant_names[0], "reason": "the bundle has one variant"}
-        from .variants import choose_variant, format_table
-        choice = choose_variant(self.bundle, self.bundle_id, self.paths.state, self.config["model.threads"],
-                                self.config["model.delegate"], self._budget(), force=force)
-        return {"name": choice.name, "reason": choice.reason, "table": format_table(choice),
-                "measurements": choice.as_dict()}
+        return bootstrap.choose_variant(self.config, self.bundle, self.bundle_id, self.paths.state, force)
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
-        self._jobs.put(None)
-        if self._worker is not None:
-            self._worker.join(timeout)
+        self.worker.stop(timeout)
         if self.answerer is not None:
             self.answerer.stop(timeout)
 
@@ -133,26 +85,13 @@ class Service:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    def _open_cache(self) -> FeatureCache:
-        return FeatureCache(self.paths.feature_cache, int(self.config["cache.max_mb"] * (1 << 20)), self.cache_stats)
-
-    def _ensure_initial_head(self) -> None:
-        if self.store.get_meta(self.current_key()) is not None:
-            return
-        head = Head(self.variant, self.bundle.class_capacity, self.bundle.train_batch, 1)
-        version = self.store.next_head_version()
-        fname = f"head-v{version}.npz"
-        save_weights(head.get_weights(), self.paths.heads / fname)
-        self.store.add_head(self.bundle_id, self.variant.name, "initial", fname)
-        self.store.set_meta(self.current_key(), str(version))
-
     def current_key(self) -> str:
         return current_key(self.bundle_id, self.variant.name)
 
     def current_version(self) -> int:
         return int(self.store.get_meta(self.current_key()))
 
-    def _set(self, **kw: Any) -> None:
+    def update_state(self, **kw: Any) -> None:
         with self._lock:
             self._state.update(kw)
 
@@ -172,58 +111,17 @@ class Service:
         the subscribers (docs/protocol.md)."""
         message = e if isinstance(e, str) else (e.message if isinstance(e, AutlearnError) else
                                                 f"{type(e).__name__}: {e}")
-        self._set(last_error=f"{where}: {message}")
+        self.update_state(last_error=f"{where}: {message}")
         self._emit("error", {"where": where, "message": message})
 
     # ------------------------------------------------------------------ worker thread
     def request_scan(self, changes=None) -> None:
         """Scan what the watcher saw change (a watcher.Changes), or everything."""
-        self._jobs.put(("scan", changes if changes is not None else "files changed"))
+        self.worker.put("scan", changes if changes is not None else "files changed")
 
-    def _work(self) -> None:
-        engine = Engine(self.config, self.paths, self.bundle, self.bundle_id, self.variant, self.cache_stats)
-        try:
-            while not self._stop.is_set():
-                job = self._jobs.get()
-                if job is None:
-                    break
-                kind, trigger = job
-                engine.config = self.config  # a reloaded configuration applies from the next job on
-                try:
-                    if self._redelegate_worker.is_set():
-                        self._redelegate_worker.clear()
-                        engine.rebuild_extractor()
-                    if kind == "scan":
-                        self._scan(engine, None if isinstance(trigger, str) else trigger)
-                    elif kind == "import":
-                        self._import(trigger)
-                        self._scan(engine)
-                    elif kind == "round":
-                        if not self._take_round(trigger):
-                            continue
-                        self._record_failure(engine)
-                        if self._round(engine, trigger).outcome == "skipped":
-                            self._round_skipped()
-                        else:
-                            self._round_failures, self._round_retry_at = 0, 0.0
-                except Exception as e:  # a job's failure never takes the daemon down
-                    full = _disk_full(e)
-                    if full:
-                        log.error("%s job stopped: the disk is full (%s); it is retried when space returns", kind, e)
-                    else:
-                        log.exception("%s job failed", kind)
-                    self._set(activity="idle", round=None)
-                    self.record_error(kind, e)
-                    if kind == "round":
-                        self._round_failed(engine, e, full)
-                    if full and kind == "scan":
-                        self._jobs.put(("scan", "retry after a full disk"))
-                        self._stop.wait(5.0)
-        finally:
-            engine.close()
-
-    def _take_round(self, trigger: str) -> bool:
-        """A round job leaves the queue. Paused by the user, no round starts: it waits for `resume`."""
+    def take_round(self, trigger: str) -> bool:
+        """A round job leaves the worker's queue (worker thread). Paused by the user, no round starts: it waits for
+        `resume`."""
         with self._lock:
             self._rounds_queued -= 1
             if self._paused_by_user:
@@ -231,101 +129,23 @@ class Service:
                 return False
         return True
 
-    def _round_failed(self, engine: Engine, e: Exception, disk_full: bool) -> None:
-        """Record the round as failed and hold automatic rounds back (5 s after a full disk, else 30 s doubling
-        up to an hour), so that a round that keeps failing does not start again at every tick."""
-        self._unrecorded_failure = f"{type(e).__name__}: {e}"
-        self._record_failure(engine)
-        self._round_failures += 1
-        delay = 5.0 if disk_full else min(3600.0, 30.0 * 2 ** (self._round_failures - 1))
-        self._round_retry_at = time.monotonic() + delay
-        log.info("automatic rounds resume in %.0f s (failure %d in a row)", delay, self._round_failures)
-
-    def _round_skipped(self) -> None:
-        """A skipped round (nothing it could judge or learn yet) holds automatic rounds back as a failed one
-        does, so that the samples that triggered it do not start a round at every tick."""
-        self._round_failures += 1
-        delay = min(3600.0, 30.0 * 2 ** (self._round_failures - 1))
-        self._round_retry_at = time.monotonic() + delay
-        log.info("round skipped: automatic rounds resume in %.0f s (or when 'autlearnctl train' asks)", delay)
-
-    def _record_failure(self, engine: Engine) -> None:
-        """Mark the failed round in the history; a full disk may refuse the write, and then it is tried again
-        before the next round (only the worker runs rounds, so an unfinished one by then is the failed one)."""
-        if self._unrecorded_failure is None:
-            return
-        try:
-            engine.store.fail_unfinished_rounds("failed", self._unrecorded_failure)
-            self._unrecorded_failure = None
-        except sqlite3.Error as db_error:
-            log.warning("cannot record the failed round yet: %s", db_error)
+    def round_step(self, step: str, round_id: int | None) -> None:
+        """The running round reached `step` (worker thread)."""
+        with self._lock:
+            r = self._state["round"]
+            if r is not None:
+                self._state["round"] = {**r, "step": step, "round_id": r["round_id"] if round_id is None else round_id}
 
     def request_import(self, mount: str) -> None:
-        self._jobs.put(("import", mount))
-
-    def _import(self, mount: str) -> None:
-        from .media import Importer
-        self._set(activity="importing")
-        log.info("importing samples from %s", mount)
-        importer = Importer(self.paths.imported, self.config["media.folder"],
-                            int(self.config["data.max_file_mb"] * (1 << 20)))
-        report = importer.import_mount(mount, self._stop.is_set)
-        self._set(activity="idle", last_import={**report.as_dict(), "time": time.time()})
-        log.info("imported from %s: %d copied, %d already there, %d skipped", mount, report.copied, report.already,
-                 len(report.skipped))
-        self._emit("media_import", report.as_dict())
+        self.worker.put("import", mount)
 
     def accelerator_changed(self, what: str) -> None:
         """A device came or went: choose the base model's delegate again, in both threads."""
         log.info("device change (%s): choosing the delegate again", what)
-        self._redelegate_worker.set()
+        self.worker.redelegate.set()
         if self.answerer is not None:
             self.answerer.redelegate.set()
-        self._jobs.put(("scan", "device change"))
-
-    def _scan(self, engine: Engine, changes=None) -> None:
-        self._set(activity="ingesting")
-        report = engine.scan(changes)
-        self._set(activity="idle", last_scan={**report.as_dict(), "time": time.time()})
-        self.tick_soon.set()
-        if report.added or report.quarantined or report.removed or report.waiting:
-            self._emit("import", report.as_dict())
-
-    def _round(self, engine: Engine, trigger: str) -> None:
-        self._set(activity="training", round={"round_id": None, "trigger": trigger, "started": time.time(),
-                                              "step": "features"})
-
-        def progress(name: str, data: dict) -> None:
-            with self._lock:
-                if self._state["round"] is not None:
-                    self._state["round"] = {**self._state["round"], "step": name,
-                                            "round_id": data.get("round_id", self._state["round"]["round_id"])}
-            self._emit(name, data)
-
-        try:
-            result = engine.round(trigger, progress, self._checkpoint)
-        finally:
-            self._last_round_end = time.monotonic()
-        self._set(activity="idle", round=None, last_round=result.as_dict())
-        return result
-
-    def _checkpoint(self) -> bool:
-        """Called between training steps: waits while training must pause; True means stop the round."""
-        announced = False
-        while not self._stop.is_set():
-            reasons = self.blocking_reasons()
-            if not reasons:
-                if announced:
-                    self._set(activity="training")
-                    self._emit("round_resumed", {})
-                return False
-            if not announced:
-                log.info("round paused: %s", "; ".join(reasons))
-                self._set(activity="paused")
-                self._emit("round_paused", {"reasons": reasons})
-                announced = True
-            self._stop.wait(1.0)
-        return True
+        self.worker.put("scan", "device change")
 
     def use_policy(self) -> None:
         """Gate training on the board's real conditions (power, heat, load, GPU, time window)."""
@@ -379,17 +199,17 @@ class Service:
             if requested:
                 self._round_requested = None
                 self._rounds_queued += 1
-                self._jobs.put(("round", requested))
+                self.worker.put("round", requested)
             busy = self._rounds_queued > 0 or self._state["activity"] != "idle"
         if busy:
             return
-        if not self.config["training.auto"] or self.blocking_reasons() or time.monotonic() < self._round_retry_at:
+        if not self.config["training.auto"] or self.blocking_reasons() or time.monotonic() < self.worker.retry_at:
             return
         new, need, unit = self._pending()
         interval = self.config["training.interval_s"]
-        if new >= need:
+        if new >= self.config["training.min_new_samples"]:
             trigger = f"{new} new {unit}"
-        elif new and interval and time.monotonic() - self._last_round_end >= interval:
+        elif new and interval and time.monotonic() - self.worker.last_round_end >= interval:
             trigger = f"interval of {interval:g}s passed with {new} new {unit}"
         else:
             return
@@ -398,7 +218,7 @@ class Service:
     def _queue_round(self, trigger: str) -> None:
         with self._lock:
             self._rounds_queued += 1
-        self._jobs.put(("round", trigger))
+        self.worker.put("round", trigger)
 
     def _pending(self) -> tuple[int, int, str]:
         """What the next round would learn from that no round has, what triggers one, and its unit: a keyboard
@@ -464,7 +284,7 @@ class Service:
                     f"(training.min_new_words; counted from what was added to the text files since the last round)")
         if new < need:
             return f"waiting for new samples: {new} of {need} needed to start a round"
-        wait = self._round_retry_at - time.monotonic()
+        wait = self.worker.retry_at - time.monotonic()
         if wait > 0:
             lr = st["last_round"]
             why = (f"was skipped ({lr['detail']})" if lr and lr.get("outcome") == "skipped"
@@ -478,7 +298,7 @@ class Service:
         if self._stop.is_set():
             raise AutlearnError("busy", "the daemon is stopping")
         running = self._get()["activity"] in ("training", "paused")
-        self._jobs.put(("scan", "before a requested round"))
+        self.worker.put("scan", "before a requested round")
         with self._lock:
             self._round_requested = "requested"
         self.tick_soon.set()
