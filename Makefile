@@ -16,11 +16,12 @@ sysdeps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-dev gcc >/dev/null; \
 	fi
 
-$(STAMP): requirements-dev.txt daemon/pyproject.toml cloud_builder/pyproject.toml
+$(STAMP): requirements-dev.txt requirements-nodeps.txt daemon/pyproject.toml cloud_builder/pyproject.toml
 	$(MAKE) sysdeps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-dev.txt
+	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
 	$(BIN)/pip install -q --no-deps -e daemon -e cloud_builder
 	touch $@
 

@@ -23,7 +23,18 @@ def tiny_bundle(tmp_path_factory) -> Path:
     """A small real bundle: MNIST-5k subset, one epoch. Built once per session."""
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     subprocess.run([str(BIN / "autlearn-build"), "image", "--data", "mnist5k", "--limit", "1500", "--epochs", "2",
-                    "--out", str(out), "--seed", "0"], check=True, capture_output=True, timeout=300)
+                    "--out", str(out), "--seed", "0"], check=True, capture_output=True, timeout=900)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tail_bundle(tmp_path_factory) -> Path:
+    """A small real bundle cut below the head (`--tail last_block`): the base is the int8 stem, the head the
+    trainable last block + head. Built once per session."""
+    out = tmp_path_factory.mktemp("bundle") / "tiny-tail"
+    subprocess.run([str(BIN / "autlearn-build"), "image", "--data", "mnist5k", "--limit", "600", "--epochs", "1",
+                    "--head-epochs", "1", "--tail", "last_block", "--out", str(out), "--seed", "0"],
+                   check=True, capture_output=True, timeout=600)
     return out
 
 
@@ -36,7 +47,7 @@ def text_bundle(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("textbundle") / "kb"
     subprocess.run([str(BIN / "autlearn-build"), "text", "--data", "shakespeare", "--limit", "20000", "--epochs", "2",
                     "--vocab", "300", "--seq-len", "10", "--spare-slots", "20", "--embed", "16", "--hidden", "32",
-                    "--out", str(out), "--seed", "0"], check=True, capture_output=True, timeout=300)
+                    "--out", str(out), "--seed", "0"], check=True, capture_output=True, timeout=900)
     return out
 
 
@@ -58,3 +69,4 @@ def no_tensorflow_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT / "tests" / "block_tensorflow") + os.pathsep + env.get("PYTHONPATH", "")
     return env
+

@@ -25,7 +25,8 @@ import pytest
 from PIL import Image
 
 from autlearn import bundle as bundle_mod
-from autlearn.ingest import Ingestor, db_path, read_regular_file
+from autlearn.durable import read_regular_file
+from autlearn.ingest import MAX_DEPTH, Ingestor, db_path
 from autlearn.store import Store
 from daemon_helpers import Daemon, wait_until
 from test_reliability import (SEED, Tally, call, came_up, kill9, max_round, png_bytes, proc_status, query,
@@ -172,9 +173,11 @@ def build_corpus(inbox: Path, outside: Path, images: np.ndarray, labels: np.ndar
     put("2/.hidden.png", good, "absent", "a hidden file")
     put("2/copying.png.part", good[:10], "absent", "an unfinished copy (.part)")
     put("2/backup.png~", good, "absent", "an editor backup (~)")
-    # a tree deeper than Python's recursion limit
+    # a tree deeper than Python's recursion limit: refused at the depth bound, with a reason
     deep = deep_dirs(inbox / "5", 1100)
-    put(str((deep / "deep.png").relative_to(inbox)), good, "ok", "a good file 1,100 directories deep")
+    put(str((deep / "deep.png").relative_to(inbox)), good, "absent", "a good file 1,100 directories deep")
+    bound = inbox / "5" / Path(*["d"] * (MAX_DEPTH - 1))
+    items.append(Item(f"the folder {MAX_DEPTH} levels down that holds deeper ones", bound, "ignored", "levels"))
     return items
 
 
@@ -323,10 +326,14 @@ def hostile_files(work: Path, bundle: Path, images: np.ndarray, labels: np.ndarr
                 t.problem(f"{it.what}: reason {reason!r} does not mention {it.reason!r}")
             if status in ("quarantined", "ignored") and not reason:
                 t.problem(f"{it.what}: {status} without a reason")
-        quarantined = sum(1 for r in rows.values() if r[0] == "quarantined")
+        refused = sum(1 for r in rows.values() if r[0] in ("quarantined", "ignored"))
         reasons = list((root / "state" / "quarantine").glob("*.reason.txt"))
-        if len(reasons) < quarantined:
-            t.problem(f"{quarantined} quarantined files but only {len(reasons)} reason files")
+        if len(reasons) < refused:
+            t.problem(f"{refused} refused entries but only {len(reasons)} reason files")
+        for r in reasons:
+            lines = r.read_text().splitlines()
+            if len(lines) != 3 or not lines[0].startswith("path: ") or "\n" in lines[0] and "\\x0a" not in lines[0]:
+                t.problem(f"reason file {r.name} is not three lines (path, reason, copy): {lines[:4]}")
         # the good files are learnt
         before_round = max_round(root)
         call(root, "train")
@@ -413,12 +420,19 @@ def test_scan_survives_names_that_are_not_utf8_and_a_very_deep_tree(tmp_path, in
     (inbox / "3" / "z-after.png").write_bytes(png_bytes(images[1]))
     deep = deep_dirs(inbox / "4", 1100)
     (deep / "deep.png").write_bytes(png_bytes(images[2]))
+    (inbox / "4" / Path(*["d"] * (MAX_DEPTH - 1)) / "within.png").write_bytes(png_bytes(images[3]))
     try:
         rep = ingestor.scan([str(inbox)])
-        assert (rep.added, rep.ignored) == (2, 1)
-        assert ingestor.scan([str(inbox)]).unchanged == 3  # remembered, not re-read or re-recorded
+        assert (rep.added, rep.ignored) == (2, 2)  # the deep file is not taken: its folder is refused
+        assert ingestor.scan([str(inbox)]).unchanged == 4  # remembered, not re-read or re-recorded
         (reason,) = [r for r in ingestor.store.problems() if "caf" in r["path"]]
         assert reason["path"].endswith("caf\\xe9.png") and "UTF-8" in reason["reason"]
+        bound = str(inbox / "4" / Path(*["d"] * (MAX_DEPTH - 1)))
+        (folder,) = [r for r in ingestor.store.problems() if r["path"] == bound]
+        assert f"more than {MAX_DEPTH} levels" in folder["reason"]
+        records = [p.read_text() for p in (tmp_path / "quarantine").glob("*.reason.txt")]
+        assert any(f"path: {bound}\n" in r and "levels" in r for r in records)
+        assert any("caf\\xe9.png" in r and "UTF-8" in r for r in records)
     finally:
         remove_deep(inbox / "4" / "d")
 
@@ -466,20 +480,24 @@ def _fd_targets(pid: int) -> set[str]:
 
 
 def _paused_round_with_a_swapped_sample(tmp_path, bundle, images, labels, swap) -> tuple[Daemon, Path]:
-    """A round that has computed its features waits at a step boundary (paused); meanwhile a training sample's
-    file is replaced by `swap(path)`. Resuming makes the round read that file again for its augmented copy."""
+    """A round that has computed its features waits at a step boundary (paused: the board runs on battery);
+    meanwhile a training sample's file is replaced by `swap(path)`. The charger plugged in makes the round read
+    that file again for its augmented copy."""
+    from test_service import fake_battery
     root = tmp_path / "r"
-    d = Daemon(root, bundle, training="auto = false\nepochs = 5\naugment_copies = 1\n", data=HOSTILE_DATA)
+    sysfs = tmp_path / "sys"
+    fake_battery(sysfs, "Discharging", 0)
+    d = Daemon(root, bundle, training="auto = false\nepochs = 5\naugment_copies = 1\n", data=HOSTILE_DATA,
+               extra_config=f'[policy]\nsysfs = "{sysfs}"\n')
     assert came_up(d)
     from userdata import write_user
     write_user(d.inbox, images[:60], labels[:60])
     wait_until(lambda: call(root, "status")["samples"]["ok"] == 60, 30, "ingestion")
-    call(root, "pause")
-    call(root, "train")
+    call(root, "train")  # a requested round starts on battery too, and waits at its first step boundary
     wait_until(lambda: call(root, "status")["activity"] == "paused", 30, "the paused round")
     (path,) = query(root / "state" / "autlearn.sqlite", "SELECT path FROM samples WHERE holdout=0 LIMIT 1")[0]
     swap(Path(path))
-    call(root, "resume")
+    fake_battery(sysfs, "Charging", 1)
     return d, Path(path)
 
 

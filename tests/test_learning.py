@@ -77,6 +77,7 @@ def test_rejected_candidate_leaves_promoted_head_untouched(tmp_path, tiny_bundle
     reckless = engine_of(svc)
     bad = reckless.round("test", no_progress, never)
     assert bad.outcome == "rejected"
+    assert bad.detail.endswith(f"candidate v{bad.version} rejected, kept the current head (v{good.version})")
     assert bad.accuracy_after < bad.accuracy_before
     assert eng.current_version() == good.version
     assert [v["status"] for v in eng.store.heads()] == ["initial", "promoted", "rejected"]
@@ -188,8 +189,8 @@ def test_a_round_that_fails_is_recorded_and_automatic_rounds_back_off(tmp_path, 
     head = svc.store.head(svc.current_version())
     (svc.paths.heads / head["file"]).write_bytes(b"not a weights file")  # the current head cannot be read
     deadline = time.monotonic() + 60
-    while svc.store.count_new() < 10 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while (svc.store.count_new() < 10 or svc._get()["activity"] != "idle") and time.monotonic() < deadline:
+        time.sleep(0.05)  # the scan commits as it goes: wait until it has ended, or tick() starts nothing
     svc.tick()  # a round is due: it starts and fails
     while not svc.store.rounds(1) or svc.store.rounds(1)[0]["outcome"] is None:
         assert time.monotonic() < deadline, "the round did not end"
@@ -229,3 +230,44 @@ def test_a_round_reads_a_new_file_once_for_its_features_and_its_augmented_copies
     assert computed_b == 0 and cached_b == 0 and kept_b == []
     eng.close()
     svc.stop()
+
+
+def test_holdout_fraction_zero_means_no_holdout_gate(tmp_path, tiny_bundle, user_digits, write_user):
+    images, labels = user_digits
+    svc = make_service(tmp_path / "root", tiny_bundle, **{"training.holdout_fraction": 0.0})
+    try:
+        write_user(svc.paths.state.parent / "inbox", images[:60], labels[:60])
+        eng = engine_of(svc)
+        assert eng.scan().added == 60
+        r = eng.round("test", no_progress, never)
+        assert r.outcome == "promoted" and "without a holdout check" in r.detail
+        assert (r.n_train, r.n_holdout, r.accuracy_after) == (60, 0, None)
+        assert eng.current_version() == r.version
+        eng.close()
+    finally:
+        svc.stop()
+
+
+def test_a_skipped_round_backs_off_instead_of_starting_again_at_every_tick(tmp_path, tiny_bundle, user_digits,
+                                                                          write_user):
+    import time
+
+    from daemon_helpers import wait_until
+    images, labels = user_digits
+    svc = make_service(tmp_path / "root", tiny_bundle, **{"training.holdout_fraction": 0.001, "training.auto": True,
+                                                          "training.min_new_samples": 3})
+    try:
+        write_user(svc.paths.state.parent / "inbox", images[:3], labels[:3])
+        svc.request_scan()
+        wait_until(lambda: svc.store.count_new() == 3 and svc._get()["activity"] == "idle", 30, "the scan")
+        assert svc.store.sample_counts()["holdout"] == 0  # nothing to judge a candidate on
+        svc.tick()
+        wait_until(lambda: (lr := svc._get()["last_round"]) and lr["outcome"] == "skipped", 60, "the round")
+        for _ in range(6):  # ticks of the control loop (every 0.5 s)
+            time.sleep(0.5)
+            svc.tick()
+        assert len(svc.store.rounds(10)) == 1
+        why = svc.status({})["why_not_training"]
+        assert "was skipped (no holdout samples yet" in why and "resume in" in why
+    finally:
+        svc.stop()

@@ -48,7 +48,7 @@ def test_import_copies_whole_files_with_their_hash_and_skips_vanished_ones(tmp_p
     (mount / "autlearn" / "loose.png").write_bytes(b"no label folder")
     dest = tmp_path / "imported"
     (dest / "3").mkdir(parents=True)
-    (dest / "3" / "leftover.png.part").write_bytes(b"half")  # what a pulled stick left last time
+    (dest / "3" / ".leftover.png.77.1.tmp").write_bytes(b"half")  # what a pulled stick left last time
     imp = Importer(dest)
     assert imp.clean_partial() == 1
     files = sorted((mount / "autlearn").glob("*/*.png"))
@@ -65,7 +65,7 @@ def test_import_copies_whole_files_with_their_hash_and_skips_vanished_ones(tmp_p
     report = imp.import_mount(str(mount), pull_one_file)
     assert report.copied == 5 and any("not inside a label folder" in r for r in report.skipped)
     copies = sorted(dest.rglob("*.png"))
-    assert len(copies) == 5 and not list(dest.rglob("*.part"))
+    assert len(copies) == 5 and not list(dest.rglob("*.tmp"))
     assert victim_bytes not in [c.read_bytes() for c in copies]
     import hashlib
     for c in copies:
@@ -95,3 +95,20 @@ def test_daemon_imports_a_stick_when_it_is_mounted(tmp_path, tiny_bundle, user_d
         assert d.status()["samples"]["ok"] == 30
     finally:
         assert d.stop() == 0
+
+
+def test_a_stick_with_a_tree_deeper_than_the_recursion_limit_is_imported_with_the_deep_part_refused(
+        tmp_path, user_digits, write_user):
+    from autlearn.ingest import MAX_DEPTH
+    from test_hostile_files import deep_dirs, remove_deep
+    images, labels = user_digits
+    mount = tmp_path / "stick"
+    write_user(mount / "autlearn", images[:3], labels[:3])
+    deep = deep_dirs(mount / "autlearn" / "4", 1100)
+    (deep / "deep.png").write_bytes(b"x")
+    try:
+        report = Importer(tmp_path / "imported").import_mount(str(mount))
+        assert report.copied == 3
+        assert any(f"more than {MAX_DEPTH} levels" in r for r in report.skipped)
+    finally:
+        remove_deep(mount / "autlearn" / "4" / "d")

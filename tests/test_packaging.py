@@ -31,16 +31,17 @@ DEBIAN_PACKAGES = {
     "numpy": "python3-numpy",
     "pillow": "python3-pil",
     "pyzmq": "python3-zmq",
-    "watchdog": "python3-watchdog",
     "pyudev": "python3-pyudev",
 }
-IMPORT_TO_DIST = {"numpy": "numpy", "PIL": "pillow", "zmq": "pyzmq", "watchdog": "watchdog", "pyudev": "pyudev"}
+IMPORT_TO_DIST = {"numpy": "numpy", "PIL": "pillow", "zmq": "pyzmq", "pyudev": "pyudev"}
 # Not in Debian: shipped inside the package under /usr/lib/autlearn/vendor (debian/vendor-wheel).
 VENDORED = {"ai-edge-litert": "ai_edge_litert"}
 # Imported lazily, optional (the daemon falls back without them), and in Debian: Recommends.
 RECOMMENDED = {"systemd": "python3-systemd"}
 # Imported lazily, optional, not in Debian 12 (README.packaging.md says why they are not shipped).
 OPTIONAL_IMPORTS = {"pynvml", "tflite_runtime"}
+# Imported only on Pythons older than Debian 12's (config.py: tomllib's stand-in below 3.11).
+OLDER_PYTHON_IMPORTS = {"tomli"}
 
 
 def unit_directives(path: Path = UNIT) -> dict[tuple[str, str], list[str]]:
@@ -68,9 +69,17 @@ def control_depends(field: str = "Depends") -> set[str]:
     return {re.split(r"[\s(]", d.strip())[0] for d in m.group(1).split(",") if d.strip()}
 
 
+# The Python of Debian 12 (bookworm), the one the package runs on.
+DEBIAN_PYTHON = "3.11"
+
+
 def pyproject_dependencies() -> list[str]:
+    """The daemon's dependencies on Debian 12's Python (a marker like python_version < "3.11" can drop one)."""
+    from packaging.requirements import Requirement
     deps = tomllib.loads((REPO / "daemon" / "pyproject.toml").read_text())["project"]["dependencies"]
-    return [re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0].strip().lower() for d in deps]
+    reqs = [Requirement(d) for d in deps]
+    env = {"python_version": DEBIAN_PYTHON, "python_full_version": DEBIAN_PYTHON + ".2"}
+    return [r.name.lower() for r in reqs if r.marker is None or r.marker.evaluate(env)]
 
 
 # --- the unit ------------------------------------------------------------------------------------------
@@ -123,7 +132,7 @@ def test_control_depends_on_a_debian_package_for_every_daemon_dependency():
 
 def test_every_third_party_import_of_the_daemon_is_packaged():
     stdlib = set(sys.stdlib_module_names)
-    provided = set(IMPORT_TO_DIST) | set(VENDORED.values()) | set(RECOMMENDED) | OPTIONAL_IMPORTS
+    provided = set(IMPORT_TO_DIST) | set(VENDORED.values()) | set(RECOMMENDED) | OPTIONAL_IMPORTS | OLDER_PYTHON_IMPORTS
     missing = {}
     for py in sorted((REPO / "daemon" / "autlearn").glob("*.py")):
         for node in ast.walk(ast.parse(py.read_text(), str(py))):

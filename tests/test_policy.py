@@ -10,6 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from autlearn import config
+from autlearn.errors import AutlearnError
 from autlearn.policy import PolicyConfig, SystemProbe, evaluate, in_window, parse_window
 
 AFTERNOON = datetime(2024, 5, 17, 14, 5)
@@ -235,38 +237,54 @@ def test_window_helpers_are_pure():
     assert parse_window("") is None
     assert parse_window("6:30-7:00") == (390, 420)
     assert in_window((22 * 60, 6 * 60), 0) and not in_window((22 * 60, 6 * 60), 12 * 60)
-    assert PolicyConfig.from_values({"window": "6:30-7:00"}).window == "06:30-07:00"
+    assert _policy('window = "6:30-7:00"').window == "06:30-07:00"
 
 
 # ------------------------------------------------------------------------------------ configuration
 
-@pytest.mark.parametrize("values, field", [
-    ({"window": "22-06"}, "window"),
-    ({"window": "25:00-06:00"}, "window"),
-    ({"window": "10:00-10:00"}, "window"),
-    ({"window": "22:00-06:60"}, "window"),
-    ({"window": 2200}, "window"),
-    ({"require_mains": "yes"}, "require_mains"),
-    ({"max_temp_c": "70"}, "max_temp_c"),
-    ({"max_temp_c": 1000}, "max_temp_c"),
-    ({"max_load": -1}, "max_load"),
-    ({"max_load": True}, "max_load"),
-    ({"gpu_max_util": 50.5}, "gpu_max_util"),
-    ({"gpu_max_util": 101}, "gpu_max_util"),
-    ({"gpu_max_utilisation": 50}, "gpu_max_utilisation"),
+def _policy(toml: str) -> PolicyConfig:
+    return PolicyConfig.from_config(config.parse("[policy]\n" + toml + "\n", "t.toml"))
+
+
+@pytest.mark.parametrize("toml, field", [
+    ('window = "22-06"', "window"),
+    ('window = "25:00-06:00"', "window"),
+    ('window = "10:00-10:00"', "window"),
+    ('window = "22:00-06:60"', "window"),
+    ("window = 2200", "window"),
+    ('require_mains = "yes"', "require_mains"),
+    ('max_temp_c = "70"', "max_temp_c"),
+    ("max_temp_c = 1000", "max_temp_c"),
+    ("max_temp_c = nan", "max_temp_c"),
+    ("max_load = -1", "max_load"),
+    ("max_load = true", "max_load"),
+    ("max_load = inf", "max_load"),
+    ("gpu_max_util = 50.5", "gpu_max_util"),
+    ("gpu_max_util = 101", "gpu_max_util"),
+    ("gpu_max_utilisation = 50", "gpu_max_utilisation"),
 ])
-def test_from_values_rejects_bad_values_naming_the_field(values, field):
-    with pytest.raises(ValueError) as e:
-        PolicyConfig.from_values(values)
-    assert str(e.value).startswith(field)
-    assert "expected" in str(e.value) or "unknown" in str(e.value)
+def test_the_configuration_rejects_bad_policy_values_naming_the_key(toml, field):
+    with pytest.raises(AutlearnError) as e:
+        _policy(toml)
+    assert f"policy.{field}" in e.value.message
+    assert "expected" in e.value.message or "unknown" in e.value.message
 
 
-def test_from_values_accepts_good_values():
-    cfg = PolicyConfig.from_values({"require_mains": False, "max_temp_c": 70, "max_load": 1.5,
-                                    "gpu_max_util": 50, "window": "22:00-06:00"})
+def test_every_value_the_configuration_accepts_makes_a_policy_that_evaluates(tmp_path):
+    """One validation: what config accepts, the policy takes as it is (200 °C once crashed a second check)."""
+    _, probe = probe_for(tmp_path)
+    for toml in ("max_temp_c = 200", "max_temp_c = 250", "max_temp_c = 0", "max_load = 10000",
+                 "gpu_max_util = 0", 'window = "23:59-00:00"'):
+        evaluate(_policy(toml), probe, AFTERNOON)
+    assert _policy("max_temp_c = 200").max_temp_c == 200
+
+
+def test_from_config_maps_the_off_values_to_none():
+    cfg = _policy('require_mains = false\nmax_temp_c = 70\nmax_load = 1.5\ngpu_max_util = 50\n'
+                  'window = "22:00-06:00"')
     assert cfg == PolicyConfig(False, 70, 1.5, 50, "22:00-06:00")
-    assert PolicyConfig.from_values({}) == PolicyConfig()
+    assert PolicyConfig.from_config(config.Config()) == PolicyConfig(True, 80.0, None, None, "")
+    assert _policy("max_temp_c = 0\ngpu_max_util = 100") == PolicyConfig(True, None, None, None, "")
 
 
 # ------------------------------------------------------------------------------------ GPU

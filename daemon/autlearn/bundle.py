@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AutlearnError
+from .durable import fsync_dir, fsync_tree
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +113,37 @@ def _require(m: dict, key: str, kind: type | tuple, where: str) -> Any:
 
 
 def _check_image_input(spec: dict, where: str) -> None:
-    """The image input spec: a positive `width` and `height`, and `fit_box` (when present) within the frame."""
+    """The image input spec: a positive `width` and `height`, a known `color_mode` with its number of `channels`,
+    a known `resize_policy`, numeric `scale`/`offset`, and `fit_box` (when present) within the frame."""
+    from .imaging import COLOR_MODES, RESIZE_POLICIES
+
     for key in ("width", "height"):
         value = _require(spec, key, int, where)
         if isinstance(value, bool) or not 1 <= value <= 4096:
             raise AutlearnError("bad_bundle", f"{where}: '{key}' must be between 1 and 4096, not {value}")
+    mode = spec.get("color_mode", "L")
+    if not isinstance(mode, str) or mode not in COLOR_MODES:
+        raise AutlearnError("bad_bundle", f"{where}: 'color_mode' {mode!r} is not supported (supported: "
+                                          f"{', '.join(COLOR_MODES)})")
+    channels = spec.get("channels", COLOR_MODES[mode])
+    if channels != COLOR_MODES[mode] or isinstance(channels, bool):
+        raise AutlearnError("bad_bundle", f"{where}: 'channels' {channels!r} does not match color_mode {mode!r} "
+                                          f"({COLOR_MODES[mode]} channel(s))")
+    policy = spec.get("resize_policy", "resize")
+    if not isinstance(policy, str) or policy not in RESIZE_POLICIES:
+        raise AutlearnError("bad_bundle", f"{where}: 'resize_policy' {policy!r} is not supported (supported: "
+                                          f"{', '.join(RESIZE_POLICIES)})")
+    for key in ("scale", "offset"):
+        value = spec.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) > 1e6:
+            raise AutlearnError("bad_bundle", f"{where}: '{key}' must be a finite number, not {value!r}")
     box = spec.get("fit_box", 0)
     if isinstance(box, bool) or not isinstance(box, int) or not 0 <= box <= min(spec["width"], spec["height"]):
         raise AutlearnError("bad_bundle", f"{where}: 'fit_box' must be a whole number of pixels between 0 (plain "
                                           f"resize) and the frame's smaller side, not {box!r}")
+    if box and policy != "resize":
+        raise AutlearnError("bad_bundle", f"{where}: 'fit_box' {box} (MNIST framing) cannot be combined with "
+                                          f"resize_policy {policy!r}")
 
 
 def load(root: str | Path) -> Bundle:
@@ -201,26 +224,6 @@ def _check_manifest_digest(root: Path, raw: bytes) -> bool:
     return True
 
 
-def _fsync_tree(top: Path) -> None:
-    """Flush every file and directory below `top` (and `top`) to the disk before it is renamed into place."""
-    for dirpath, _, filenames in os.walk(top):
-        for name in filenames:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def recover(dest: Path) -> str:
     """Repair what an install() cut off by a power loss left: it swaps directories with two renames
     (dest -> dest.old, dest.new -> dest), so a cut between them leaves no `dest`. Then the verified dest.new
@@ -239,7 +242,7 @@ def recover(dest: Path) -> str:
                 log.warning("bundle recovery: %s does not verify: %s", candidate, e.message)
                 continue
             os.rename(candidate, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
             done = f"{what} ({candidate.name} -> {dest.name})"
             log.warning("bundle recovery: %s was missing (an install was cut off): %s", dest, done)
             break
@@ -267,14 +270,14 @@ def install(source: str | Path, dest: Path) -> Bundle:
         shutil.rmtree(tmp)
     shutil.copytree(source, tmp)
     bundle = load(tmp)  # verify the copy, too
-    _fsync_tree(tmp)
+    fsync_tree(tmp)
     old = dest.with_name(dest.name + ".old")
     if old.exists():
         shutil.rmtree(old)
     if dest.exists():
         os.rename(dest, old)
     os.rename(tmp, dest)  # a power cut between the two renames: recover() finishes the install
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     if old.exists():
         shutil.rmtree(old)
     log.info("installed bundle from %s (%s, variants: %s)", source, bundle.task, ", ".join(bundle.variant_names))

@@ -16,6 +16,16 @@ from . import protocol
 from .errors import CATALOGUE, AutlearnError
 
 
+def connect(sock: zmq.Socket, endpoint: str) -> None:
+    """Connect, or raise a one-sentence `bad_argument` for an endpoint ZeroMQ cannot use (foo://bar)."""
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as e:
+        sock.close(0)
+        raise AutlearnError("bad_argument", f"cannot use the endpoint {endpoint!r} ({zmq.strerror(e.errno)}); "
+                                            "give ipc:///PATH or tcp://HOST:PORT") from None
+
+
 class Client:
     def __init__(self, endpoint: str, timeout_s: float = 10.0, curve: tuple[bytes, bytes, bytes] | None = None):
         """`curve` = (client public key, client secret key, server public key) for a TCP listener."""
@@ -47,7 +57,7 @@ class Client:
             s.setsockopt(zmq.LINGER, 0)
             if self.curve is not None:
                 s.curve_publickey, s.curve_secretkey, s.curve_serverkey = self.curve
-            s.connect(self.endpoint)
+            connect(s, self.endpoint)
             self._sock = s
         return self._sock
 
@@ -92,20 +102,37 @@ class Client:
 
 
 class Events:
-    """Subscriber to the daemon's event socket."""
+    """Subscriber to the daemon's event socket. With `alive` (a Client), `next` checks every few quiet seconds
+    that the daemon still answers, so that waiting for events never hangs silently on a daemon that is gone."""
 
-    def __init__(self, endpoint: str, topics: tuple[str, ...] = ("",)):
+    def __init__(self, endpoint: str, topics: tuple[str, ...] = ("",), alive: Client | None = None,
+                 check_every_s: float = 5.0):
+        self._alive = alive
+        self._check_every_s = check_every_s
+        if endpoint.startswith("ipc://") and not Path(endpoint[len("ipc://"):]).exists():
+            raise AutlearnError("not_running", f"no event socket at {endpoint[len('ipc://'):]}: is autlearnd "
+                                               "running?")
         self._sock = zmq.Context.instance().socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
         for t in topics:
             self._sock.setsockopt(zmq.SUBSCRIBE, t.encode())
-        self._sock.connect(endpoint)
+        connect(self._sock, endpoint)
+        if alive is not None:
+            alive.call("status")  # the daemon answers: not a stale socket file
         time.sleep(0.1)  # let the subscription reach the publisher before the caller triggers anything
 
     def next(self, timeout_s: float | None = None) -> dict:
-        if not self._sock.poll(None if timeout_s is None else int(timeout_s * 1000)):
-            raise TimeoutError("no event")
-        return json.loads(self._sock.recv_multipart()[-1])
+        end = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            wait = self._check_every_s if self._alive is not None else None
+            if end is not None:
+                left = max(0.0, end - time.monotonic())
+                wait = left if wait is None else min(wait, left)
+            if self._sock.poll(None if wait is None else int(wait * 1000)):
+                return json.loads(self._sock.recv_multipart()[-1])
+            if end is not None and time.monotonic() >= end:
+                raise TimeoutError("no event")
+            self._alive.call("status")  # raises not_running when the daemon has gone
 
     def close(self) -> None:
         self._sock.close(0)

@@ -5,23 +5,32 @@ Unknown keys and bad values are errors that name the file, the key, the value an
 
 from __future__ import annotations
 
-import tomllib
+import math
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import AutlearnError
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (JetPack 6, Ubuntu 22.04): the same parser from PyPI (daemon/pyproject.toml)
+    import tomli as tomllib
+
 
 # --- validators: tiny pure functions that return the value or raise ValueError("expected ...") ---
 
-def _number(lo: float | None = None, hi: float | None = None, integer: bool = False) -> Callable[[Any], Any]:
+def _number(lo: float, hi: float, integer: bool = False) -> Callable[[Any], Any]:
+    """A number in [lo, hi] (an integer if `integer`); NaN and infinity are refused (TOML can write them)."""
     def check(v: Any) -> Any:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
             raise ValueError("expected " + ("an integer" if integer else "a number"))
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            raise ValueError(f"expected a value between {lo} and {hi}")
+        if not math.isfinite(v) or not lo <= v <= hi:
+            raise ValueError(f"expected a value between {lo:g} and {hi:g}")
         return v
+    check.bounds = (lo, hi, integer)  # type: ignore[attr-defined]  (the property test generates from them)
     return check
 
 
@@ -47,11 +56,24 @@ def _delegate(v: Any) -> str:
     return v
 
 
+_TCP = re.compile(r"tcp://(?P<host>\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.\-]*):(?P<port>[0-9]{1,5})")
+
+
+def _tcp_endpoint(v: Any) -> str:
+    v = _string(v)
+    m = _TCP.fullmatch(v)
+    if v and (m is None or not 1 <= int(m.group("port")) <= 65535):
+        raise ValueError("expected an empty string (off) or tcp://<address or *>:<port 1-65535>, "
+                         "e.g. tcp://0.0.0.0:7557")
+    return v
+
+
 def _choice(*options: str) -> Callable[[Any], str]:
     def check(v: Any) -> str:
         if v not in options:
             raise ValueError("expected one of " + ", ".join(options))
         return v
+    check.options = options  # type: ignore[attr-defined]
     return check
 
 
@@ -102,7 +124,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Interpreter threads."),
     Setting("control", "group", "autlearn", _string,
             "Group given the control socket (mode 0660): its members may use autlearnctl."),
-    Setting("control", "tcp", "", _string,
+    Setting("control", "tcp", "", _tcp_endpoint,
             "Optional TCP listener, e.g. tcp://0.0.0.0:7557; only clients with an authorized CURVE key get in. "
             "Empty = off."),
     Setting("control", "authorized_keys", "/etc/autlearn/authorized_keys", _string,
@@ -169,7 +191,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("training", "learning_rate", 0.0, _number(0.0, 10.0),
             "Head learning rate; 0 takes the bundle's."),
     Setting("training", "holdout_fraction", 0.2, _number(0.0, 0.9),
-            "Share of samples (chosen by content hash) kept out of training to judge candidates."),
+            "Share of samples (chosen by content hash) kept out of training to judge candidates. 0 = no holdout "
+            "gate (image bundles): every sample trains and each candidate is promoted without a holdout check. A "
+            "round with nothing to judge or learn yet is skipped; automatic rounds then back off (30 s, doubling "
+            "up to an hour) as after a failed round."),
     Setting("training", "promote_tolerance", 0.0, _number(0.0, 1.0),
             "A candidate is promoted if its holdout accuracy is at least the current one minus this."),
     Setting("training", "seed", 0, _number(0, 2**31 - 1, integer=True),

@@ -1,10 +1,15 @@
-"""`autlearnctl`: each verb maps to one daemon API method; readable output, or --json."""
+"""`autlearnctl`: each verb maps to one daemon API method; readable output, or --json.
+
+Every failure is one sentence on stderr and an exit code: the daemon's error codes map to theirs
+(docs/protocol.md); 130 when interrupted, 141 when the reader of the output went away (`| head`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -94,7 +99,7 @@ def show_history(r: dict) -> str:
     lines = []
     for rd in r["rounds"]:
         secs = "—" if rd["seconds"] is None else f"{rd['seconds']:.2f}s"
-        lines.append(f"#{rd['id']:<4} {rd['outcome'] or 'running':10} {secs:>8}  trigger: {rd['trigger']}; "
+        lines.append(f"#{rd['round_id']:<4} {rd['outcome'] or 'running':10} {secs:>8}  trigger: {rd['trigger']}; "
                      f"{rd['detail'] or ''}")
     return "\n".join(lines) or "no rounds yet"
 
@@ -107,22 +112,58 @@ def show_predictions(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+def _event_text(name: str, d: dict) -> str:
+    """One readable line per documented event (docs/protocol.md); others as key=value."""
+    if name == "round_finished":
+        return f"round #{d['round_id']} {d['outcome']} in {d['seconds']:.2f}s: {d['detail']}"
+    if name == "round_started":
+        return f"round #{d['round_id']} started ({d['trigger']})"
+    if name == "trained":
+        return f"trained {_n(d['epochs'], 'epoch')}, loss {d['loss_first']:.3f} → {d['loss_last']:.3f}"
+    if name in ("features", "augmented"):
+        what = "features" if name == "features" else "augmented copies' features"
+        return f"{what}: {d['computed']} computed, {d['cached']} from the cache"
+    if name == "epoch":
+        width = 30
+        done = int(width * d["epoch"] / d["epochs"])
+        return f"[{'#' * done}{'.' * (width - done)}] epoch {d['epoch']}/{d['epochs']} loss {d['loss']:.4f}"
+    if name in ("version_promoted", "version_rejected"):
+        return (f"head v{d['version']} {name.split('_')[1]}: holdout accuracy {_pct(d['previous_accuracy'])} → "
+                f"{_pct(d['accuracy'])}")
+    if name == "import":
+        return (f"{_n(d['added'], 'sample')} added, {d['quarantined']} quarantined, {d['ignored']} ignored, "
+                f"{d['removed']} removed, {d['waiting']} waiting for a class slot")
+    if name == "round_paused":
+        return "round paused: " + "; ".join(d["reasons"])
+    if name in ("round_resumed", "paused", "resumed"):
+        return {"round_resumed": "round continues", "paused": "training paused",
+                "resumed": "training allowed"}[name]
+    if name == "rollback":
+        return f"head v{d['from']} → v{d['to']}"
+    if name == "config_reloaded":
+        return (f"configuration reloaded: {', '.join(d['changed']) or 'nothing'} changed"
+                + (f"; after a restart: {', '.join(d['needs_restart'])}" if d["needs_restart"] else ""))
+    if name == "media_import":
+        return f"{d['mount']}: {d['copied']} copied, {d['already']} already there, {len(d['skipped'])} skipped"
+    if name == "delegate":
+        return f"base model on {d['in_use']} ({d['reason']})"
+    if name == "error":
+        return f"{d['where']}: {d['message']}"
+    return ", ".join(f"{k}={v}" for k, v in d.items()) or "—"
+
+
 def show_event(ev: dict) -> str:
     d = ev["data"]
     name = ev["event"]
     when = datetime.datetime.fromtimestamp(ev["time"]).strftime("%H:%M:%S")
-    if name == "round_finished":
-        text = f"round #{d['round_id']} {d['outcome']} in {d['seconds']:.2f}s: {d['detail']}"
-    elif name == "trained":
-        text = f"trained {d['epochs']} epochs, loss {d['loss_first']:.3f} → {d['loss_last']:.3f}"
-    elif name == "features":
-        text = f"features: {d['computed']} computed, {d['cached']} from the cache"
-    elif name == "epoch":
-        width = 30
-        done = int(width * d["epoch"] / d["epochs"])
-        text = f"[{'#' * done}{'.' * (width - done)}] epoch {d['epoch']}/{d['epochs']} loss {d['loss']:.4f}"
-    else:
-        text = json.dumps(d)
+    try:
+        text = _event_text(name, d)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        text = ", ".join(f"{k}={v}" for k, v in d.items()) if isinstance(d, dict) else str(d)
     return f"{when} {name}: {text}"
 
 
@@ -130,7 +171,7 @@ def follow(events: Events, until_round_end: bool, count: int, as_json: bool) -> 
     seen = 0
     while True:
         ev = events.next()
-        print(json.dumps(ev) if as_json else show_event(ev), flush=True)
+        _print(json.dumps(ev) if as_json else show_event(ev))
         seen += 1
         if until_round_end and ev["event"] == "round_finished":
             return 0 if ev["data"]["outcome"] in ("promoted", "rejected", "skipped") else 1
@@ -167,68 +208,85 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     client = Client(endpoint, args.timeout, curve)
     try:
-        if args.verb == "status":
-            r, show = client.call("status"), show_status
-        elif args.verb == "train":
-            events = Events(args.events or paths.events_endpoint) if args.follow else None
-            r = client.call("train")
-            if events is not None:
-                return follow(events, True, 0, args.json)
-            show = lambda r: "round queued" + (" (one is running now; this one follows)" if r["running_round"]
-                                               else "") + ("; waiting: " + "; ".join(r["blocked_by"])
-                                                           if r["blocked_by"] else "")
-        elif args.verb == "events":
-            return follow(Events(args.events or paths.events_endpoint), False, args.count, args.json)
-        elif args.verb in ("pause", "resume"):
-            r = client.call(args.verb)
-            show = lambda r: ("training paused" if r["paused"] else "training allowed") + (
-                "; still waiting: " + "; ".join(r["blocked_by"]) if r.get("blocked_by") else "")
-        elif args.verb == "rollback":
-            r = client.call("rollback", {} if args.version is None else {"version": args.version})
-            show = lambda r: f"head v{r['previous']} → v{r['current']}"
-        elif args.verb == "config":
-            r = client.call("config")
-            show = lambda r: f"# in force, from {r['source']}\n" + "\n".join(
-                f"{k} = {json.dumps(v)}" for k, v in sorted(r["values"].items()))
-        elif args.verb == "bench":
-            r = client.call("bench", timeout_s=max(args.timeout, 120))
-            show = lambda r: (r.get("table") or f"{r['name']}: {r['reason']}") + (
-                f"\nnote: {r['note']}" if r.get("note") else "")
-        elif args.verb == "cache":
-            r = client.call("cache")
-            show = lambda r: (f"{r['entries']} entries, {r['bytes'] / 1e6:.1f} MB of {r['max_bytes'] / 1e6:.0f} MB; "
-                              f"{r['hits']} hits, {r['misses']} misses, {r['corrupt']} corrupt, "
-                              f"{r['evicted']} evicted")
-        elif args.verb == "predict" and args.text is not None:
-            a = {"text": args.text, "top": args.top}
-            if args.version is not None:
-                a["version"] = args.version
-            r = client.call("predict", a)
-            show = lambda r: "  ".join(f"{s['word']} ({100 * s['p']:.1f}%)" for s in r["suggestions"]) or "—"
-        elif args.verb == "predict":
-            if not args.files:
-                raise AutlearnError("bad_argument", "give image files, or --text for a keyboard bundle")
-            for f in args.files:
-                if not f.is_file():
-                    raise AutlearnError("not_found", f"{f}: no such file")
-            r, show = client.predict_files(args.files, args.version, args.top), show_predictions
-        elif args.verb == "versions":
-            r, show = client.call("versions"), show_versions
-        elif args.verb == "history":
-            r, show = client.call("history", {"limit": args.limit}), show_history
-        else:  # argparse guarantees a verb
-            raise AssertionError(args.verb)
-        print(json.dumps(r, indent=2) if args.json else show(r))
-        return 0
+        return _run(args, paths, client)
     except AutlearnError as e:
         if args.json:
-            print(json.dumps({"error": e.to_dict()}))
+            _print(json.dumps({"error": e.to_dict()}))
         print(f"autlearnctl: {e.message}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (`| head`): nothing more can be shown; keep Python from failing at exit, too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("autlearnctl: the output was closed before everything was written", file=sys.stderr)
+        return 141
     finally:
         client.close()
+
+
+def _print(text: str) -> None:
+    print(text, flush=True)
+
+
+def _run(args, paths: Paths, client: Client) -> int:
+    if args.verb == "status":
+        r, show = client.call("status"), show_status
+    elif args.verb == "train":
+        events = Events(args.events or paths.events_endpoint, alive=client) if args.follow else None
+        r = client.call("train")
+        show = lambda r: "round queued" + (" (one is running now; this one follows)" if r["running_round"]
+                                           else "") + ("; waiting: " + "; ".join(r["blocked_by"])
+                                                       if r["blocked_by"] else "")
+        if events is not None:
+            if not args.json:  # --json: one JSON event per line, nothing else
+                _print(show(r))
+            return follow(events, True, 0, args.json)
+    elif args.verb == "events":
+        return follow(Events(args.events or paths.events_endpoint, alive=client), False, args.count, args.json)
+    elif args.verb in ("pause", "resume"):
+        r = client.call(args.verb)
+        show = lambda r: ("training paused" if r["paused"] else "training allowed") + (
+            "; still waiting: " + "; ".join(r["blocked_by"]) if r.get("blocked_by") else "")
+    elif args.verb == "rollback":
+        r = client.call("rollback", {} if args.version is None else {"version": args.version})
+        show = lambda r: f"head v{r['previous']} → v{r['current']}"
+    elif args.verb == "config":
+        r = client.call("config")
+        show = lambda r: f"# in force, from {r['source']}\n" + "\n".join(
+            f"{k} = {json.dumps(v)}" for k, v in sorted(r["values"].items()))
+    elif args.verb == "bench":
+        r = client.call("bench", timeout_s=max(args.timeout, 120))
+        show = lambda r: (r.get("table") or f"{r['name']}: {r['reason']}") + (
+            f"\nnote: {r['note']}" if r.get("note") else "")
+    elif args.verb == "cache":
+        r = client.call("cache")
+        show = lambda r: (f"{r['entries']} entries, {r['bytes'] / 1e6:.1f} MB of {r['max_bytes'] / 1e6:.0f} MB; "
+                          f"{r['hits']} hits, {r['misses']} misses, {r['corrupt']} corrupt, "
+                          f"{r['evicted']} evicted")
+    elif args.verb == "predict" and args.text is not None:
+        a = {"text": args.text, "top": args.top}
+        if args.version is not None:
+            a["version"] = args.version
+        r = client.call("predict", a)
+        show = lambda r: "  ".join(f"{s['word']} ({100 * s['p']:.1f}%)" for s in r["suggestions"]) or "—"
+    elif args.verb == "predict":
+        if not args.files:
+            raise AutlearnError("bad_argument", "give image files, or --text for a keyboard bundle")
+        for f in args.files:
+            if f.is_dir():
+                raise AutlearnError("bad_argument", f"{f} is a directory: give image files (e.g. {f}/*.png)")
+            if not f.is_file():
+                raise AutlearnError("not_found", f"{f}: no such file")
+        r, show = client.predict_files(args.files, args.version, args.top), show_predictions
+    elif args.verb == "versions":
+        r, show = client.call("versions"), show_versions
+    elif args.verb == "history":
+        r, show = client.call("history", {"limit": args.limit}), show_history
+    else:  # argparse guarantees a verb
+        raise AssertionError(args.verb)
+    _print(json.dumps(r, indent=2) if args.json else show(r))
+    return 0
 
 
 if __name__ == "__main__":

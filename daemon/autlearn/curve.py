@@ -28,13 +28,21 @@ _Z85_KEY = re.compile(rf'^(?:public-key\s*=\s*"(?P<q>{_Z85})"|(?P<bare>{_Z85}))(
 
 def keygen(directory: Path, name: str) -> tuple[Path, Path]:
     """Write NAME.key and NAME.key_secret (0600) into `directory`; refuse to overwrite."""
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise AutlearnError("bad_argument", f"{directory} exists and is not a directory: give the directory the "
+                                            "key files go into") from None
+    except OSError as e:
+        raise AutlearnError("bad_argument", f"cannot create the directory {directory}: {e.strerror}") from None
     public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
     if public.exists() or secret.exists():
         raise AutlearnError("bad_argument", f"{public} already exists; remove it first or choose another name")
     old = os.umask(0o077)
     try:
         zmq.auth.create_certificates(str(directory), name)
+    except OSError as e:
+        raise AutlearnError("bad_argument", f"cannot write key files into {directory}: {e.strerror}") from None
     finally:
         os.umask(old)
     os.chmod(secret, 0o600)

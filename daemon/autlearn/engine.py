@@ -12,6 +12,7 @@ from .ingest import IngestReport, Ingestor
 from .learner import FeatureSource, Learner, Progress, RoundResult
 from .paths import Paths
 from .store import Store
+from .watcher import Changes
 
 
 def current_key(bundle_id: str, variant: str) -> str:
@@ -53,8 +54,11 @@ class Engine:
     def current_version(self) -> int:
         return int(self.store.get_meta(current_key(self.bundle_id, self.variant.name)))
 
-    def scan(self) -> IngestReport:
+    def scan(self, changes: Changes | None = None) -> IngestReport:
+        """Every watched directory, or only what `changes` names (the watcher's events)."""
         roots = [os.path.abspath(p) for p in self.config["data.watch"]] + [str(self.paths.imported)]
+        if changes is not None and not changes.full:
+            return self.ingestor.scan_paths(roots, changes.paths)
         return self.ingestor.scan(roots)
 
     def rebuild_extractor(self) -> None:
@@ -63,8 +67,9 @@ class Engine:
         self.features.extractor = self.extractor
         self.learner.extractor = self.extractor
 
-    def round_due(self) -> bool:
-        return bool(self.config["training.auto"]) and self.store.count_new() >= self.config["training.min_new_samples"]
+    def _gate(self) -> dict:
+        """Image rounds: training.holdout_fraction = 0 means no holdout gate (the keyboard always has one)."""
+        return {} if self.bundle.task == "next_word" else {"holdout": self.config["training.holdout_fraction"] > 0}
 
     def round(self, trigger: str, progress: Progress, should_stop) -> RoundResult:
         lr = self.config["training.learning_rate"] or self.bundle.learning_rate
@@ -75,7 +80,7 @@ class Engine:
                                   self.config["training.promote_tolerance"], self.config["training.seed"],
                                   progress, should_stop, self.config["training.augment_copies"],
                                   self.config["training.mode"], self.config["training.online_steps"],
-                                  self.config["training.min_steps"])
+                                  self.config["training.min_steps"], **self._gate())
         if result.outcome == "promoted":
             self.store.set_meta(current_key(self.bundle_id, self.variant.name), str(result.version))
         return result

@@ -15,6 +15,29 @@ from pathlib import Path
 
 import numpy as np
 
+from .schema import migrate
+
+# Ordered migration steps (PRAGMA user_version); version 1 is the first release's table (which kept no version).
+MIGRATIONS = (
+    """CREATE TABLE IF NOT EXISTS features (
+        key TEXT PRIMARY KEY, dim INTEGER NOT NULL, data BLOB NOT NULL, checksum TEXT NOT NULL,
+        bytes INTEGER NOT NULL, last_used REAL NOT NULL);
+    CREATE INDEX IF NOT EXISTS features_lru ON features(last_used);""",
+    # entries and bytes kept by triggers, so that `status` and each write read one row, not the whole cache
+    """CREATE TABLE totals (id INTEGER PRIMARY KEY CHECK (id = 1), entries INTEGER NOT NULL, bytes INTEGER NOT NULL);
+    INSERT INTO totals SELECT 1, COUNT(*), COALESCE(SUM(bytes), 0) FROM features;
+    CREATE TRIGGER features_insert AFTER INSERT ON features BEGIN
+        UPDATE totals SET entries = entries + 1, bytes = bytes + NEW.bytes WHERE id = 1; END;
+    CREATE TRIGGER features_delete AFTER DELETE ON features BEGIN
+        UPDATE totals SET entries = entries - 1, bytes = bytes - OLD.bytes WHERE id = 1; END;
+    CREATE TRIGGER features_update AFTER UPDATE OF bytes ON features BEGIN
+        UPDATE totals SET bytes = bytes - OLD.bytes + NEW.bytes WHERE id = 1; END;""",
+)
+
+# Reading a round's features must not turn into one write per feature: the times of last use are kept in memory
+# and written when the cache must evict (where the order matters), at close, or once this many are pending.
+MAX_PENDING_TOUCHES = 20_000
+
 
 def feature_key(sample_sha256: str, base_sha256: str, preprocessing_version: int, augmentation: str = "none") -> str:
     raw = f"{sample_sha256}|{base_sha256}|{preprocessing_version}|{augmentation}"
@@ -55,32 +78,43 @@ class FeatureCache:
         self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # a lost entry only costs time
-        self.db.execute("""CREATE TABLE IF NOT EXISTS features (
-            key TEXT PRIMARY KEY, dim INTEGER NOT NULL, data BLOB NOT NULL, checksum TEXT NOT NULL,
-            bytes INTEGER NOT NULL, last_used REAL NOT NULL)""")
-        self.db.execute("CREATE INDEX IF NOT EXISTS features_lru ON features(last_used)")
+        migrate(self.db, MIGRATIONS, path, "feature cache")
+        self._touched: dict[str, float] = {}
 
     def close(self) -> None:
+        try:
+            self._write_touches()
+        except sqlite3.Error:
+            pass  # only the eviction order is lost
         self.db.close()
+
+    def _write_touches(self) -> None:
+        if self._touched:
+            with self.db:
+                self.db.executemany("UPDATE features SET last_used=? WHERE key=?",
+                                    [(t, k) for k, t in self._touched.items()])
+            self._touched.clear()
 
     def get_many(self, keys: list[str]) -> dict[str, np.ndarray]:
         """Entries found and intact; corrupt ones are deleted (and so recomputed by the caller)."""
         found: dict[str, np.ndarray] = {}
         bad: list[str] = []
+        now = time.time()
         for i in range(0, len(keys), 500):
             chunk = keys[i:i + 500]
             marks = ",".join("?" * len(chunk))
             for key, dim, data, checksum in self.db.execute(
                     f"SELECT key, dim, data, checksum FROM features WHERE key IN ({marks})", chunk):
-                data = bytes(data)
                 if _checksum(data) != checksum or len(data) != 4 * dim:
                     bad.append(key)
                     continue
                 found[key] = np.frombuffer(data, dtype=np.float32).copy()
-        now = time.time()
-        with self.db:
-            self.db.executemany("UPDATE features SET last_used=? WHERE key=?", [(now, k) for k in found])
-            self.db.executemany("DELETE FROM features WHERE key=?", [(k,) for k in bad])
+                self._touched[key] = now
+        if bad:
+            with self.db:
+                self.db.executemany("DELETE FROM features WHERE key=?", [(k,) for k in bad])
+        if len(self._touched) > MAX_PENDING_TOUCHES:
+            self._write_touches()
         self.stats.add(hits=len(found), misses=len(keys) - len(found), corrupt=len(bad))
         return found
 
@@ -91,30 +125,41 @@ class FeatureCache:
             data = np.ascontiguousarray(vec, dtype=np.float32).tobytes()
             rows.append((key, len(data) // 4, data, _checksum(data), len(data), now))
         with self.db:  # one transaction: a crash leaves all of it or none
-            self.db.executemany("INSERT OR REPLACE INTO features(key, dim, data, checksum, bytes, last_used) "
-                                "VALUES(?,?,?,?,?,?)", rows)
+            self.db.executemany("INSERT INTO features(key, dim, data, checksum, bytes, last_used) VALUES(?,?,?,?,?,?) "
+                                "ON CONFLICT(key) DO UPDATE SET dim=excluded.dim, data=excluded.data, "
+                                "checksum=excluded.checksum, bytes=excluded.bytes, last_used=excluded.last_used",
+                                rows)
         self._evict()
 
     def _evict(self) -> None:
         total = self.size_bytes()
         if total <= self.max_bytes:
             return
+        self._write_touches()
         removed = 0
         with self.db:
-            for key, nbytes in self.db.execute("SELECT key, bytes FROM features ORDER BY last_used").fetchall():
-                if total <= self.max_bytes:
+            while total > self.max_bytes:  # the oldest first, a page of them at a time (never the whole cache)
+                page = self.db.execute("SELECT key, bytes FROM features ORDER BY last_used LIMIT 256").fetchall()
+                if not page:
                     break
-                self.db.execute("DELETE FROM features WHERE key=?", (key,))
-                total -= nbytes
-                removed += 1
+                for key, nbytes in page:
+                    if total <= self.max_bytes:
+                        break
+                    self.db.execute("DELETE FROM features WHERE key=?", (key,))
+                    total -= nbytes
+                    removed += 1
         self.stats.add(evicted=removed)
 
+    def _totals(self) -> tuple[int, int]:
+        return self.db.execute("SELECT entries, bytes FROM totals WHERE id=1").fetchone()
+
     def size_bytes(self) -> int:
-        return int(self.db.execute("SELECT COALESCE(SUM(bytes), 0) FROM features").fetchone()[0])
+        return int(self._totals()[1])
 
     def count(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM features").fetchone()[0])
+        return int(self._totals()[0])
 
     def summary(self) -> dict:
-        return {**self.stats.as_dict(), "entries": self.count(), "bytes": self.size_bytes(),
+        entries, nbytes = self._totals()
+        return {**self.stats.as_dict(), "entries": entries, "bytes": nbytes,
                 "max_bytes": self.max_bytes}

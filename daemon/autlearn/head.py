@@ -5,12 +5,12 @@ Head weights live inside the interpreter; versions are persisted as .npz files w
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from .bundle import Variant
+from .durable import write_atomic
 from .runtime import make_cpu_interpreter
 
 Weights = dict[str, np.ndarray]
@@ -88,17 +88,7 @@ class Head:
 
 def save_weights(weights: Weights, path: Path) -> None:
     """Write atomically: a crash leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **weights)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomic(path, lambda f: np.savez(f, **weights))
 
 
 def load_weights(path: Path) -> Weights:

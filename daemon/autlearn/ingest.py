@@ -4,11 +4,17 @@ Layout of a watched directory: one sub-folder per label (`<watch>/<label>/<file>
 never moved, changed or deleted: a bad file is *copied* into the quarantine with a reason file beside it
 and remembered, so it is not retried until it changes.
 
-Whatever lands in a watched folder is treated as hostile: the walk is iterative (a tree thousands of levels
-deep cannot exhaust the stack), files are opened without blocking and must be regular files when opened (a
-FIFO, device or socket put in place of a file is refused, never waited on), reads stop at the size limit,
-symlinks may not lead out of the watched tree, and a name that is not UTF-8 is recorded under an escaped form
-and ignored with a reason instead of breaking the scan.
+Whatever lands in a watched folder is treated as hostile: the walk is iterative and stops MAX_DEPTH folders
+below the watched directory (a deeper folder is refused with a reason), files are opened without blocking and
+must be regular files when opened (a FIFO, device or socket put in place of a file is refused, never waited
+on), reads stop at the size limit, symlinks may not lead out of the watched tree, and a name that is not UTF-8
+is recorded under an escaped form and refused with a reason instead of breaking the scan.
+
+Every refused entry gets a reason record: a row in the store (``status`` lists the latest) and a
+``<tag>-<name>.reason.txt`` in the quarantine (docs/ingest.md). A copy is kept beside it only for a quarantined
+file that was read within ``data.max_file_mb`` (while the quarantine holds less than QUARANTINE_MAX_BYTES): a
+FIFO, device, socket or symlink is never opened, read or moved, an oversized file is never read. Names are
+written with control characters escaped (``shown``), so a name cannot forge a log line or a record's line.
 """
 
 from __future__ import annotations
@@ -17,12 +23,14 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from . import imaging, kbtext
+from .durable import read_regular_file, write_atomic, write_text_atomic
 from .errors import AutlearnError
 from .store import Store
 
@@ -33,6 +41,9 @@ TEXT_SUFFIXES = {".txt", ".text", ".md"}
 TEXT_LABEL = "text"  # keyboard samples have no label: the text is its own target
 # Copies kept in the quarantine stop here: a folder full of bad files must not fill the state file system.
 QUARANTINE_MAX_BYTES = 64 << 20
+QUARANTINE_MAX_RECORDS = 10_000  # reason files; beyond this a refusal is recorded in the store only
+# Folders deeper than this below a watched directory are not read (a tree thousands of levels deep is refused).
+MAX_DEPTH = 32
 _MAX_NAME_BYTES = 200  # quarantine file names, well below NAME_MAX (255) with the tag and suffixes added
 
 
@@ -49,43 +60,32 @@ def db_path(path: str | os.PathLike) -> tuple[str, bool]:
         return os.fsencode(s).decode("utf-8", "backslashreplace"), False
 
 
-def read_regular_file(path: str | os.PathLike, max_bytes: int) -> tuple[bytes, os.stat_result]:
-    """Read at most `max_bytes` + 1 bytes of a regular file, never blocking.
-
-    Opened with O_NONBLOCK and checked with fstat *after* opening, so a FIFO, socket or device that took the
-    file's place between a listing and the read is refused (OSError EINVAL) instead of hanging the caller;
-    the cap keeps a file that grew meanwhile from filling memory. Returns the bytes and the opened file's stat
-    (a caller that sees more than `max_bytes` bytes knows the file is over its limit)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
-        chunks, left = [], max_bytes + 1
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks), st
-    finally:
-        os.close(fd)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
-def walk_files(root: Path) -> Iterator[Path]:
-    """Every non-directory entry below `root`, sorted, without recursion and without following symlinks.
+def shown(text: str | os.PathLike) -> str:
+    """A name or message as written to logs and reason files: bytes that are not UTF-8 as \\xNN, control
+    characters (newline, tab, escape…) as \\xNN / \\uNNNN, so one name cannot make two lines."""
+    s = db_path(text)[0]
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                        else f"\\u{ord(m.group()):04x}", s)
+
+
+def walk_files(root: Path, max_depth: int = MAX_DEPTH) -> Iterator[tuple[Path, str | None]]:
+    """Every non-directory entry below `root`, sorted, without recursion and without following symlinks, as
+    (path, None); a folder `max_depth` levels down that holds folders itself comes as (folder, reason) and is
+    not entered.
 
     Hidden entries and unfinished copies (*.part, *.tmp, *~) are skipped; a directory that cannot be listed
     is logged and skipped. Symlinks (to files or directories) are yielded for the caller to judge."""
-    stack = [root]
+    stack = [(root, 0)]
     while stack:
-        d = stack.pop()
+        d, depth = stack.pop()
         try:
             with os.scandir(d) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
-            log.warning("cannot list %s: %s", db_path(d)[0], e.strerror)
+            log.warning("cannot list %s: %s", shown(d), e.strerror)
             continue
         subdirs = []
         for e in entries:
@@ -98,8 +98,12 @@ def walk_files(root: Path) -> Iterator[Path]:
             if is_dir:
                 subdirs.append(Path(e.path))
             elif not e.name.endswith((".part", ".tmp", "~")):
-                yield Path(e.path)
-        stack.extend(reversed(subdirs))
+                yield Path(e.path), None
+        if subdirs and depth >= max_depth:
+            yield d, (f"holds folders more than {max_depth} levels below the watched directory; deeper folders "
+                      "are not read (move the files up to learn from them)")
+            continue
+        stack.extend((sd, depth + 1) for sd in reversed(subdirs))
 
 
 @dataclass
@@ -134,6 +138,7 @@ class Ingestor:
         self.max_pixels = max_pixels
         self.input_spec = input_spec
         self._quarantine_used: int | None = None
+        self._records = 0
         self.text = task == "next_word"  # a keyboard bundle learns from text files
         store.ensure_public_classes(bundle_id, labels)
 
@@ -147,13 +152,65 @@ class Ingestor:
                 if not rootp.is_dir():
                     log.warning("watched directory %s does not exist (yet)", db_path(rootp)[0])
                     continue
-                for path in walk_files(rootp):
+                for path, refused in walk_files(rootp):
                     present.add(db_path(path)[0])
-                    self._consider(rootp, path, report)
+                    if refused:
+                        self._refuse_folder(path, refused, report)
+                    else:
+                        self._consider(rootp, path, report)
                     checkpoint()
             report.removed = self.store.forget_missing(present, [db_path(Path(r).absolute())[0] for r in roots])
             self._retry_waiting(report)
         return report
+
+    def scan_paths(self, roots: list[str], paths) -> IngestReport:
+        """Look again only at `paths` (what the watcher saw change below `roots`): a file is judged as a full
+        scan would judge it, a directory that appeared is walked, a path that is gone is forgotten with
+        everything below it. Files elsewhere are not touched (not even stat-ed)."""
+        report = IngestReport()
+        tops = sorted((Path(r).absolute() for r in roots), key=lambda r: -len(r.parts))
+        with self.store.batch() as checkpoint:
+            for spath in sorted(set(paths)):
+                path = Path(spath).absolute()
+                root = next((r for r in tops if path.is_relative_to(r)), None)
+                if root is None or path == root:
+                    continue
+                if any(part.startswith(".") for part in path.relative_to(root).parts) or \
+                        path.name.endswith((".part", ".tmp", "~")):
+                    continue  # what walk_files skips
+                try:
+                    is_dir = path.is_dir() and not path.is_symlink()
+                    exists = is_dir or os.path.lexists(path)
+                except OSError:
+                    continue
+                if not exists:
+                    report.removed += self.store.forget_under(db_path(path)[0])
+                    continue
+                depth = len(path.relative_to(root).parts) - (0 if is_dir else 1)  # of the folder, root = 0
+                if depth > MAX_DEPTH:
+                    continue  # below a folder that the scan refuses (it holds the reason)
+                for f, refused in (walk_files(path, MAX_DEPTH - depth) if is_dir else [(path, None)]):
+                    if refused:
+                        self._refuse_folder(f, refused, report)
+                    else:
+                        self._consider(root, f, report)
+                    checkpoint()
+            self._retry_waiting(report)
+        return report
+
+    def _refuse_folder(self, path: Path, reason: str, report: IngestReport) -> None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return
+        spath = db_path(path)[0]
+        if self.store.known(spath) == (st.st_size, st.st_mtime_ns):
+            report.unchanged += 1
+            return
+        log.warning("not reading below %s: %s", shown(spath), reason)
+        self._record(path, reason)
+        self.store.upsert_sample(spath, st.st_size, st.st_mtime_ns, None, None, "folder", False, "ignored", reason)
+        report.ignored += 1
 
     def _consider(self, root: Path, path: Path, report: IngestReport) -> None:
         spath, utf8 = db_path(path)
@@ -181,7 +238,8 @@ class Ingestor:
             return
 
         def ignore(reason: str) -> None:
-            log.info("ignoring %s: %s", spath, reason)
+            log.info("ignoring %s: %s", shown(spath), shown(reason))
+            reason += self._record(path, reason)
             self.store.upsert_sample(spath, st.st_size, st.st_mtime_ns, None, label, "image", False, "ignored", reason)
             report.ignored += 1
 
@@ -190,7 +248,7 @@ class Ingestor:
         if not utf8:
             return ignore("the name is not valid UTF-8 (the bytes shown as \\xNN); rename it to learn from it")
         if not stat.S_ISREG(st.st_mode):
-            return ignore("not a regular file")
+            return ignore(f"not a regular file ({_kind(st)}): it is neither read nor copied")
         if label is None:
             return ignore("not inside a label folder (expected <watched dir>/<label>/<file>)")
         suffixes = TEXT_SUFFIXES if self.text else IMAGE_SUFFIXES
@@ -199,7 +257,8 @@ class Ingestor:
                           f"({', '.join(sorted(suffixes))})")
         if st.st_size > self.max_file_bytes:
             return self._quarantine(path, st, label, None,
-                                    f"{st.st_size} bytes is over the limit of {self.max_file_bytes}", report)
+                                    f"{st.st_size} bytes is over the limit of {self.max_file_bytes} "
+                                    "(data.max_file_mb): not read, no copy kept", report)
         try:
             data, _ = read_regular_file(path, self.max_file_bytes)
         except OSError as e:
@@ -241,36 +300,75 @@ class Ingestor:
 
     def _quarantine_bytes(self) -> int:
         if self._quarantine_used is None:
+            used, records = 0, 0
             try:
-                self._quarantine_used = sum(e.stat(follow_symlinks=False).st_size
-                                            for e in os.scandir(self.quarantine_dir))
+                for e in os.scandir(self.quarantine_dir):
+                    used += e.stat(follow_symlinks=False).st_size
+                    records += e.name.endswith(".reason.txt")
             except OSError:
-                self._quarantine_used = 0
+                pass
+            self._quarantine_used, self._records = used, records
         return self._quarantine_used
 
-    def _quarantine(self, path: Path, st: os.stat_result, label: str | None, data: bytes | None, reason: str,
-                    report: IngestReport) -> None:
-        spath = db_path(path)[0]
-        log.warning("quarantined %s: %s", spath, reason)
+    def _dest(self, path: Path) -> Path:
+        """The quarantine name of `path`: a tag from the whole path, then the end of the file's name."""
         tag = hashlib.sha256(os.fsencode(path)).hexdigest()[:12]
         name = os.fsencode(path.name)
         if len(name) > _MAX_NAME_BYTES:  # keep the end: it holds the suffix
             name = name[-_MAX_NAME_BYTES:]
-        dest = self.quarantine_dir / os.fsdecode(tag.encode() + b"-" + name)
-        note = ""
-        if data is not None and self._quarantine_bytes() + len(data) > QUARANTINE_MAX_BYTES:
-            data, note = None, f" (no copy kept: the quarantine already holds {QUARANTINE_MAX_BYTES >> 20} MiB)"
-        tmp = dest.with_name(dest.name + ".tmp")
+        return self.quarantine_dir / os.fsdecode(tag.encode() + b"-" + name)
+
+    def _record(self, path: Path, reason: str, copy: str = "none") -> str:
+        """Write the reason record of a refused entry; returns a note for the stored reason ('' if written).
+
+        A full disk raises (the scan is retried when space returns); other write errors are logged."""
+        self._quarantine_bytes()
+        if self._records >= QUARANTINE_MAX_RECORDS:
+            return f" (no reason file written: the quarantine already holds {QUARANTINE_MAX_RECORDS} of them)"
+        dest = self._dest(path)
         try:
             self.quarantine_dir.mkdir(parents=True, exist_ok=True)
-            if data is not None:
-                tmp.write_bytes(data)
-                os.replace(tmp, dest)
-                self._quarantine_used = self._quarantine_bytes() + len(data)
-            dest.with_name(dest.name + ".reason.txt").write_text(f"{spath}\n{reason}{note}\n", encoding="utf-8")
+            write_text_atomic(dest.with_name(dest.name + ".reason.txt"),
+                              f"path: {shown(path)}\nreason: {shown(reason)}\ncopy: {shown(copy)}\n")
         except OSError as e:
-            log.error("cannot write quarantine copy of %s: %s", spath, e)
-            tmp.unlink(missing_ok=True)  # a full disk must not keep half a copy
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            log.error("cannot write the reason file of %s: %s", shown(path), e)
+            return f" (no reason file written: {e.strerror or e})"
+        self._records += 1
+        return ""
+
+    def _quarantine(self, path: Path, st: os.stat_result, label: str | None, data: bytes | None, reason: str,
+                    report: IngestReport) -> None:
+        spath = db_path(path)[0]
+        log.warning("quarantined %s: %s", shown(spath), shown(reason))
+        dest = self._dest(path)
+        note, copy = "", "none (not read)"
+        if data is not None and self._quarantine_bytes() + len(data) > QUARANTINE_MAX_BYTES:
+            data, note = None, f" (no copy kept: the quarantine already holds {QUARANTINE_MAX_BYTES >> 20} MiB)"
+            copy = "none" + note
+        if data is not None:
+            try:
+                self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+                write_atomic(dest, data)
+                self._quarantine_used = self._quarantine_bytes() + len(data)
+                copy = dest.name
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise  # the scan is retried when space returns
+                log.error("cannot write quarantine copy of %s: %s", shown(spath), e)
+                note = f" (no copy kept: {e.strerror or e})"
+                copy = "none" + note
+        note += self._record(path, reason, copy)
         self.store.upsert_sample(spath, st.st_size, st.st_mtime_ns, None, label, "image", False,
                                  "quarantined", reason + note)
         report.quarantined += 1
+
+
+def _kind(st: os.stat_result) -> str:
+    m = st.st_mode
+    for test, word in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory")):
+        if test(m):
+            return word
+    return "a special file"

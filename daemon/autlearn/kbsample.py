@@ -89,7 +89,7 @@ def fit_steps(head, f: np.ndarray, y: np.ndarray, active: np.ndarray, steps: int
             if done % 100 == 0 and should_stop():
                 return
         if count:
-            progress("epoch", {"round": round_id, "epoch": e, "epochs": passes, "loss": total / count})
+            progress("epoch", {"round_id": round_id, "epoch": e, "epochs": passes, "loss": total / count})
         if done >= steps:
             break
 

@@ -1,6 +1,6 @@
 """The keyboard scenario on the board: next-word prediction that learns the user's own words and phrasing.
 
-Head fine-tuning alone does not personalise a keyboard (DESIGN.md), so a round combines three parts:
+Head fine-tuning alone does not personalise a keyboard (docs/architecture.md), so a round combines three parts:
 - **personal words**: the user's frequent out-of-vocabulary words claim the head's spare output slots;
 - **head fine-tuning** regularised toward the cloud head: the tuned weights are interpolated with the cloud
   head's, the interpolation chosen on the user's holdout, so general text does not suffer;
@@ -300,7 +300,7 @@ class KeyboardLearner:
         `limits.max_steps` caps the optimiser steps instead."""
         t0 = time.monotonic()
         round_id = self.store.start_round(trigger)
-        progress("round_started", {"round": round_id, "trigger": trigger})
+        progress("round_started", {"round_id": round_id, "trigger": trigger})
         h, lim, b = self.variant.feature_size, self.limits, self.bundle.train_batch
         samples = self.text_files()
         counts, info = self._survey(samples)
@@ -311,7 +311,7 @@ class KeyboardLearner:
         col = Collected(lim, h, seed + round_id, mode == "online")
         self._collect(samples, slots, info, col, augment_copies if mode == "offline" else 0, seed)
         computed, cached = col.computed, col.cached
-        progress("features", {"round": round_id, "computed": computed, "cached": cached,
+        progress("features", {"round_id": round_id, "computed": computed, "cached": cached,
                               "personal_words": personal})
         fnew, ynew = col.new.sample()
         replay = min(len(col.old), max(0, lim.positions - len(ynew)), max(len(ynew), lim.positions // 4))
@@ -424,7 +424,8 @@ class KeyboardLearner:
         detail = (f"next-word top-1 {before1:.3f} → {after1:.3f}, top-3 {before3:.3f} → {after3:.3f} on "
                   f"{len(yhw)} held-out words (pretrained {report['pretrained']['top1']:.3f}/"
                   f"{report['pretrained']['top3']:.3f}); {len(personal)} new personal words; "
-                  f"{'promoted' if promote else 'kept the current head'} (v{new_version})")
+                  + (f"promoted (v{new_version})" if promote else
+                     f"candidate v{new_version} rejected, kept the current head (v{version})"))
         progress("version_" + status, {"version": new_version, "accuracy": after1, "previous_accuracy": before1})
         return finish(status, detail, before1, after1, new_version)
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .durable import write_atomic
+
 SPECIAL_COUNT = 4  # <pad> <unk> <bos> <eos>, ids 0..3 (docs/bundle-format.md)
 KNN_K, KNN_TEMPERATURE = 32, 0.05
 KNN_CHUNK = 32  # queries compared with the memory at a time
@@ -58,10 +60,8 @@ class Memory:
         return out
 
     def save(self, path: Path, extra: dict) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, keys=self.keys, targets=self.targets, params=np.array(json.dumps({"mix": self.mix, **extra})))
-        tmp.replace(path)
+        write_atomic(path, lambda f: np.savez(f, keys=self.keys, targets=self.targets,
+                                              params=np.array(json.dumps({"mix": self.mix, **extra}))))
 
     @classmethod
     def load(cls, path: Path, h: int) -> "Memory":

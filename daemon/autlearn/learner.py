@@ -19,17 +19,25 @@ import numpy as np
 
 from . import augment, imaging
 from .bundle import Bundle, Variant
+from .durable import read_regular_file
 from .errors import AutlearnError
 from .featcache import FeatureCache, feature_key
 from .features import FeatureExtractor
 from .head import Head, Weights, load_weights, save_weights
-from .ingest import read_regular_file
+from .ingest import shown
 from .store import Sample, Store
 
 log = logging.getLogger(__name__)
 
 # `epoch` events per round at most: every epoch up to this many, then every k-th and the last.
 MAX_EPOCH_EVENTS = 100
+# A round from a head that has learnt from the store replays at most REPLAY_MAX of the training samples it learnt
+# (a random draw, new each round) next to all the new ones, and judges on a stable sample of at most HOLDOUT_MAX
+# holdout samples plus the new holdout ones: its cost follows the new files, not how many the board holds.
+REPLAY_MAX = 2048
+HOLDOUT_MAX = 2048
+# Inputs decoded and run through the base at a time when features are missing (memory: 1,024 28×28 inputs ≈ 3 MB).
+FEATURE_CHUNK = 1024
 
 
 def epoch_events(progress: Progress, round_id: int, epochs: int) -> Callable[[int, int, float], None]:
@@ -39,7 +47,7 @@ def epoch_events(progress: Progress, round_id: int, epochs: int) -> Callable[[in
 
     def on_epoch(e: int, n: int, loss: float) -> None:
         if e % every == 0 or e == n:
-            progress("epoch", {"round": round_id, "epoch": e, "epochs": n, "loss": loss})
+            progress("epoch", {"round_id": round_id, "epoch": e, "epochs": n, "loss": loss})
 
     return on_epoch
 
@@ -53,10 +61,11 @@ def read_sample(path: str, max_bytes: int) -> bytes | None:
     try:
         data, _ = read_regular_file(path, max_bytes)
     except OSError as e:
-        log.info("sample %s cannot be read again (%s); it waits for the next scan", path, e.strerror or e)
+        log.info("sample %s cannot be read again (%s); it waits for the next scan", shown(path), e.strerror or e)
         return None
     if len(data) > max_bytes:
-        log.info("sample %s grew past data.max_file_mb since it was ingested; it waits for the next scan", path)
+        log.info("sample %s grew past data.max_file_mb since it was ingested; it waits for the next scan",
+                 shown(path))
         return None
     return data
 
@@ -140,18 +149,27 @@ class FeatureSource:
         keys = [self.key(s.sha256, name) for s, name, _ in items]
         found = self.cache.get_many(keys)
         computed: dict[str, np.ndarray] = {}
-        inputs, todo_keys = [], []
+        inputs, todo_keys, pending = [], [], set()
+
+        def run_base() -> None:  # a chunk at a time: decoded inputs never pile up for a whole round
+            if inputs:
+                chunk = dict(zip(todo_keys, self.extractor(np.stack(inputs))))
+                self.cache.put_many(chunk)
+                computed.update(chunk)
+                inputs.clear()
+                todo_keys.clear()
+
         for (s, _, vseed), k in zip(items, keys):
-            if k in found or k in computed:
+            if k in found or k in computed or k in pending:
                 continue
             x = self._read(s)
             if x is not None:
                 inputs.append(x if vseed is None else augment.augment_image(x, vseed))
                 todo_keys.append(k)
-        if inputs:
-            feats = self.extractor(np.stack(inputs))
-            computed = dict(zip(todo_keys, feats))
-            self.cache.put_many(computed)
+                pending.add(k)
+                if len(inputs) >= FEATURE_CHUNK:
+                    run_base()
+        run_base()
         kept, rows = [], []
         for (s, _, _), k in zip(items, keys):
             v = found.get(k)
@@ -176,12 +194,12 @@ class FeatureSource:
     def _decode(self, s: Sample) -> np.ndarray | None:
         data = read_sample(s.path, self.max_file_bytes)
         if data is None or hashlib.sha256(data).hexdigest() != s.sha256:
-            log.info("sample %s changed since it was ingested; it waits for the next scan", s.path)
+            log.info("sample %s changed since it was ingested; it waits for the next scan", shown(s.path))
             return None
         try:
             return imaging.load_input(data, s.path, self.bundle.input, self.max_pixels)
         except AutlearnError as e:
-            log.warning("%s", e.message)
+            log.warning("%s", shown(e.message))
             return None
 
     def for_bytes(self, data: bytes, name: str) -> tuple[np.ndarray, bool]:
@@ -231,6 +249,30 @@ class Learner:
         unseen = sum(1 for s, h in zip(kept, hold) if not h and not s.trained)
         return min(1.0, max(unseen, n_train - learnt) / n_train)
 
+    def round_samples(self, version: int, seed: int) -> tuple[list[Sample], str]:
+        """The samples a round reads, and a note on what it left out. Few samples: all of them (new ones in
+        arrival order). Many, from a head that has learnt from the store: every new sample, a random draw of
+        REPLAY_MAX learnt training samples and a stable sample of HOLDOUT_MAX holdout ones, read through indexes."""
+        counts = self.store.counts()
+        learnt = counts["ok"] - counts["holdout"] - counts["new_train"]
+        row = self.store.head(version)
+        replay = bool(row and row.get("n_train")) and learnt > REPLAY_MAX
+        if not replay and counts["holdout"] <= HOLDOUT_MAX:
+            return self.store.usable_samples(), ""
+        new = self.store.new_samples()
+        ids = {s.id for s in new}
+        hold = [s for s in self.store.holdout_sample(HOLDOUT_MAX) if s.id not in ids]
+        if replay:
+            old = self.store.learnt_training_sample(REPLAY_MAX, seed)
+        else:
+            old = [s for s in self.store.usable_samples() if not s.holdout and s.trained]
+        notes = []
+        if replay:
+            notes.append(f"replayed {len(old)} of {learnt} learnt samples")
+        if counts["holdout"] > HOLDOUT_MAX:
+            notes.append(f"judged on {len(hold) + sum(s.holdout for s in new)} of {counts['holdout']} holdout samples")
+        return old + hold + new, "; ".join(notes) + "; " if notes else ""
+
     def current_weights(self, version: int) -> Weights:
         row = self.store.head(version)
         if row is None:
@@ -268,19 +310,22 @@ class Learner:
 
     def run(self, version: int, trigger: str, epochs: int, lr: float, tolerance: float, seed: int,
             progress: Progress, should_stop: Callable[[], bool], augment_copies: int = 0, mode: str = "offline",
-            online_steps: int = 3, min_steps: int = 0) -> RoundResult:
+            online_steps: int = 3, min_steps: int = 0, holdout: bool = True) -> RoundResult:
+        """One round. With `holdout` false (training.holdout_fraction = 0) there is no holdout gate: every
+        sample trains and the candidate is promoted without a holdout check (its accuracy is not measured)."""
         t0 = time.monotonic()
         round_id = self.store.start_round(trigger)
-        progress("round_started", {"round": round_id, "trigger": trigger})
+        progress("round_started", {"round_id": round_id, "trigger": trigger})
         slots = self.store.classes(self.bundle_id)
-        samples = [s for s in self.store.usable_samples() if s.label in slots]
+        chosen, bounded = self.round_samples(version, seed + round_id)
+        samples = [s for s in chosen if s.label in slots]
         augmenting = augment_copies > 0 and mode == "offline"
         with self.features.sharing_inputs() if augmenting else contextlib.nullcontext():
             x, kept, computed, cached = self.features.for_samples(samples)
-            progress("features", {"round": round_id, "computed": computed, "cached": cached})
+            progress("features", {"round_id": round_id, "computed": computed, "cached": cached})
             stopping = should_stop()  # a step boundary: waits here while training must pause
             y = np.array([slots[s.label] for s in kept], np.int32)
-            hold = np.array([s.holdout for s in kept], bool)
+            hold = np.array([s.holdout and holdout for s in kept], bool)
             xtr, ytr, xho, yho = x[~hold], y[~hold], x[hold], y[hold]
             aug_computed = aug_cached = 0
             if augmenting and len(ytr):  # training samples only: the holdout judges real data
@@ -289,7 +334,7 @@ class Learner:
                 if len(kept_a):
                     xtr = np.concatenate([xtr, xa])
                     ytr = np.concatenate([ytr, np.array([slots[s.label] for s in kept_a], np.int32)])
-                progress("augmented", {"round": round_id, "computed": aug_computed, "cached": aug_cached})
+                progress("augmented", {"round_id": round_id, "computed": aug_computed, "cached": aug_cached})
         n_original = int((~hold).sum())
         active = self.active()
         prequential: list[tuple[int, int]] = []
@@ -312,7 +357,7 @@ class Learner:
             return finish("stopped", "the daemon is stopping")
         if len(ytr) == 0:
             return finish("skipped", "no training samples yet")
-        if len(yho) == 0:
+        if len(yho) == 0 and holdout:
             return finish("skipped", "no holdout samples yet: a candidate could not be judged")
         base_w = self.current_weights(version)
         head = self.new_head()
@@ -333,14 +378,14 @@ class Learner:
             return finish("skipped", "no new samples to learn from online", before)
         if should_stop():
             return finish("stopped", "the daemon is stopping; the candidate was discarded", before)
-        progress("trained", {"round": round_id, "epochs": len(losses), "loss_first": losses[0],
+        progress("trained", {"round_id": round_id, "epochs": len(losses), "loss_first": losses[0],
                              "loss_last": losses[-1]})
         after = accuracy(head.predict(xho, active), yho)
         cand = head.get_weights()
         new_version = self.store.next_head_version()
         fname = f"head-v{new_version}.npz"
         save_weights(cand, self.heads_dir / fname)
-        promote = after >= before - tolerance
+        promote = not holdout or after >= before - tolerance
         status = "promoted" if promote else "rejected"
         self.store.add_head(self.bundle_id, self.variant.name, status, fname, after, before, n_original, len(yho),
                             round_id)
@@ -348,7 +393,11 @@ class Learner:
         if prequential:
             seen = sum(n for _, n in prequential)
             online = f"online: {sum(h for h, _ in prequential) / seen:.3f} predicted right before learning {seen}; "
-        detail = (online + f"holdout accuracy {before:.3f} → {after:.3f} on {len(yho)} samples; "
-                  f"{'promoted' if promote else 'kept the current head'} (v{new_version})")
+        if not holdout:
+            detail = online + bounded + f"promoted without a holdout check (training.holdout_fraction = 0) (v{new_version})"
+        else:
+            detail = (online + bounded + f"holdout accuracy {before:.3f} → {after:.3f} on {len(yho)} samples; "
+                      + (f"promoted (v{new_version})" if promote else
+                         f"candidate v{new_version} rejected, kept the current head (v{version})"))
         progress("version_" + status, {"version": new_version, "accuracy": after, "previous_accuracy": before})
         return finish(status, detail, before, after, new_version)

@@ -11,8 +11,11 @@ import sys
 import threading
 from pathlib import Path
 
+import zmq
+
 from . import __version__, config as config_mod
 from .errors import AutlearnError
+from .ingest import shown
 from .media import MediaWatcher
 from .notify import Notifier
 from .paths import Paths
@@ -40,6 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _OneLine(logging.Filter):
+    """Control characters in a message (a file name with a newline, an escape sequence) are written escaped:
+    one record is one line, and no name can forge another."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        safe = shown(msg)
+        if safe != msg:
+            record.msg, record.args = safe, None
+        return True
+
+
 def setup_logging(debug: bool) -> None:
     """The journal (with structured fields) when systemd started us and systemd-python exists; else stderr."""
     level = logging.DEBUG if debug else logging.INFO
@@ -50,9 +65,12 @@ def setup_logging(debug: bool) -> None:
             pass
         else:
             handler = JournalHandler(SYSLOG_IDENTIFIER="autlearnd")
+            handler.addFilter(_OneLine())
             logging.basicConfig(level=level, handlers=[handler])
             return
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_OneLine())
+    logging.basicConfig(level=level, handlers=[handler], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def load_config(args) -> tuple[config_mod.Config, str | None, dict]:
@@ -78,6 +96,7 @@ def reload_config(service: Service, path: str | None, overrides: dict) -> None:
         new = config_mod.load(path).with_overrides(**overrides)
     except AutlearnError as e:
         log.error("SIGHUP: new configuration refused, the old settings stay in force: %s", e.message)
+        service.record_error("reload", f"new configuration refused, the old settings stay in force: {e.message}")
         return
     later = service.reload(new)
     log.info("SIGHUP: configuration %s reloaded%s", path,
@@ -89,9 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.debug)
     try:
         if args.check_config is not None:
-            path = args.check_config or args.config or DEFAULT_CONFIG
-            config_mod.load(path)
-            print(f"{path}: configuration is valid")
+            path = args.check_config or args.config
+            if path is None and not os.path.exists(DEFAULT_CONFIG):
+                print(f"no {DEFAULT_CONFIG}: autlearnd runs on the built-in defaults, which are valid")
+                return 0
+            config_mod.load(path or DEFAULT_CONFIG)
+            print(f"{path or DEFAULT_CONFIG}: configuration is valid")
             return 0
         cfg, path, overrides = load_config(args)
         return run(cfg, path, overrides)
@@ -105,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
 def run(cfg: config_mod.Config, config_path: str | None = None, overrides: dict | None = None) -> int:
     overrides = overrides or {}
     paths = Paths.under(cfg["paths.root"]) if cfg["paths.root"] else Paths.packaged()
-    paths.create()
+    try:
+        paths.create()
+    except OSError as e:
+        where = f"paths.root = {cfg['paths.root']}" if cfg["paths.root"] else "the packaged paths"
+        raise AutlearnError("bad_config", f"{where}: cannot create {e.filename}: {e.strerror}") from None
     lock = open(paths.run / "autlearnd.lock", "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -127,6 +153,7 @@ def run(cfg: config_mod.Config, config_path: str | None = None, overrides: dict 
     service.start()
     service.use_policy()
     watcher = DebouncedWatcher([os.path.abspath(w) for w in cfg["data.watch"]], cfg["data.debounce_s"])
+    service.watcher_state = watcher.state
     curve_keys = None
     if cfg["control.tcp"]:
         from .curve import server_pair
@@ -136,9 +163,16 @@ def run(cfg: config_mod.Config, config_path: str | None = None, overrides: dict 
         media = MediaWatcher(Path(cfg["media.mounts"]), cfg["media.under"], cfg["media.folder"],
                              on_accelerator_change=service.accelerator_changed)
         media.start()
-    server = ControlServer(service, paths.control_endpoint, paths.events_endpoint, notifier, events, watcher,
-                           group=cfg["control.group"], tcp=cfg["control.tcp"], curve_keys=curve_keys,
-                           authorized_keys=Path(cfg["control.authorized_keys"]), media=media)
+    try:
+        server = ControlServer(service, paths.control_endpoint, paths.events_endpoint, notifier, events, watcher,
+                               group=cfg["control.group"], tcp=cfg["control.tcp"], curve_keys=curve_keys,
+                               authorized_keys=Path(cfg["control.authorized_keys"]), media=media)
+    except zmq.ZMQError as e:
+        if media is not None:
+            media.stop()
+        service.stop()
+        where = f"control.tcp = {cfg['control.tcp']!r}" if cfg["control.tcp"] else paths.control_endpoint
+        raise AutlearnError("bad_config", f"cannot listen on {where}: {e}") from None
     watcher.start()
     notifier.ready(service.status_line())
     log.info("control socket %s, events %s", paths.control_endpoint, paths.events_endpoint)

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .durable import read_regular_file, remove_temporaries, write_atomic
+from .ingest import shown, walk_files
+
 log = logging.getLogger(__name__)
 
 
@@ -68,59 +71,45 @@ class Importer:
 
     def clean_partial(self) -> int:
         """Remove temporary files a crash or a pulled stick left behind."""
-        n = 0
-        if self.dest.is_dir():
-            for p in self.dest.rglob("*.part"):
-                p.unlink(missing_ok=True)
-                n += 1
-        return n
+        return remove_temporaries(self.dest) if self.dest.is_dir() else 0
 
     def import_mount(self, mount: str, should_stop: Callable[[], bool] = lambda: False) -> ImportReport:
         report = ImportReport(mount)
         src_root = Path(mount) / self.folder
-        for dirpath, dirnames, filenames in os.walk(src_root, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            rel = Path(dirpath).relative_to(src_root)
-            if not rel.parts:
-                report.skipped.extend(f"{name}: not inside a label folder" for name in filenames)
-                continue
-            label = rel.parts[0]
-            for name in sorted(filenames):
-                if should_stop():
-                    return report
-                if name.startswith("."):
-                    continue
-                self._copy(Path(dirpath) / name, label, report)
+        for path, refused in walk_files(src_root):  # iterative and depth-bounded, as the scan of watched folders
+            if should_stop():
+                return report
+            rel = path.relative_to(src_root)
+            if refused:
+                report.skipped.append(f"{shown(path)}: {refused}")
+            elif len(rel.parts) < 2:
+                report.skipped.append(f"{shown(rel)}: not inside a label folder")
+            else:
+                self._copy(path, rel.parts[0], report)
         return report
 
     def _copy(self, src: Path, label: str, report: ImportReport) -> None:
         try:
             if not src.is_file() or src.is_symlink():
-                report.skipped.append(f"{src}: not a regular file")
+                report.skipped.append(f"{shown(src)}: not a regular file")
                 return
-            if src.stat().st_size > self.max_file_bytes:
-                report.skipped.append(f"{src}: larger than {self.max_file_bytes} bytes")
+            data, _ = read_regular_file(src, self.max_file_bytes)  # a FIFO swapped in is refused, not waited on
+            if len(data) > self.max_file_bytes:
+                report.skipped.append(f"{shown(src)}: larger than {self.max_file_bytes} bytes")
                 return
-            data = src.read_bytes()
         except OSError as e:  # the stick went away, or a bad sector
-            report.skipped.append(f"{src}: {e.strerror or e}")
+            report.skipped.append(f"{shown(src)}: {e.strerror or e}")
             return
         sha = hashlib.sha256(data).hexdigest()
         target = self.dest / label / f"{sha[:24]}{src.suffix.lower()}"
         if target.exists():
             report.already += 1
             return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".part")
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(target, data)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
-            report.skipped.append(f"{src}: cannot store the copy: {e.strerror or e}")
+            report.skipped.append(f"{shown(src)}: cannot store the copy: {e.strerror or e}")
             return
         report.copied += 1
 

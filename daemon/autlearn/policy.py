@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -73,28 +73,13 @@ def _fmt_window(bounds: tuple[int, int] | None) -> str:
     return "-".join(f"{t // 60:02d}:{t % 60:02d}" for t in bounds)
 
 
-def _check_bool(v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise ValueError("expected true or false")
-    return v
-
-
-def _check_number(v: Any, lo: float, hi: float, what: str, integer: bool = False) -> float | int | None:
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
-        raise ValueError(f"expected {what} or none")
-    if not lo <= v <= hi:
-        raise ValueError(f"expected {what} between {lo:g} and {hi:g}, or none")
-    return v
-
-
 @dataclass(frozen=True)
 class PolicyConfig:
     """Limits of the "when may I train" policy. None (or an empty window) switches a condition off.
 
-    ``max_load`` is compared with the plain 1-minute load average (not per CPU). Limits are inclusive: a reading
-    equal to the limit still allows training.
+    The values are already validated (``config.SETTINGS`` is the one place that checks them); ``from_config``
+    maps the settings' "off" values (0, 100 %) to None. ``max_load`` is compared with the plain 1-minute load
+    average (not per CPU). Limits are inclusive: a reading equal to the limit still allows training.
     """
 
     require_mains: bool = True
@@ -103,40 +88,17 @@ class PolicyConfig:
     gpu_max_util: int | None = None
     window: str = ""
 
-    def __post_init__(self) -> None:
-        checks = {
-            "require_mains": _check_bool,
-            "max_temp_c": lambda v: _check_number(v, -40.0, 150.0, "a temperature in °C"),
-            "max_load": lambda v: _check_number(v, 0.0, 10_000.0, "a load average"),
-            "gpu_max_util": lambda v: _check_number(v, 0, 100, "an integer percentage", integer=True),
-            "window": lambda v: _fmt_window(parse_window(v)) if isinstance(v, str) else _raise_window(),
-        }
-        for name, check in checks.items():
-            value = getattr(self, name)
-            try:
-                object.__setattr__(self, name, check(value))
-            except ValueError as e:
-                raise ValueError(f"{name} = {value!r}: {e}") from None
-
     @classmethod
-    def from_values(cls, values: dict[str, Any]) -> "PolicyConfig":
-        """Build from a plain dict (e.g. a TOML table); missing keys keep their defaults.
-
-        Raises ValueError naming the field, the value and what was expected; unknown keys are errors too.
-        """
-        known = [f.name for f in fields(cls)]
-        for key in values:
-            if key not in known:
-                raise ValueError(f"{key}: unknown policy setting (known: {', '.join(known)})")
-        return cls(**values)
+    def from_config(cls, cfg: Any) -> "PolicyConfig":
+        """From a validated ``config.Config`` (anything indexable by the ``policy.*`` setting names)."""
+        return cls(require_mains=cfg["policy.require_mains"], max_temp_c=cfg["policy.max_temp_c"] or None,
+                   max_load=cfg["policy.max_load"] or None,
+                   gpu_max_util=None if cfg["policy.gpu_max_util"] >= 100 else cfg["policy.gpu_max_util"],
+                   window=_fmt_window(parse_window(cfg["policy.window"])))
 
     @property
     def window_bounds(self) -> tuple[int, int] | None:
         return parse_window(self.window)
-
-
-def _raise_window() -> str:
-    raise ValueError("expected a string: empty, or HH:MM-HH:MM")
 
 
 # ------------------------------------------------------------------------------------------------ readings

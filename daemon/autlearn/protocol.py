@@ -7,12 +7,23 @@ from typing import Any
 
 from .errors import AutlearnError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_MESSAGE_BYTES = 1 << 20
+# The transport's bound on one frame (ZMQ_MAXMSGSIZE): a request between MAX_MESSAGE_BYTES and this gets a
+# bad_request reply; past it ZeroMQ itself drops the connection (no reply can be sent: the frame never arrives).
+MAX_FRAME_BYTES = 32 << 20
 
 
-def request(cmd: str, args: dict | None = None, req_id: Any = None) -> bytes:
-    return json.dumps({"v": PROTOCOL_VERSION, "id": req_id, "cmd": cmd, "args": args or {}}).encode()
+class EnvelopeError(AutlearnError):
+    """A request refused before its command ran; carries the request's id when it could be read."""
+
+    def __init__(self, code: str, message: str, req_id: Any = None):
+        super().__init__(code, message)
+        self.req_id = req_id
+
+
+def request(cmd: str, args: dict | None = None, req_id: Any = None, version: int = PROTOCOL_VERSION) -> bytes:
+    return json.dumps({"v": version, "id": req_id, "cmd": cmd, "args": args or {}}).encode()
 
 
 def _not_json(name: str):
@@ -20,31 +31,48 @@ def _not_json(name: str):
 
 
 def parse_request(frame: bytes) -> dict:
-    """Validate the envelope; raise AutlearnError with the code a client should see."""
+    """Validate the envelope; raise EnvelopeError with the code a client should see (and its id, if readable)."""
     if len(frame) > MAX_MESSAGE_BYTES:
-        raise AutlearnError("bad_request", f"message of {len(frame)} bytes is over the limit of {MAX_MESSAGE_BYTES}")
+        raise EnvelopeError("bad_request", f"message of {len(frame)} bytes is over the limit of {MAX_MESSAGE_BYTES}")
     try:
         msg = json.loads(frame.decode("utf-8"), parse_constant=_not_json)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise AutlearnError("bad_request", f"not UTF-8 JSON: {e}") from None
+        raise EnvelopeError("bad_request", f"not UTF-8 JSON: {e}") from None
     except RecursionError:
-        raise AutlearnError("bad_request", "JSON nested too deeply") from None
+        raise EnvelopeError("bad_request", "JSON nested too deeply") from None
     except ValueError as e:  # e.g. an integer of more than 4300 digits
-        raise AutlearnError("bad_request", f"unreadable JSON: {e}") from None
+        raise EnvelopeError("bad_request", f"unreadable JSON: {e}") from None
     if not isinstance(msg, dict):
-        raise AutlearnError("bad_request", "a request must be a JSON object")
-    if isinstance(msg.get("v"), bool) or msg.get("v") != PROTOCOL_VERSION:
-        raise AutlearnError("protocol_version",
-                            f"client speaks protocol version {msg.get('v')!r}, this daemon speaks {PROTOCOL_VERSION}")
+        raise EnvelopeError("bad_request", "a request must be a JSON object")
+    req_id = msg.get("id")
+    if "v" not in msg:
+        raise EnvelopeError("protocol_version", f"the request has no 'v' field (the protocol version); this daemon "
+                                                f"speaks protocol version {PROTOCOL_VERSION}", req_id)
+    v = msg["v"]
+    if type(v) is not int:  # not 2.0, not true
+        raise EnvelopeError("protocol_version", f"field 'v' must be an integer protocol version, not {_show(v)}; "
+                                                f"this daemon speaks protocol version {PROTOCOL_VERSION}", req_id)
+    if v != PROTOCOL_VERSION:
+        raise EnvelopeError("protocol_version", f"client speaks protocol version {_show(v)}, this daemon speaks "
+                                                f"{PROTOCOL_VERSION} (docs/protocol.md lists the changes)", req_id)
     if not isinstance(msg.get("cmd"), str):
-        raise AutlearnError("bad_request", "field 'cmd' must be a string")
+        raise EnvelopeError("bad_request", "field 'cmd' must be a string", req_id)
     args = msg.get("args", {})
     if args is None:
         args = {}
     if not isinstance(args, dict):
-        raise AutlearnError("bad_request", "field 'args' must be a JSON object")
+        raise EnvelopeError("bad_request", "field 'args' must be a JSON object", req_id)
     msg["args"] = args
     return msg
+
+
+def _show(v: Any) -> str:
+    """A client's value in an error sentence, bounded (it may be a megabyte of JSON)."""
+    try:
+        text = json.dumps(v)
+    except (RecursionError, ValueError, TypeError):
+        text = type(v).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _dump(msg: dict) -> bytes:

@@ -1,13 +1,17 @@
 """The daemon's API in one object. Transports (the ZeroMQ server, tests) are thin adapters over it.
 
 Threads: the caller's thread answers requests (status never waits for training); one worker thread owns
-ingestion and training rounds. Each thread has its own interpreters and SQLite handles.
+ingestion and training rounds; the answerer thread (answerer.py) runs predict and bench. Each thread has its own
+interpreters and SQLite handles.
+
+Cross-thread fields, each with one writer: the request thread writes `config` and `_paused_by_user`; the
+worker writes `_round_failures`, `_round_retry_at`, `_last_round_end` and `_unrecorded_failure`; `_state`,
+`_rounds_queued` and `_round_requested` change only under `_lock`; `_redelegate_worker` (an Event) is set by
+anyone and cleared only by the worker; the policy gate's cache is guarded by its own lock.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime
 import errno
 import logging
@@ -19,16 +23,13 @@ import threading
 import time
 from typing import Any, Callable
 
-import numpy as np
-
 from . import __version__, bundle as bundle_mod
+from .answerer import Answerer
 from .config import Config
 from .errors import AutlearnError
 from .featcache import FeatureCache, Stats
-from .features import FeatureExtractor
-from .head import Head, load_weights, save_weights
+from .head import Head, save_weights
 from .engine import Engine, current_key
-from .learner import FeatureSource
 from .paths import Paths
 from .protocol import PROTOCOL_VERSION
 from .runtime import RUNTIME
@@ -57,21 +58,21 @@ class Service:
         self._state = {"activity": "starting", "round": None, "last_round": None, "last_scan": None,
                        "last_error": None, "last_import": None}
         self._started = time.time()
-        self._cache_stats = Stats()
+        self.cache_stats = Stats()
         self._worker: threading.Thread | None = None
-        self._predictor: tuple[int, Head] | None = None
-        self._keyboard = None
+        self.answerer: Answerer | None = None
         self._paused_by_user = False
-        self._redelegate_worker = False
-        self._round_queued = False
+        self._redelegate_worker = threading.Event()
+        self._rounds_queued = 0  # round jobs in the worker's queue (under _lock)
+        self._round_requested: str | None = None  # a round's trigger held while paused (under _lock)
         self._round_failures = 0  # in a row: automatic rounds back off after each
         self._round_retry_at = 0.0
         self._unrecorded_failure: str | None = None  # a failed round the store could not mark (full disk)
         self._last_round_end = time.monotonic()
         # Conditions that forbid training now (battery, heat, load, time window…): sentences, empty = allowed.
-        self._redelegate_here = False
         self.gate: Callable[[], list[str]] = lambda: []
         self.policy_readings: dict = {}
+        self.watcher_state: Callable[[], dict | None] = lambda: None  # main wires the file watcher's state in
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -88,27 +89,26 @@ class Service:
                 log.error("refused bundle %s, keeping the installed one: %s", source, e.message)
         self.bundle = bundle_mod.load_installed(self.paths.bundle)  # repairs an install cut off by a power loss
         self.bundle_id = bundle_mod.sha256_file(self.paths.bundle / "manifest.json")[:16]
-        self.variant_choice = self._choose_variant(force=False)
+        self.variant_choice = self.choose_variant(force=False)
         self.variant = self.bundle.variant(self.variant_choice["name"])
         self.store.ensure_public_classes(self.bundle_id, self.bundle.labels)
         self.cache = self._open_cache()
-        self.extractor = FeatureExtractor(self.variant, self.config["model.threads"], self.config["model.delegate"])
-        self.features = FeatureSource(self.bundle, self.variant, self.extractor, self.cache,
-                                      self.config["data.max_pixels"], int(self.config["data.max_file_mb"] * (1 << 20)))
         self._ensure_initial_head()
+        self.answerer = Answerer(self)
+        self.answerer.start()
         self._worker = threading.Thread(target=self._work, name="autlearn-worker", daemon=True)
         self._worker.start()
         from .media import Importer
         Importer(self.paths.imported).clean_partial()
         self._set(activity="idle")
         log.info("ready: bundle %s variant %s, head v%d, %s (%s)", self.bundle_id, self.variant.name,
-                 self.current_version(), RUNTIME, self.extractor.choice.in_use)
+                 self.current_version(), RUNTIME, self.answerer.delegate.in_use)
 
     def _budget(self):
         from .variants import Budget
         return Budget(self.config["model.max_latency_ms"] or None, self.config["model.max_memory_mb"] or None)
 
-    def _choose_variant(self, force: bool) -> dict:
+    def choose_variant(self, force: bool) -> dict:
         """The configured variant, or the most accurate one this board can afford (measured once, remembered)."""
         if self.config["model.variant"] and not force:
             return {"name": self.bundle.variant(self.config["model.variant"]).name,
@@ -121,44 +121,36 @@ class Service:
         return {"name": choice.name, "reason": choice.reason, "table": format_table(choice),
                 "measurements": choice.as_dict()}
 
-    def bench(self, args: dict) -> dict:
-        """Time every variant on this board again (training is paused meanwhile so it does not skew timings)."""
-        if self._get()["activity"] in ("training", "paused", "ingesting"):
-            raise AutlearnError("busy", "a round is running; measure when the daemon is idle (or pause it first)")
-        choice = self._choose_variant(force=True)
-        choice["in_use"] = self.variant.name
-        if choice["name"] != self.variant.name:
-            choice["note"] = f"variant {choice['name']!r} would be chosen now; restart the daemon to switch"
-        return choice
-
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self._jobs.put(None)
         if self._worker is not None:
             self._worker.join(timeout)
+        if self.answerer is not None:
+            self.answerer.stop(timeout)
 
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
 
     def _open_cache(self) -> FeatureCache:
-        return FeatureCache(self.paths.feature_cache, int(self.config["cache.max_mb"] * (1 << 20)), self._cache_stats)
+        return FeatureCache(self.paths.feature_cache, int(self.config["cache.max_mb"] * (1 << 20)), self.cache_stats)
 
     def _ensure_initial_head(self) -> None:
-        if self.store.get_meta(self._current_key()) is not None:
+        if self.store.get_meta(self.current_key()) is not None:
             return
         head = Head(self.variant, self.bundle.class_capacity, self.bundle.train_batch, 1)
         version = self.store.next_head_version()
         fname = f"head-v{version}.npz"
         save_weights(head.get_weights(), self.paths.heads / fname)
         self.store.add_head(self.bundle_id, self.variant.name, "initial", fname)
-        self.store.set_meta(self._current_key(), str(version))
+        self.store.set_meta(self.current_key(), str(version))
 
-    def _current_key(self) -> str:
+    def current_key(self) -> str:
         return current_key(self.bundle_id, self.variant.name)
 
     def current_version(self) -> int:
-        return int(self.store.get_meta(self._current_key()))
+        return int(self.store.get_meta(self.current_key()))
 
     def _set(self, **kw: Any) -> None:
         with self._lock:
@@ -168,12 +160,28 @@ class Service:
         with self._lock:
             return dict(self._state)
 
+    def activity(self) -> str:
+        with self._lock:
+            return self._state["activity"]
+
+    def emit(self, name: str, data: dict) -> None:
+        self._emit(name, data)
+
+    def record_error(self, where: str, e: BaseException | str) -> None:
+        """Something failed that the daemon survives: `status.last_error` says so and an `error` event tells
+        the subscribers (docs/protocol.md)."""
+        message = e if isinstance(e, str) else (e.message if isinstance(e, AutlearnError) else
+                                                f"{type(e).__name__}: {e}")
+        self._set(last_error=f"{where}: {message}")
+        self._emit("error", {"where": where, "message": message})
+
     # ------------------------------------------------------------------ worker thread
-    def request_scan(self) -> None:
-        self._jobs.put(("scan", "files changed"))
+    def request_scan(self, changes=None) -> None:
+        """Scan what the watcher saw change (a watcher.Changes), or everything."""
+        self._jobs.put(("scan", changes if changes is not None else "files changed"))
 
     def _work(self) -> None:
-        engine = Engine(self.config, self.paths, self.bundle, self.bundle_id, self.variant, self._cache_stats)
+        engine = Engine(self.config, self.paths, self.bundle, self.bundle_id, self.variant, self.cache_stats)
         try:
             while not self._stop.is_set():
                 job = self._jobs.get()
@@ -182,27 +190,30 @@ class Service:
                 kind, trigger = job
                 engine.config = self.config  # a reloaded configuration applies from the next job on
                 try:
-                    if self._redelegate_worker:
-                        self._redelegate_worker = False
+                    if self._redelegate_worker.is_set():
+                        self._redelegate_worker.clear()
                         engine.rebuild_extractor()
                     if kind == "scan":
-                        self._scan(engine)
+                        self._scan(engine, None if isinstance(trigger, str) else trigger)
                     elif kind == "import":
                         self._import(trigger)
                         self._scan(engine)
                     elif kind == "round":
-                        self._round_queued = False
+                        if not self._take_round(trigger):
+                            continue
                         self._record_failure(engine)
-                        self._round(engine, trigger)
-                        self._round_failures, self._round_retry_at = 0, 0.0
+                        if self._round(engine, trigger).outcome == "skipped":
+                            self._round_skipped()
+                        else:
+                            self._round_failures, self._round_retry_at = 0, 0.0
                 except Exception as e:  # a job's failure never takes the daemon down
                     full = _disk_full(e)
                     if full:
                         log.error("%s job stopped: the disk is full (%s); it is retried when space returns", kind, e)
                     else:
                         log.exception("%s job failed", kind)
-                    self._set(activity="idle", round=None, last_error=f"{kind}: {e}")
-                    self._emit("error", {"job": kind, "message": str(e)})
+                    self._set(activity="idle", round=None)
+                    self.record_error(kind, e)
                     if kind == "round":
                         self._round_failed(engine, e, full)
                     if full and kind == "scan":
@@ -210,6 +221,15 @@ class Service:
                         self._stop.wait(5.0)
         finally:
             engine.close()
+
+    def _take_round(self, trigger: str) -> bool:
+        """A round job leaves the queue. Paused by the user, no round starts: it waits for `resume`."""
+        with self._lock:
+            self._rounds_queued -= 1
+            if self._paused_by_user:
+                self._round_requested = self._round_requested or trigger
+                return False
+        return True
 
     def _round_failed(self, engine: Engine, e: Exception, disk_full: bool) -> None:
         """Record the round as failed and hold automatic rounds back (5 s after a full disk, else 30 s doubling
@@ -220,6 +240,14 @@ class Service:
         delay = 5.0 if disk_full else min(3600.0, 30.0 * 2 ** (self._round_failures - 1))
         self._round_retry_at = time.monotonic() + delay
         log.info("automatic rounds resume in %.0f s (failure %d in a row)", delay, self._round_failures)
+
+    def _round_skipped(self) -> None:
+        """A skipped round (nothing it could judge or learn yet) holds automatic rounds back as a failed one
+        does, so that the samples that triggered it do not start a round at every tick."""
+        self._round_failures += 1
+        delay = min(3600.0, 30.0 * 2 ** (self._round_failures - 1))
+        self._round_retry_at = time.monotonic() + delay
+        log.info("round skipped: automatic rounds resume in %.0f s (or when 'autlearnctl train' asks)", delay)
 
     def _record_failure(self, engine: Engine) -> None:
         """Mark the failed round in the history; a full disk may refuse the write, and then it is tried again
@@ -250,25 +278,28 @@ class Service:
     def accelerator_changed(self, what: str) -> None:
         """A device came or went: choose the base model's delegate again, in both threads."""
         log.info("device change (%s): choosing the delegate again", what)
-        self._redelegate_worker = True
-        self._redelegate_here = True
+        self._redelegate_worker.set()
+        if self.answerer is not None:
+            self.answerer.redelegate.set()
         self._jobs.put(("scan", "device change"))
 
-    def _scan(self, engine: Engine) -> None:
+    def _scan(self, engine: Engine, changes=None) -> None:
         self._set(activity="ingesting")
-        report = engine.scan()
+        report = engine.scan(changes)
         self._set(activity="idle", last_scan={**report.as_dict(), "time": time.time()})
         self.tick_soon.set()
         if report.added or report.quarantined or report.removed or report.waiting:
             self._emit("import", report.as_dict())
 
     def _round(self, engine: Engine, trigger: str) -> None:
-        self._set(activity="training", round={"trigger": trigger, "started": time.time(), "step": "features"})
+        self._set(activity="training", round={"round_id": None, "trigger": trigger, "started": time.time(),
+                                              "step": "features"})
 
         def progress(name: str, data: dict) -> None:
             with self._lock:
                 if self._state["round"] is not None:
-                    self._state["round"]["step"] = name
+                    self._state["round"] = {**self._state["round"], "step": name,
+                                            "round_id": data.get("round_id", self._state["round"]["round_id"])}
             self._emit(name, data)
 
         try:
@@ -276,6 +307,7 @@ class Service:
         finally:
             self._last_round_end = time.monotonic()
         self._set(activity="idle", round=None, last_round=result.as_dict())
+        return result
 
     def _checkpoint(self) -> bool:
         """Called between training steps: waits while training must pause; True means stop the round."""
@@ -300,16 +332,17 @@ class Service:
         from . import policy
         probe = policy.SystemProbe(self.config["policy.sysfs"], self.config["policy.procfs"])
         cache: dict = {"at": -1e9, "verdict": None, "config": None}
+        lock = threading.Lock()  # both the request thread (tick, status) and the worker (checkpoints) ask
 
         def gate() -> list[str]:
+            with lock:
+                return evaluate()
+
+        def evaluate() -> list[str]:
             now = time.monotonic()
             if now - cache["at"] >= 1.0 or cache["config"] is not self.config:
                 c = self.config
-                pc = policy.PolicyConfig.from_values({
-                    "require_mains": c["policy.require_mains"], "max_temp_c": c["policy.max_temp_c"] or None,
-                    "max_load": c["policy.max_load"] or None,
-                    "gpu_max_util": None if c["policy.gpu_max_util"] >= 100 else c["policy.gpu_max_util"],
-                    "window": c["policy.window"]})
+                pc = policy.PolicyConfig.from_config(c)
                 cache.update(at=now, config=c, verdict=policy.evaluate(pc, probe, datetime.datetime.now()))
             self.policy_readings = cache["verdict"].readings
             return list(cache["verdict"].reasons)
@@ -318,6 +351,8 @@ class Service:
 
     def blocking_reasons(self) -> list[str]:
         reasons = ["paused with 'autlearnctl pause'"] if self._paused_by_user else []
+        if self.answerer is not None and self.answerer.benching.is_set():
+            reasons.append("measuring the variants ('autlearnctl bench')")
         return reasons + self._disk_reasons() + list(self.gate())
 
     def _disk_reasons(self) -> list[str]:
@@ -335,15 +370,18 @@ class Service:
 
     # ------------------------------------------------------------------ scheduling (request thread, every tick)
     def tick(self) -> None:
-        """Start a round when one is due and the board can afford it."""
+        """Start a round when one is due and the board can afford it; hand over a requested one unless paused."""
         self.tick_soon.clear()
-        if self._redelegate_here:
-            self._redelegate_here = False
-            self.extractor = FeatureExtractor(self.variant, self.config["model.threads"],
-                                              self.config["model.delegate"])
-            self.features.extractor = self.extractor
-            self._emit("delegate", {"in_use": self.extractor.choice.in_use, "reason": self.extractor.choice.reason})
-        if self._round_queued or self._stop.is_set() or self._get()["activity"] != "idle":
+        if self._stop.is_set():
+            return
+        with self._lock:
+            requested = None if self._paused_by_user else self._round_requested
+            if requested:
+                self._round_requested = None
+                self._rounds_queued += 1
+                self._jobs.put(("round", requested))
+            busy = self._rounds_queued > 0 or self._state["activity"] != "idle"
+        if busy:
             return
         if not self.config["training.auto"] or self.blocking_reasons() or time.monotonic() < self._round_retry_at:
             return
@@ -355,7 +393,11 @@ class Service:
             trigger = f"interval of {interval:g}s passed with {new} new {unit}"
         else:
             return
-        self._round_queued = True
+        self._queue_round(trigger)
+
+    def _queue_round(self, trigger: str) -> None:
+        with self._lock:
+            self._rounds_queued += 1
         self._jobs.put(("round", trigger))
 
     def _pending(self) -> tuple[int, int, str]:
@@ -371,7 +413,7 @@ class Service:
         st = self._get()
         version = self.current_version()
         head = self.store.head(version) or {}
-        initial = [h for h in self.store.heads(self.bundle_id) if h["status"] == "initial"]
+        initial = self.store.initial_head(self.bundle_id)
         return {
             "daemon": {"version": __version__, "protocol": PROTOCOL_VERSION, "pid": os.getpid(),
                        "uptime_s": round(time.time() - self._started, 3), "runtime": RUNTIME},
@@ -382,16 +424,18 @@ class Service:
             "last_scan": st["last_scan"],
             "last_error": st["last_error"],
             "last_import": st["last_import"],
+            "watcher": self.watcher_state(),
+            "refused": self.store.problems(10),
             "variant_choice": {k: v for k, v in self.variant_choice.items() if k in ("name", "reason")},
             "bundle": {"id": self.bundle_id, "task": self.bundle.task, "variant": self.variant.name,
                        "labels": len(self.bundle.labels), "class_capacity": self.bundle.class_capacity},
-            "delegate": {"requested": self.extractor.choice.requested, "in_use": self.extractor.choice.in_use,
-                         "reason": self.extractor.choice.reason},
+            "delegate": {"requested": self.answerer.delegate.requested, "in_use": self.answerer.delegate.in_use,
+                         "reason": self.answerer.delegate.reason},
             **self._classes_summary(),
             "samples": self.store.sample_counts(),
             "head": {"version": version, "status": head.get("status"), "accuracy": head.get("accuracy"),
                      "previous_accuracy": head.get("previous_accuracy"),
-                     "initial_version": initial[0]["version"] if initial else None},
+                     "initial_version": initial},
             "cache": self.cache.summary(),
             "paused_by_user": self._paused_by_user,
             "conditions": self.policy_readings,
@@ -422,17 +466,22 @@ class Service:
             return f"waiting for new samples: {new} of {need} needed to start a round"
         wait = self._round_retry_at - time.monotonic()
         if wait > 0:
-            return (f"the last round failed ({st['last_error']}); automatic rounds resume in {wait:.0f} s "
+            lr = st["last_round"]
+            why = (f"was skipped ({lr['detail']})" if lr and lr.get("outcome") == "skipped"
+                   else f"failed ({st['last_error']})")
+            return (f"the last round {why}; automatic rounds resume in {wait:.0f} s "
                     "('autlearnctl train' starts one now)")
         return "a round is about to start"
 
     def train(self, args: dict) -> dict:
+        """A rescan now and a round after it; while paused by the user the round waits for `resume`."""
         if self._stop.is_set():
             raise AutlearnError("busy", "the daemon is stopping")
         running = self._get()["activity"] in ("training", "paused")
-        self._round_queued = True
         self._jobs.put(("scan", "before a requested round"))
-        self._jobs.put(("round", "requested"))
+        with self._lock:
+            self._round_requested = "requested"
+        self.tick_soon.set()
         return {"queued": True, "running_round": running, "blocked_by": self.blocking_reasons()}
 
     def pause(self, args: dict) -> dict:
@@ -442,7 +491,7 @@ class Service:
 
     def resume(self, args: dict) -> dict:
         self._paused_by_user = False
-        self._redelegate_worker = False
+        self.tick_soon.set()  # a round requested while paused starts now
         self._emit("resumed", {})
         return {"paused": False, "blocked_by": self.blocking_reasons()}
 
@@ -463,7 +512,7 @@ class Service:
         if version not in heads:
             raise AutlearnError("not_found", f"head version {version} does not exist for the installed bundle "
                                              f"(versions: {', '.join(map(str, sorted(heads)))})")
-        self.store.set_meta(self._current_key(), str(version))
+        self.store.set_meta(self.current_key(), str(version))
         self._emit("rollback", {"from": current, "to": version})
         log.info("rolled back from head v%d to v%d", current, version)
         return {"previous": current, "current": version}
@@ -488,77 +537,20 @@ class Service:
 
     def history(self, args: dict) -> dict:
         limit = args.get("limit", 20)
-        if not isinstance(limit, int) or limit < 1:
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise AutlearnError("bad_argument", "'limit' must be a positive integer")
-        return {"rounds": self.store.rounds(limit)}
+        return {"rounds": [{"round_id": r.pop("id"), **r} for r in self.store.rounds(limit)]}
 
     def predict(self, args: dict) -> dict:
-        if self.bundle.task == "next_word":
-            return self._predict_text(args)
-        if "text" in args:
-            raise AutlearnError("bad_argument", "this bundle classifies images; 'text' needs a keyboard bundle")
-        files = args.get("files")
-        if not isinstance(files, list) or not files:
-            raise AutlearnError("bad_argument", "'files' must be a non-empty list of {name, data} objects")
-        version = args.get("version", self.current_version())
-        if not isinstance(version, int) or isinstance(version, bool):
-            raise AutlearnError("bad_argument", "'version' must be an integer head version")
-        top = args.get("top", 3)
-        if not isinstance(top, int) or top < 1:
-            raise AutlearnError("bad_argument", "'top' must be a positive integer")
-        head = self._head_for(version)
-        feats, cached = [], []
-        for i, f in enumerate(files):
-            if not isinstance(f, dict) or not isinstance(f.get("name"), str) or not isinstance(f.get("data"), str):
-                raise AutlearnError("bad_argument", f"files[{i}] must be an object with string 'name' and 'data'")
-            try:
-                data = base64.b64decode(f["data"], validate=True)
-            except (binascii.Error, ValueError):
-                raise AutlearnError("bad_argument", f"files[{i}] ({f['name']}): 'data' is not base64") from None
-            vec, hit = self.features.for_bytes(data, f["name"])
-            feats.append(vec)
-            cached.append(hit)
-        slots = self.store.classes(self.bundle_id)
-        names = {slot: name for name, slot in slots.items()}
-        active = np.zeros(self.bundle.class_capacity, np.float32)
-        active[list(names)] = 1.0
-        probs = head.predict(np.stack(feats), active)
-        out = []
-        for f, p, hit in zip(files, probs, cached):
-            order = np.argsort(-p)[:min(top, len(names))]
-            out.append({"name": f["name"], "label": names[int(order[0])], "cached": hit,
-                        "top": [{"label": names[int(k)], "p": round(float(p[k]), 6)} for k in order]})
-        return {"version": version, "predictions": out}
+        return self.answerer.call("predict", args)
 
-    def _predict_text(self, args: dict) -> dict:
-        text = args.get("text")
-        if not isinstance(text, str):
-            raise AutlearnError("bad_argument", "a keyboard bundle predicts from 'text' (a string: what was typed)")
-        version = args.get("version", self.current_version())
-        top = args.get("top", 3)
-        if not isinstance(version, int) or isinstance(version, bool) or not isinstance(top, int) or top < 1:
-            raise AutlearnError("bad_argument", "'version' and 'top' must be positive integers")
-        row = self.store.head(version)
-        if row is None or row["bundle"] != self.bundle_id:
-            raise AutlearnError("not_found", f"head version {version} does not exist for the installed bundle")
-        if self._keyboard is None:
-            from .keyboard import KeyboardLearner, KeyboardPredictor
-            self._keyboard = KeyboardPredictor(KeyboardLearner(
-                self.bundle, self.bundle_id, self.variant, self.store, self.extractor, self.cache, self.paths.heads,
-                self.config["model.threads"], self.config["training.holdout_fraction"]))
-        self._keyboard.learner.extractor = self.extractor
-        return {"version": version, **self._keyboard.suggest(text, version, top)}
+    def bench(self, args: dict) -> dict:
+        return self.answerer.call("bench", args)
 
-    def _head_for(self, version: int) -> Head:
-        if self._predictor is not None and self._predictor[0] == version:
-            return self._predictor[1]
-        row = self.store.head(version)
-        if row is None or row["bundle"] != self.bundle_id:
-            raise AutlearnError("not_found", f"head version {version} does not exist for the installed bundle")
-        head = Head(self.variant, self.bundle.class_capacity, self.bundle.train_batch, self.config["model.threads"])
-        head.set_weights(load_weights(self.paths.heads / row["file"]))
-        self._predictor = (version, head)
-        return head
+    SLOW = Answerer.COMMANDS  # answered on the answerer thread: the control loop hands them over (submit)
+
+    def submit(self, cmd: str, args: dict, done) -> None:
+        self.answerer.submit(cmd, args, done)
 
     COMMANDS = {"status": "status", "train": "train", "predict": "predict", "versions": "versions",
                 "history": "history", "pause": "pause", "resume": "resume", "rollback": "rollback",

@@ -9,7 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-SCHEMA = """
+import numpy as np
+
+from .schema import migrate
+
+# Version 1: the schema of the first release (which kept no version: such a store reads 0 and gains nothing).
+SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS samples (
     id INTEGER PRIMARY KEY,
@@ -57,6 +62,50 @@ CREATE TABLE IF NOT EXISTS rounds (
 );
 """
 
+# What `status` and the scheduler count, per kind of sample; `new`: usable and not yet learnt (`new_train`: of
+# them, the training ones). Kept by triggers in the same transaction as the change, so `status` reads one row
+# however many samples there are, and the counts cannot drift. (Rows must change by INSERT, UPDATE or DELETE:
+# `INSERT OR REPLACE` would delete without firing the delete trigger.)
+_COUNTED = {
+    "ok": "{r}.status = 'ok'", "quarantined": "{r}.status = 'quarantined'", "ignored": "{r}.status = 'ignored'",
+    "waiting": "{r}.status = 'waiting'", "holdout": "{r}.status = 'ok' AND {r}.holdout = 1",
+    "new": "{r}.status = 'ok' AND {r}.trained_round IS NULL",
+    "new_train": "{r}.status = 'ok' AND {r}.holdout = 0 AND {r}.trained_round IS NULL",
+}
+
+
+def _count_sets(sign: str, r: str) -> str:
+    return ", ".join(f"{k} = {k} {sign} ({cond.format(r=r)})" for k, cond in _COUNTED.items())
+
+
+SCHEMA_V2 = f"""
+CREATE TABLE sample_counts (id INTEGER PRIMARY KEY CHECK (id = 1),
+    {", ".join(f"{k} INTEGER NOT NULL DEFAULT 0" for k in _COUNTED)});
+INSERT INTO sample_counts(id, {", ".join(_COUNTED)})
+    SELECT 1, {", ".join(f"COALESCE(SUM({cond.format(r='samples')}), 0)" for cond in _COUNTED.values())}
+    FROM samples;
+CREATE TRIGGER samples_counted_insert AFTER INSERT ON samples BEGIN
+    UPDATE sample_counts SET {_count_sets("+", "NEW")} WHERE id = 1;
+END;
+CREATE TRIGGER samples_counted_delete AFTER DELETE ON samples BEGIN
+    UPDATE sample_counts SET {_count_sets("-", "OLD")} WHERE id = 1;
+END;
+CREATE TRIGGER samples_counted_update AFTER UPDATE OF status, holdout, trained_round ON samples BEGIN
+    UPDATE sample_counts SET {_count_sets("-", "OLD")} WHERE id = 1;
+    UPDATE sample_counts SET {_count_sets("+", "NEW")} WHERE id = 1;
+END;
+-- what a round reads without walking every sample: the new ones, a stable holdout sample, a replay sample
+CREATE INDEX samples_new ON samples(mtime_ns, id) WHERE status = 'ok' AND trained_round IS NULL;
+CREATE INDEX samples_holdout ON samples(sha256) WHERE status = 'ok' AND holdout = 1;
+CREATE INDEX samples_learnt ON samples(sha256) WHERE status = 'ok' AND holdout = 0 AND trained_round IS NOT NULL;
+"""
+
+# Ordered: step i takes a store from version i to i+1. Append, never edit a released step.
+MIGRATIONS = (SCHEMA_V1, SCHEMA_V2)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_SAMPLE_COLUMNS = "id, path, sha256, label, kind, holdout, trained_round IS NOT NULL"
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -69,6 +118,10 @@ class Sample:
     trained: bool = False
 
 
+def _sample(r) -> Sample:
+    return Sample(r[0], r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6]))
+
+
 class Store:
     """One connection per thread: create a Store in each thread that needs one."""
 
@@ -77,7 +130,7 @@ class Store:
         self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
+        migrate(self.db, MIGRATIONS, path, "state database")
 
     def close(self) -> None:
         self.db.close()
@@ -103,10 +156,16 @@ class Store:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield checkpoint
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            # SQLite may have ended the transaction itself (SQLITE_FULL at COMMIT rolls it back): a ROLLBACK then
+            # would raise "no transaction is active" and hide the error that matters (e.g. the full disk).
+            if self.db.in_transaction:
+                try:
+                    self.db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
             raise
-        self.db.execute("COMMIT")
 
     # --- meta ---
     def get_meta(self, key: str, default: str | None = None) -> str | None:
@@ -144,11 +203,59 @@ class Store:
         self.db.executemany("DELETE FROM samples WHERE path=?", [(p,) for p in gone])
         return len(gone)
 
+    def forget_under(self, path: str) -> int:
+        """Drop the row of `path` and of everything below it (a file or a directory the user removed)."""
+        below = path.rstrip("/") + "/"
+        end = below[:-1] + "0"  # the first text after every path that starts with `below` ('0' follows '/')
+        cur = self.db.execute("DELETE FROM samples WHERE path=? OR (path >= ? AND path < ?)", (path, below, end))
+        return cur.rowcount
+
     def usable_samples(self) -> list[Sample]:
         rows = self.db.execute(
-            "SELECT id, path, sha256, label, kind, holdout, trained_round IS NOT NULL FROM samples "
+            f"SELECT {_SAMPLE_COLUMNS} FROM samples "
             "WHERE status='ok' ORDER BY mtime_ns, id").fetchall()  # arrival order, for online learning
-        return [Sample(r[0], r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6])) for r in rows]
+        return [_sample(r) for r in rows]
+
+    def new_samples(self) -> list[Sample]:
+        """Usable samples not learnt yet, in arrival order (an index holds just these)."""
+        rows = self.db.execute(f"SELECT {_SAMPLE_COLUMNS} FROM samples INDEXED BY samples_new "
+                               "WHERE status='ok' AND trained_round IS NULL ORDER BY mtime_ns, id")
+        return [_sample(r) for r in rows]
+
+    def holdout_sample(self, limit: int) -> list[Sample]:
+        """At most `limit` holdout samples, the same ones round after round (the lowest content hashes: a new
+        holdout file joins the sample only when it sorts among them), read through an index."""
+        rows = self.db.execute(f"SELECT {_SAMPLE_COLUMNS} FROM samples INDEXED BY samples_holdout "
+                               "WHERE status='ok' AND holdout=1 ORDER BY sha256 LIMIT ?", (int(limit),))
+        return [_sample(r) for r in rows]
+
+    def learnt_training_sample(self, limit: int, seed: int, parts: int = 16) -> list[Sample]:
+        """`limit` training samples already learnt (all of them when fewer), drawn at random without reading the
+        others: runs of consecutive content hashes after `parts` random points of the hash space (content hashes
+        are uniform, so a run is a random set of samples). Reads at most 2 × `limit` + 1 rows, through an index."""
+        def run(op: str, bound: str, n: int) -> list:
+            return self.db.execute(
+                f"SELECT {_SAMPLE_COLUMNS} FROM samples INDEXED BY samples_learnt WHERE status='ok' AND holdout=0 "
+                f"AND trained_round IS NOT NULL AND sha256 {op} ? ORDER BY sha256 LIMIT ?", (bound, n)).fetchall()
+
+        everything = run(">=", "", int(limit) + 1)
+        if len(everything) <= limit:
+            return [_sample(r) for r in everything]
+        rng = np.random.default_rng(seed)
+        per = -(-int(limit) // parts)
+        starts = sorted(f"{int(v):016x}" for v in rng.integers(0, 1 << 64, size=parts, dtype=np.uint64))
+        seen: dict[int, Sample] = {}
+        reached = ""  # runs do not overlap: one that starts inside the previous one goes on after it
+        for start in starts:
+            rows = run(">=", start, per) if start > reached else run(">", reached, per)
+            if rows:
+                reached = rows[-1][2]
+            seen.update((r[0], _sample(r)) for r in rows)
+        for r in everything:  # the last runs hit the end of the hash space: go on from its start
+            if len(seen) >= limit:
+                break
+            seen.setdefault(r[0], _sample(r))
+        return list(seen.values())[:int(limit)]
 
     def waiting_labels(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT DISTINCT label FROM samples WHERE status='waiting'")]
@@ -157,21 +264,27 @@ class Store:
         self.db.execute("UPDATE samples SET status=?, reason=? WHERE label=? AND status=?", (new, reason, label, old))
 
     def count_new(self) -> int:
-        return self.db.execute(
-            "SELECT COUNT(*) FROM samples WHERE status='ok' AND trained_round IS NULL").fetchone()[0]
+        return self.counts()["new"]
 
     def mark_trained(self, ids: list[int], round_id: int) -> None:
         with self.batch():
             self.db.executemany("UPDATE samples SET trained_round=? WHERE id=?", [(round_id, i) for i in ids])
 
+    def counts(self) -> dict[str, int]:
+        """Samples per status, holdout, new and new training ones: one row kept by triggers, not a count."""
+        row = self.db.execute(f"SELECT {', '.join(_COUNTED)} FROM sample_counts WHERE id=1").fetchone()
+        return dict(zip(_COUNTED, row or (0,) * len(_COUNTED)))
+
     def sample_counts(self) -> dict[str, int]:
-        counts = {"ok": 0, "quarantined": 0, "ignored": 0, "waiting": 0}
-        for status, n in self.db.execute("SELECT status, COUNT(*) FROM samples GROUP BY status"):
-            counts[status] = n
-        counts["holdout"] = self.db.execute(
-            "SELECT COUNT(*) FROM samples WHERE status='ok' AND holdout=1").fetchone()[0]
-        counts["new"] = self.count_new()
+        """What `status` shows: samples per status, holdout and new."""
+        counts = self.counts()
+        del counts["new_train"]
         return counts
+
+    def recount(self) -> dict[str, int]:
+        """The same counts from every row (what the kept ones must equal)."""
+        sums = ", ".join(f"COALESCE(SUM({c.format(r='samples')}), 0)" for c in _COUNTED.values())
+        return dict(zip(_COUNTED, self.db.execute(f"SELECT {sums} FROM samples").fetchone()))
 
     def problems(self, limit: int = 20) -> list[dict]:
         rows = self.db.execute("SELECT path, status, reason FROM samples WHERE status IN ('quarantined','ignored',"
@@ -227,19 +340,22 @@ class Store:
         return int(self.db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM heads").fetchone()[0])
 
     def heads(self, bundle: str | None = None) -> list[dict]:
+        return self._heads(*((" WHERE bundle=?", (bundle,)) if bundle is not None else ("", ())))
+
+    def _heads(self, where: str, args: tuple) -> list[dict]:
         q = "SELECT version, bundle, variant, created, status, accuracy, previous_accuracy, n_train, n_holdout, " \
-            "round_id, file FROM heads"
-        args: tuple = ()
-        if bundle is not None:
-            q += " WHERE bundle=?"
-            args = (bundle,)
+            "round_id, file FROM heads" + where
         keys = ("version", "bundle", "variant", "created", "status", "accuracy", "previous_accuracy", "n_train",
                 "n_holdout", "round_id", "file")
         return [dict(zip(keys, r)) for r in self.db.execute(q + " ORDER BY version", args)]
 
     def head(self, version: int) -> dict | None:
-        rows = [h for h in self.heads() if h["version"] == version]
+        rows = self._heads(" WHERE version=?", (version,))
         return rows[0] if rows else None
+
+    def initial_head(self, bundle: str) -> int | None:
+        row = self.db.execute("SELECT MIN(version) FROM heads WHERE bundle=? AND status='initial'", (bundle,))
+        return row.fetchone()[0]
 
     # --- rounds ---
     def start_round(self, trigger: str) -> int:

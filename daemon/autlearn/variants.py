@@ -49,6 +49,7 @@ from typing import Callable
 
 from . import runtime
 from .bundle import Bundle, sha256_file
+from .durable import write_text_atomic
 from .errors import AutlearnError
 
 log = logging.getLogger(__name__)
@@ -402,27 +403,7 @@ class MeasurementStore:
 
     def _write(self, data: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1, allow_nan=True)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        try:
-            dfd = os.open(self.path.parent, os.O_RDONLY)
-        except OSError:  # pragma: no cover - a platform without directory fds
-            return
-        try:
-            os.fsync(dfd)
-        except OSError:  # pragma: no cover
-            pass
-        finally:
-            os.close(dfd)
+        write_text_atomic(self.path, json.dumps(data, indent=1, allow_nan=True) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------- glue

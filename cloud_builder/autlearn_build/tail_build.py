@@ -1,0 +1,147 @@
+"""Builder step for a bundle cut below the head (`autlearn-build image --tail last_block|last2_blocks`):
+a pretrained classifier → int8 stem (the base: activation at the cut, flattened) + builtin-only tail, measured.
+
+What is measured per cut and written into the variant (docs/bundle-format.md, "Cut below the head"): the
+public-validation accuracy of int8 stem + shipped tail, the tail's train step through the LiteRT interpreter
+(ms per sample and per epoch of 500 samples, the head's for comparison), and the bytes one cached activation
+takes (float32 as the board's feature cache stores it, and int8).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from .bundle_writer import Variant
+from .errors import BuildError
+
+EPOCH_SAMPLES = 500  # the per-epoch cost is stated for this many cached samples
+
+
+def tail_flops(shape: tuple[int, int, int], weights: dict[str, np.ndarray], blocks: tuple[int, ...],
+               strides: dict[int, int]) -> int:
+    """Forward FLOPs of one sample through the tail (a multiply-add counts 2): depthwise, pointwise, pool, head."""
+    h, w, c = shape
+    flops = 0
+    for i in blocks:
+        s = strides[i]
+        h, w = -(-h // s), -(-w // s)
+        flops += 2 * h * w * c * 9
+        cout = int(weights[f"pw{i}_w"].shape[-1])
+        flops += 2 * h * w * c * cout
+        c = cout
+    flops += h * w * c
+    return int(flops + 2 * (weights["w0"].size + weights["w1"].size))
+
+
+def train_step_ms(model: bytes, feature_size: int, class_capacity: int, train_batch: int, threads: int = 2,
+                  steps: int = 20, image_input: tuple[int, int, int] | None = None) -> float:
+    """The fastest of `steps` calls of the converted `train` signature (ms per step), in the LiteRT
+    interpreter as the board runs it; lr 0 so the weights stay as shipped. `image_input`: x is
+    [B, H, W, C] images (a whole-model signature) instead of [B, feature_size]."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=model, num_threads=threads)
+    train = interp.get_signature_runner("train")
+    rng = np.random.default_rng(0)
+    shape = (train_batch, *image_input) if image_input else (train_batch, feature_size)
+    args = dict(x=rng.random(shape, np.float32),
+                y=(np.arange(train_batch) % 2).astype(np.int32), mask=np.ones(train_batch, np.float32),
+                active=np.ones(class_capacity, np.float32), lr=np.array(0.0, np.float32))
+    for _ in range(3):
+        train(**args)
+    best = float("inf")
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        train(**args)
+        best = min(best, time.perf_counter() - t0)
+    return best * 1000.0
+
+
+def finish_tail_variant(name: str, classifier, train, val, active: np.ndarray, opts,
+                        progress: Callable[[str], None], quiet_call, predict) -> Variant:
+    """A float classifier → int8 stem below `opts.tail` + the tail trained `opts.head_epochs` epochs on the
+    stem's own int8 activations of the public training images with the tail's own train step → Variant."""
+    from . import image_model
+    from . import tail_module as tm
+    from .convert import convert_base_int8, convert_head
+    from .evaluate import BaseRunner, accuracy
+    from .head_module import SIGNATURES, train_head
+
+    t0 = time.perf_counter()
+    cut = opts.tail
+    stem = tm.stem_of(classifier, cut)
+    shape = tm.cut_shape(classifier, cut)
+    stem_model = quiet_call(convert_base_int8, stem, train.x)
+    runner = BaseRunner(stem_model)
+    latency = runner.latency_ms(val.x if len(val) else train.x)
+    pretrained = tm.tail_weights(classifier, cut)
+
+    def module(weights):
+        return tm.TailModule(weights, cut, shape, opts.train_batch, l2=opts.tail_l2,
+                             conv_lr_scale=opts.tail_lr_scale)
+
+    logits_float = predict(classifier, val.x)
+    accuracy_float = accuracy(logits_float, val.y)
+    if len(val):  # the tail's math must reproduce the Keras classifier on the same (float) activations
+        import tensorflow as tf
+
+        diff = float(np.max(np.abs(module(pretrained).numpy_probs(predict(stem, val.x), active)
+                                   - tf.nn.softmax(logits_float).numpy())))
+        if diff > 1e-3:
+            raise BuildError(f"variant {name}: the {cut} tail does not reproduce the pretrained classifier "
+                             f"(max probability difference {diff:.2e})")
+    val_int8 = runner.features(val.x)
+    accuracy_pretrained_tail = accuracy(module(pretrained).numpy_probs(val_int8, active), val.y)
+    weights = pretrained
+    if opts.head_epochs > 0:
+        weights = train_head(module(pretrained), runner.features(train.x), train.y.astype(np.int32), active,
+                             epochs=opts.head_epochs, lr=opts.head_learning_rate, seed=opts.seed)
+    tail = module(weights)  # fresh: Adam state at zero, anchors = the shipped weights
+    tail_model = quiet_call(convert_head, tail, SIGNATURES)  # ConversionError (exit 3) naming a non-builtin op
+    from .evaluate import head_probs
+
+    probs_int8 = head_probs(tail_model, val_int8, active)
+    if len(val):
+        diff = float(np.max(np.abs(probs_int8 - tail.numpy_probs(val_int8, active))))
+        if diff > 1e-3:
+            raise BuildError(f"variant {name}: the converted {cut} tail differs from the trained one "
+                             f"(max probability difference {diff:.2e})")
+    accuracy_int8 = accuracy(probs_int8, val.y)
+    feature_size = int(np.prod(shape))
+    step_ms = train_step_ms(tail_model, feature_size, opts.class_capacity, opts.train_batch)
+    batches = -(-EPOCH_SAMPLES // opts.train_batch)
+    tail_params = int(sum(np.prod(w.shape) for w in weights.values()))
+    head_params = int(sum(weights[n].size for n in tm.HEAD_NAMES))
+    flops_tail = tail_flops(shape, weights, tm.TAIL_BLOCKS[cut], tm.STRIDES)
+    params, flops = image_model.count_params(stem), image_model.count_flops(stem)
+    cost = {
+        "cut": cut,
+        "cut_layer": tm.CUT_LAYER[cut],
+        "cut_shape": list(shape),
+        "trainable": list(tail.names),
+        "trainable_params": tail_params,
+        "conv_params": tail_params - head_params,
+        "train_ms_per_step": round(step_ms, 4),
+        "train_ms_per_sample": round(step_ms / opts.train_batch, 5),
+        "train_ms_per_epoch": round(step_ms * batches, 3),
+        "epoch_samples": EPOCH_SAMPLES,
+        "cache_bytes_per_sample": 4 * feature_size,
+        "cache_bytes_per_sample_int8": feature_size,
+        "l2_to_pretrained": opts.tail_l2,
+        "conv_lr_scale": opts.tail_lr_scale,
+        "accuracy_int8_pretrained_tail": None if accuracy_pretrained_tail != accuracy_pretrained_tail
+        else round(float(accuracy_pretrained_tail), 4),
+    }
+    progress(f"  variant {name}, cut {cut} ({'x'.join(map(str, shape))} = {feature_size} values cached per "
+             f"sample, {4 * feature_size} bytes): stem {params} params, int8 {len(stem_model)} bytes, "
+             f"{latency:.4f} ms/image; tail {tail_params} params, {flops_tail / 1e6:.3f} MFLOPs, train "
+             f"{step_ms / opts.train_batch:.3f} ms/sample ({step_ms * batches:.1f} ms per epoch of "
+             f"{EPOCH_SAMPLES}); val acc float {accuracy_float:.4f}, int8 {accuracy_int8:.4f}  "
+             f"{time.perf_counter() - t0:.1f}s")
+    return Variant(name=name, base_model=stem_model, head_model=tail_model, head_weights=list(tail.names),
+                   feature_size=feature_size, params=params, flops=flops, latency_ms=latency,
+                   accuracy_int8=accuracy_int8, accuracy_float=accuracy_float,
+                   extra={"head_params": tail_params, "head_flops": flops_tail, "cut": cut, "tail": cost})

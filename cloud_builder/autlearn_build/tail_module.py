@@ -1,0 +1,252 @@
+"""A trainable *tail* (the last depthwise-separable blocks + global pool + head) as a builtin-only `tf.Module`.
+
+The network is split at a *cut* (`CUTS`): the int8 frozen *stem* below it is the bundle's base, whose output
+is the activation at the cut flattened to [None, H*W*C] (so the board caches it like any feature vector), and
+the tail above it trains on the board through the same four signatures as the head (docs/bundle-format.md):
+
+  train(x[B,F], y[B] int32, mask[B], active[K], lr[]) -> {loss}   one Adam step, state inside the model
+  infer(x[None,F], active[K]) -> {probs[N,K]}
+  get_weights() -> {dw3_w, dw3_b, pw3_w, pw3_b, …, w0, b0, w1, b1}   the head's weights (the class slots) last
+  set_weights(<the same names>) -> {ok}                               also resets the Adam state
+
+Written flex-free (docs/architecture.md, facts measured): a 3x3 depthwise convolution as 9 `tf.slice` taps of a padded
+input (stride 2 through a reshape into (block, phase) pairs, no strided slice), a pointwise convolution as a
+matmul over the pixels, BatchNorm folded into weights and biases with the pretrained statistics, ReLU6 as
+min(max(x, 0), 6), hand-written Adam, a fixed train batch with a mask.
+
+Regularised toward the cloud model, so that a user with a few images does not overfit the convolutions: the
+loss adds `l2` x the squared distance of the tail's convolution weights from their pretrained values (constants
+in the model: a rollback or set_weights never moves the anchor), and those weights step with `conv_lr_scale` x
+the round's learning rate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from .head_module import SIGNATURES
+from .image_model import MASK_NEGATIVE
+
+CUTS = ("head", "last_block", "last2_blocks")
+# the layer whose output is the stem's (the activation at the cut) and the blocks above it
+CUT_LAYER = {"last_block": "pw2_relu", "last2_blocks": "pw1_relu"}
+TAIL_BLOCKS = {"last_block": (3,), "last2_blocks": (2, 3)}
+STRIDES = {1: 1, 2: 2, 3: 1}
+HEAD_NAMES = ("w0", "b0", "w1", "b1")
+BN_EPS_DEFAULT = 1e-3
+DEFAULT_L2 = 1e-3
+DEFAULT_CONV_LR_SCALE = 0.3
+
+
+def same_pads(size: int, stride: int, k: int = 3) -> tuple[int, int, int]:
+    """TensorFlow's SAME padding: (output size, pad before, pad after)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + k - size, 0)
+    return out, total // 2, total - total // 2
+
+
+def fold_bn(kernel: np.ndarray, bn: list[np.ndarray], eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Conv kernel (last axis = output channels, or [kh,kw,C,1] for depthwise) + BN weights
+    [gamma, beta, moving_mean, moving_var] → folded (kernel, bias)."""
+    gamma, beta, mean, var = bn
+    scale = gamma / np.sqrt(var + eps)
+    if kernel.ndim == 4 and kernel.shape[-1] == 1 and kernel.shape[2] == scale.shape[0]:  # depthwise
+        k = kernel * scale[None, None, :, None]
+    else:
+        k = kernel * scale
+    return k.astype(np.float32), (beta - mean * scale).astype(np.float32)
+
+
+def taps(x, stride: int):
+    """The 9 kernel taps of a 3x3 SAME convolution, each [B, Ho, Wo, C], with slices and reshapes only
+    (their gradients are PAD and SLICE; Python slicing would bring StridedSliceGrad, a Flex op)."""
+    _, h, w, c = (int(d) if d is not None else -1 for d in x.shape)
+    ho, pt, pb = same_pads(h, stride)
+    wo, pl, pr = same_pads(w, stride)
+    if stride == 1:
+        xp = tf.pad(x, [[0, 0], [pt, pb], [pl, pr], [0, 0]])
+        return [tf.slice(xp, [0, ky, kx, 0], [-1, ho, wo, c]) for ky in range(3) for kx in range(3)]
+    # stride 2: pad to an even size that covers every tap and view rows, then columns, as (block, phase)
+    # pairs; every tensor stays 4-D (TFLite's PAD, the gradient of SLICE, takes at most 5 dimensions)
+    hb, wb = max(-(-(h + pt + pb) // 2), ho + 1), max(-(-(w + pl + pr) // 2), wo + 1)
+    xp = tf.pad(x, [[0, 0], [pt, 2 * hb - h - pt], [pl, 2 * wb - w - pl], [0, 0]])
+    rows = tf.reshape(xp, [-1, hb, 2, 2 * wb * c])
+    out = []
+    for ky in range(3):
+        r = tf.slice(rows, [0, ky // 2, ky % 2, 0], [-1, ho, 1, 2 * wb * c])
+        cols = tf.reshape(r, [-1, wb, 2, c])  # [B*ho, wb, 2, C]
+        for kx in range(3):
+            t = tf.slice(cols, [0, kx // 2, kx % 2, 0], [-1, wo, 1, c])
+            out.append(tf.reshape(t, [-1, ho, wo, c]))
+    return out
+
+
+def relu6(x):
+    return tf.minimum(tf.maximum(x, 0.0), 6.0)
+
+
+def depthwise3x3(x, kernel, bias, stride: int):
+    """Depthwise 3x3 SAME convolution (kernel [3,3,C,1]) + bias, from taps: no conv op, no conv gradient."""
+    acc = None
+    for j, tap in enumerate(taps(x, stride)):
+        # tf.slice, not kernel[j // 3, j % 3]: its gradient is PAD, not StridedSliceGrad (Flex)
+        term = tap * tf.reshape(tf.slice(kernel, [j // 3, j % 3, 0, 0], [1, 1, -1, 1]), [1, 1, 1, -1])
+        acc = term if acc is None else acc + term
+    return acc + bias
+
+
+def pointwise(x, kernel, bias):
+    """1x1 convolution (kernel [1,1,C,C'] or [C,C']) as a matmul over the pixels: [B*H*W, C] @ [C, C']."""
+    _, h, w, c = (int(d) if d is not None else -1 for d in x.shape)
+    k = tf.reshape(kernel, [c, -1])
+    return tf.reshape(tf.matmul(tf.reshape(x, [-1, c]), k), [-1, h, w, int(k.shape[-1])]) + bias
+
+
+# ------------------------------------------------------------------------------------------ from Keras
+
+def check_cut(cut: str) -> None:
+    if cut not in CUTS:
+        raise ValueError(f"unknown cut {cut!r} (known: {', '.join(CUTS)})")
+
+
+def cut_shape(classifier, cut: str) -> tuple[int, int, int]:
+    """[H, W, C] of the activation at the cut."""
+    _, h, w, c = classifier.get_layer(CUT_LAYER[cut]).output.shape
+    return int(h), int(w), int(c)
+
+
+def stem_of(classifier, cut: str):
+    """The frozen part below the cut (shares the classifier's layers): image → activation at the cut, flattened."""
+    layer = classifier.get_layer(CUT_LAYER[cut])
+    flat = tf.keras.layers.Flatten(name=f"stem_{cut}")(layer.output)
+    return tf.keras.Model(classifier.input, flat, name=f"stem_{cut}")
+
+
+def tail_weights(classifier, cut: str) -> dict[str, np.ndarray]:
+    """The tail's folded float weights in signature order: dw{i}_w, dw{i}_b, pw{i}_w, pw{i}_b per tail block,
+    then the head's w0, b0, w1, b1 (class slots last)."""
+    w: dict[str, np.ndarray] = {}
+
+    def folded(conv: str):
+        bn = classifier.get_layer(f"{conv}_bn")
+        return fold_bn(np.asarray(classifier.get_layer(conv).get_weights()[0]),
+                       [np.asarray(a) for a in bn.get_weights()], float(getattr(bn, "epsilon", BN_EPS_DEFAULT)))
+
+    for i in TAIL_BLOCKS[cut]:
+        w[f"dw{i}_w"], w[f"dw{i}_b"] = folded(f"dw{i}")
+        pk, pb = folded(f"pw{i}")
+        w[f"pw{i}_w"], w[f"pw{i}_b"] = pk.reshape(pk.shape[-2], pk.shape[-1]), pb
+    w["w0"], w["b0"] = (np.asarray(a, np.float32) for a in classifier.get_layer("head_hidden").get_weights())
+    w["w1"], w["b1"] = (np.asarray(a, np.float32) for a in classifier.get_layer("head_logits").get_weights())
+    return w
+
+
+def conv_names(names) -> list[str]:
+    return [n for n in names if n.startswith(("dw", "pw")) and n.endswith("_w")]
+
+
+# ------------------------------------------------------------------------------------------ the module
+
+class TailModule(tf.Module):
+    def __init__(self, weights: dict[str, np.ndarray], cut: str, shape: tuple[int, int, int], train_batch: int,
+                 anchors: dict[str, np.ndarray] | None = None, l2: float = DEFAULT_L2,
+                 conv_lr_scale: float = DEFAULT_CONV_LR_SCALE,
+                 beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-7):
+        """`weights` as `tail_weights` gives them; `anchors` (default: `weights`) are the values the L2 term
+        pulls the convolution weights toward (the cloud's pretrained tail)."""
+        super().__init__(name="tail")
+        check_cut(cut)
+        self.cut, self.blocks = cut, TAIL_BLOCKS[cut]
+        self.names = tuple(f"{kind}{i}_{p}" for i in self.blocks for kind in ("dw", "pw") for p in ("w", "b"))
+        self.names += HEAD_NAMES
+        missing = [n for n in self.names if n not in weights]
+        if missing:
+            raise ValueError(f"tail weights lack {missing}")
+        self.shape = tuple(int(d) for d in shape)
+        self.feature_size = int(np.prod(self.shape))
+        self.class_capacity = int(np.asarray(weights["b1"]).shape[0])
+        self.train_batch = int(train_batch)
+        self.l2, self.conv_lr_scale = float(l2), float(conv_lr_scale)
+        self.beta1, self.beta2, self.epsilon = float(beta1), float(beta2), float(epsilon)
+        self.params = [tf.Variable(np.asarray(weights[n], np.float32), name=n) for n in self.names]
+        self.p = dict(zip(self.names, self.params))
+        anchors = anchors if anchors is not None else weights
+        self.conv = conv_names(self.names)
+        self.anchors = {n: tf.constant(np.asarray(anchors[n], np.float32)) for n in self.conv}
+        self.lr_scale = [self.conv_lr_scale if n in self.conv else 1.0 for n in self.names]
+        self.adam_m = [tf.Variable(tf.zeros_like(v), name=f"adam_m_{n}") for v, n in zip(self.params, self.names)]
+        self.adam_v = [tf.Variable(tf.zeros_like(v), name=f"adam_v_{n}") for v, n in zip(self.params, self.names)]
+        self.adam_step = tf.Variable(0.0, name="adam_step")
+
+        F, K, B = self.feature_size, self.class_capacity, self.train_batch
+        self.train = tf.function(self._train, input_signature=[
+            tf.TensorSpec([B, F], tf.float32, name="x"),
+            tf.TensorSpec([B], tf.int32, name="y"),
+            tf.TensorSpec([B], tf.float32, name="mask"),
+            tf.TensorSpec([K], tf.float32, name="active"),
+            tf.TensorSpec([], tf.float32, name="lr"),
+        ])
+        self.infer = tf.function(self._infer, input_signature=[
+            tf.TensorSpec([None, F], tf.float32, name="x"),
+            tf.TensorSpec([K], tf.float32, name="active"),
+        ])
+        self.get_weights = tf.function(self._get_weights, input_signature=[])
+        self.set_weights = tf.function(self._set_weights, input_signature=[
+            tf.TensorSpec(v.shape, tf.float32, name=n) for n, v in zip(self.names, self.params)])
+
+    def features(self, x):
+        """Activation at the cut [N, F] → the pooled features the head sees [N, feature channels]."""
+        h, w, c = self.shape
+        a = tf.reshape(x, [-1, h, w, c])
+        p = self.p
+        for i in self.blocks:
+            a = relu6(depthwise3x3(a, p[f"dw{i}_w"], p[f"dw{i}_b"], STRIDES[i]))
+            a = relu6(pointwise(a, p[f"pw{i}_w"], p[f"pw{i}_b"]))
+        return tf.reduce_mean(a, axis=[1, 2])
+
+    def logits(self, x, active):
+        p = self.p
+        hidden = tf.maximum(tf.matmul(self.features(x), p["w0"]) + p["b0"], 0.0)
+        return tf.matmul(hidden, p["w1"]) + p["b1"] + (active - 1.0) * MASK_NEGATIVE
+
+    def _train(self, x, y, mask, active, lr):
+        with tf.GradientTape() as tape:
+            log_probs = tf.nn.log_softmax(self.logits(x, active), axis=-1)
+            cross_entropy = -tf.reduce_sum(tf.one_hot(y, self.class_capacity) * log_probs, axis=-1)
+            loss = tf.reduce_sum(mask * cross_entropy) / tf.maximum(tf.reduce_sum(mask), 1.0)
+            if self.l2 > 0 and self.conv:
+                loss_total = loss + self.l2 * tf.add_n([tf.reduce_sum(tf.square(self.p[n] - self.anchors[n]))
+                                                        for n in self.conv])
+            else:
+                loss_total = loss
+        grads = tape.gradient(loss_total, self.params)
+        step = self.adam_step.assign_add(1.0)
+        lr_t = lr * tf.sqrt(1.0 - tf.pow(self.beta2, step)) / (1.0 - tf.pow(self.beta1, step))
+        for var, grad, m, v, scale in zip(self.params, grads, self.adam_m, self.adam_v, self.lr_scale):
+            m_new = m.assign(self.beta1 * m + (1.0 - self.beta1) * grad)
+            v_new = v.assign(self.beta2 * v + (1.0 - self.beta2) * tf.square(grad))
+            var.assign_sub((lr_t * scale) * m_new / (tf.sqrt(v_new) + self.epsilon))
+        return {"loss": loss}
+
+    def _infer(self, x, active):
+        return {"probs": tf.nn.softmax(self.logits(x, active), axis=-1)}
+
+    def _get_weights(self):
+        return {n: tf.identity(v) for n, v in zip(self.names, self.params)}
+
+    def _set_weights(self, *values):
+        for var, value in zip(self.params, values):
+            var.assign(value)
+        for m, v in zip(self.adam_m, self.adam_v):
+            m.assign(tf.zeros_like(m))
+            v.assign(tf.zeros_like(v))
+        self.adam_step.assign(0.0)
+        return {"ok": tf.ones([], tf.int32)}
+
+    def concrete_signatures(self) -> dict:
+        return {name: getattr(self, name).get_concrete_function() for name in SIGNATURES}
+
+    def numpy_probs(self, x: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """Eager TF probabilities (to compare the converted model with)."""
+        return self._infer(tf.constant(x, tf.float32), tf.constant(active, tf.float32))["probs"].numpy()

@@ -1,0 +1,303 @@
+"""Does training below the head pay (issue 14)? Head-only vs last_block vs last2_blocks tails, each trained by the
+board's own code path (tools/eval_board.py: a real Service + Engine round, the daemon's default settings), against
+local-only (the same CNN from scratch on the user's own images, Keras), for two groups of users:
+
+  uci          the UCI-digits users of `make eval` (tools/eval_image.py: same partition, seed and splits); the
+               base pretrained on MNIST-5k as `make eval` builds it. Centralised, FedAvg and local-only figures
+               for these users are read from reports/eval.json (the same users), not recomputed.
+  new_classes  a base pretrained on MNIST-5k digits 0-4 only; each user brings digits 5-9 (MNIST-5k images the
+               base never saw, `--per-class` training images per class, 50 test images per class), which the
+               board puts into free class slots.
+
+Writes <out>/tail.json and <out>/tail.md. Bundles are built once under <work> with the real builder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+TOOLS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TOOLS))
+
+from partition import summarise  # noqa: E402
+
+BIN = Path(sys.executable).parent
+CUTS = ("head", "last_block", "last2_blocks")
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def ensure_bundle(work: Path, group: str, cut: str, data_args: list[str]) -> Path:
+    out = work / f"bundle-{group}-{cut}"
+    if (out / "manifest.json").exists():
+        return out
+    cmd = [str(BIN / "autlearn-build"), "image", *data_args, "--epochs", "8", "--seed", "0", "--degrade", "1",
+           "--tail", cut, "--out", str(out), "--force"]
+    log(f"   building: {' '.join(cmd[1:])}")
+    with open(work / f"build-{group}-{cut}.log", "w") as f:
+        if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode != 0:
+            raise SystemExit(f"autlearn-build failed; see {work / f'build-{group}-{cut}.log'}")
+    return out
+
+
+def mnist_pixels():
+    """MNIST-5k as uint8 [N, 28, 28] and labels, in the builder's fixed public order."""
+    from autlearn_build.datasets import ImageSpec, load_mnist5k
+
+    pub = load_mnist5k(ImageSpec())
+    return np.clip(np.round(pub.x[..., 0] * 255.0), 0, 255).astype(np.uint8), pub.y
+
+
+def write_pngs(images: np.ndarray, paths: list[Path]) -> None:
+    from PIL import Image
+
+    for img, p in zip(images, paths):
+        if not p.exists():
+            p.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img, "L").save(p)
+
+
+def new_class_data(work: Path, n_users: int, per_class: int, test_per_class: int = 50):
+    """The public folder of digits 0-4 (for the base) and users holding digits 5-9 (PNG files)."""
+    from eval_image import ImageUsers
+
+    pixels, labels = mnist_pixels()
+    public = work / "mnist04"
+    low = np.flatnonzero(labels < 5)
+    write_pngs(pixels[low], [public / str(labels[i]) / f"m{i:05d}.png" for i in low])
+    high = np.flatnonzero(labels >= 5)
+    files = [work / "mnist59" / f"m{i:05d}.png" for i in range(len(labels))]
+    write_pngs(pixels[high], [files[i] for i in high])
+    users = []
+    rng = np.random.default_rng(0)
+    for u in range(n_users):
+        train, test = [], []
+        for c in range(5, 10):
+            idx = np.flatnonzero(labels == c)
+            need = per_class + test_per_class
+            part = idx[u * need:(u + 1) * need]
+            if len(part) < need:
+                raise SystemExit(f"MNIST-5k has too few images of digit {c} for {n_users} users x {need}")
+            train.append(part[:per_class])
+            test.append(part[per_class:])
+        stream = np.concatenate(train)
+        users.append({"name": f"new{u:02d}", "train": stream[rng.permutation(len(stream))],
+                      "test": np.concatenate(test)})
+    return public, ImageUsers(x=np.zeros(0), labels=labels.astype(np.int64), files=files, users=users)
+
+
+def decode(data, spec: dict) -> None:
+    from reference import decode_pngs
+
+    idx = np.unique(np.concatenate([np.concatenate([u["train"], u["test"]]) for u in data.users]))
+    x = np.zeros((len(data.labels), 28, 28, 1), np.float32)
+    x[idx] = decode_pngs([data.files[i] for i in idx], spec)
+    data.x = x
+
+
+def board_round(data, user: dict, bundle: Path, work: Path) -> dict:
+    """One user on the board at this bundle's cut: the daemon's defaults (offline, 1 augmented copy, 30 epochs,
+    min_steps 1000, holdout gate), then the served version scored on the user's test images."""
+    from eval_board import open_board
+    from eval_image import _head_predict, _write_inbox
+
+    b = open_board(work / f"{user['name']}-{bundle.name}", bundle, **{"training.seed": 0})
+    try:
+        _write_inbox(b, data, user["train"])
+        b.scan()
+        test_y = data.labels[user["test"]]
+        feats = b.eng.extractor(data.x[user["test"]])
+        t0 = time.monotonic()
+        r = b.round()
+        secs = time.monotonic() - t0
+        return {"accuracy": float(np.mean(_head_predict(b, b.version(), feats) == test_y)),
+                "pretrained": float(np.mean(_head_predict(b, b.initial_version(), feats) == test_y)),
+                "outcome": r.outcome, "holdout_before": r.accuracy_before, "holdout_after": r.accuracy_after,
+                "n_train": r.n_train, "n_augmented": r.n_augmented, "n_holdout": r.n_holdout,
+                "round_seconds": round(secs, 2)}
+    finally:
+        b.close()
+
+
+def local_only(x_tr, y_tr, x_te, y_te, n_classes: int, epochs: int, seed: int) -> float:
+    """The bundle's CNN from scratch on the user's own training images (the builder's recipe)."""
+    from autlearn_build import image_model
+
+    image_model.set_seed(seed)
+    model = image_model.build_classifier(image_model.build_base((28, 28, 1), 64, 1.0), 16, n_classes)
+    image_model.pretrain(model, x_tr, y_tr, np.zeros((0, 28, 28, 1), np.float32), np.zeros(0, np.int64),
+                         epochs=epochs, batch_size=32, progress=lambda s: None)
+    return float(np.mean(np.argmax(model.predict(x_te, batch_size=256, verbose=0), axis=1) == y_te))
+
+
+def whole_model_step_ms(train_batch: int = 32) -> float:
+    """One `train` step of the whole CNN through a builtin-only TFLite signature (tools/tflite_whole.py, the
+    bench's whole-model baseline), timed like the builder times a tail (random weights: only the cost counts)."""
+    import tflite_whole
+    from autlearn_build import image_model
+    from autlearn_build.tail_build import train_step_ms
+
+    image_model.set_seed(0)
+    clf = image_model.build_classifier(image_model.build_base((28, 28, 1), 64, 1.0), 16, 10)
+    model = tflite_whole.convert(tflite_whole.make_module(tflite_whole.folded_weights(clf), (28, 28, 1), train_batch))
+    return train_step_ms(model, 28 * 28, 16, train_batch, image_input=(28, 28, 1))
+
+
+def cut_info(bundle: Path) -> dict:
+    from autlearn_build.tail_build import train_step_ms
+
+    m = json.loads((bundle / "manifest.json").read_text())
+    v = m["variants"][0]
+    t = v.get("tail", {})
+    if not t:  # head-only: time its train signature the same way
+        step = train_step_ms((bundle / v["head"]).read_bytes(), v["feature_size"], m["class_capacity"],
+                             m["train_batch"])
+        t = {"train_ms_per_sample": round(step / m["train_batch"], 5),
+             "train_ms_per_epoch": round(step * -(-500 // m["train_batch"]), 3)}
+    return {"feature_size": v["feature_size"], "accuracy_int8_public": v["accuracy_int8"],
+            "trainable_params": t.get("trainable_params", v.get("head_params")),
+            "train_ms_per_sample": t.get("train_ms_per_sample"), "train_ms_per_epoch": t.get("train_ms_per_epoch"),
+            "cache_bytes_per_sample": t.get("cache_bytes_per_sample", 4 * v["feature_size"]),
+            "base_latency_ms": v["latency_ms"]}
+
+
+class Memo:
+    """Results already measured (work/rounds.json, keyed by group/user/what): a run interrupted or split over
+    several invocations (one cut at a time while the others' bundles build) does not redo them. Delete the
+    file (or the bundle) to measure again."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.exists() else {}
+
+    def get(self, key: str, compute):
+        if key not in self.data:
+            value = compute()
+            if self.path.exists():  # another invocation may have added results meanwhile
+                self.data = {**json.loads(self.path.read_text()), **self.data}
+            self.data[key] = value
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(self.data, indent=1) + "\n")
+            tmp.replace(self.path)
+        return self.data[key]
+
+
+def run_group(name: str, data, bundles: dict[str, Path], work: Path, local: list[float], memo: Memo) -> dict:
+    per = {cut: [] for cut in bundles}
+    rows = []
+    for u in data.users:
+        row = {"name": u["name"], "n_train": int(len(u["train"])), "n_test": int(len(u["test"]))}
+        for cut, bundle in bundles.items():
+            row[cut] = memo.get(f"{name}/{u['name']}/{cut}", lambda: board_round(data, u, bundle, work / "boards"))
+            per[cut].append(row[cut]["accuracy"])
+        rows.append(row)
+        log(f"   {name} {u['name']}: " + "  ".join(f"{c} {row[c]['accuracy']:.3f} ({row[c]['round_seconds']:.0f}s)"
+                                                   for c in bundles))
+    for row, acc in zip(rows, local):
+        row["local_only"] = acc
+    methods = {c: summarise(v).as_dict() | {"per_user": [round(a, 4) for a in v]} for c, v in per.items()}
+    methods["local_only"] = summarise(local).as_dict() | {"per_user": [round(a, 4) for a in local]}
+    methods["pretrained"] = summarise([r["head"]["pretrained"] for r in rows]).as_dict()
+    return {"users": rows, "methods": methods, "cuts": {c: cut_info(b) for c, b in bundles.items()},
+            "round_seconds": {c: round(float(np.mean([r[c]["round_seconds"] for r in rows])), 2) for c in bundles}}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("reports"))
+    ap.add_argument("--work", type=Path, default=Path("build/tail"))
+    ap.add_argument("--group", choices=("uci", "new_classes", "all"), default="all")
+    ap.add_argument("--cuts", default=",".join(CUTS))
+    ap.add_argument("--new-users", type=int, default=2)
+    ap.add_argument("--per-class", type=int, default=200)
+    ap.add_argument("--local-epochs", type=int, default=30)
+    ap.add_argument("--eval-json", type=Path, default=Path("reports/eval.json"),
+                    help="make eval's report: centralised, FedAvg and local-only figures of the UCI users")
+    args = ap.parse_args(argv)
+    cuts = [c for c in args.cuts.split(",") if c]
+    args.work.mkdir(parents=True, exist_ok=True)
+    out_json = args.out / "tail.json"
+    result = json.loads(out_json.read_text()) if out_json.exists() else {}
+    t0 = time.monotonic()
+    memo = Memo(args.work / "rounds.json")
+    if args.group in ("uci", "all"):
+        import eval_image as ei
+
+        log("== uci users (make eval's partition)")
+        bundles = {c: ensure_bundle(args.work, "uci", c, ["--data", "mnist5k"]) for c in cuts}
+        spec = json.loads((bundles[cuts[0]] / "manifest.json").read_text())["input"]
+        data = ei.load_users(args.work, spec, 10, 0.5, 0.3, 0)
+        ev = json.loads(args.eval_json.read_text())["image"]["methods"]
+        g = run_group("uci", data, bundles, args.work, ev["local_only"]["per_user"], memo)
+        g["reference"] = {m: {"mean": ev[m]["mean"], "per_user": ev[m]["per_user"]}
+                          for m in ("centralised", "fedavg", "autlearn_offline_aug")}
+        g["reference_source"] = str(args.eval_json)
+        result["uci"] = g
+    if args.group in ("new_classes", "all"):
+        log("== new-classes users (base on digits 0-4, users bring 5-9)")
+        public, data = new_class_data(args.work, args.new_users, args.per_class)
+        bundles = {c: ensure_bundle(args.work, "new04", c, ["--data", str(public), "--fit-box", "20"]) for c in cuts}
+        decode(data, json.loads((bundles[cuts[0]] / "manifest.json").read_text())["input"])
+        local = [memo.get(f"new_classes/{u['name']}/local_only", lambda: local_only(
+            data.x[u["train"]], data.labels[u["train"]] - 5, data.x[u["test"]], data.labels[u["test"]] - 5, 5,
+            args.local_epochs, 0)) for u in data.users]
+        log(f"   local only: {[round(a, 3) for a in local]}")
+        result["new_classes"] = run_group("new_classes", data, bundles, args.work, local, memo)
+        result["new_classes"]["per_class_train"] = args.per_class
+    result["whole_model_train_ms_per_sample"] = memo.get("whole_model_train_ms_per_sample",
+                                                         lambda: round(whole_model_step_ms() / 32, 5))
+    result["seconds_last_run"] = round(time.monotonic() - t0, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "tail.md").write_text(markdown(result))
+    log(f"wrote {out_json} and {args.out / 'tail.md'}")
+    return 0
+
+
+def markdown(r: dict) -> str:
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.1f} %"  # noqa: E731
+    lines = ["# Learning below the head (issue 14)", "",
+             "Generated by `tools/eval_tail.py`. Every board figure is a real daemon round (Service + Engine, the "
+             "daemon's default settings: offline, 1 augmented copy, 30 epochs, min_steps 1000, holdout gate) on a "
+             "bundle built with `autlearn-build image --tail CUT`, scored on the user's own test images.", ""]
+    if "whole_model_train_ms_per_sample" in r:
+        lines += [f"Whole-model training through a builtin-only TFLite `train` signature (tools/tflite_whole.py): "
+                  f"{r['whole_model_train_ms_per_sample']} ms per sample, timed like the cuts below.", ""]
+    for group, g in ((k, r[k]) for k in ("uci", "new_classes") if k in r):
+        m = g["methods"]
+        cuts = [c for c in CUTS if c in m]
+        lines += [f"## {group}", "", "| method | mean | min | per user |", "|---|---|---|---|"]
+        for key in ["pretrained", *cuts, "local_only"]:
+            if key in m:
+                per = ", ".join(f"{100 * a:.1f}" for a in m[key].get("per_user", []))
+                lines.append(f"| {key} | {pct(m[key]['mean'])} | {pct(m[key]['min'])} | {per} |")
+        for key, ref in g.get("reference", {}).items():
+            lines.append(f"| {key} (reports/eval.json) | {pct(ref['mean'])} | | "
+                         f"{', '.join(f'{100 * a:.1f}' for a in ref['per_user'])} |")
+        lines += ["", "| cut | values cached / sample | cache bytes / sample | trainable params | train ms / sample "
+                  "| train ms / epoch of 500 | mean round s | public int8 acc |", "|---|---|---|---|---|---|---|---|"]
+        for c in cuts:
+            i = g["cuts"][c]
+            lines.append(f"| {c} | {i['feature_size']} | {i['cache_bytes_per_sample']} | {i['trainable_params']} | "
+                         f"{i['train_ms_per_sample'] if i['train_ms_per_sample'] is not None else 'n/a'} | "
+                         f"{i['train_ms_per_epoch'] if i['train_ms_per_epoch'] is not None else 'n/a'} | "
+                         f"{g['round_seconds'][c]} | {pct(i['accuracy_int8_public'])} |")
+        local = g["methods"]["local_only"]["per_user"]
+        for c in cuts:
+            beats = sum(a >= b for a, b in zip(g["methods"][c]["per_user"], local))
+            lines.append(f"\n{c}: ≥ local-only for {beats} of {len(local)} users.")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
