@@ -194,3 +194,12 @@ def test_files_in_other_encodings_and_one_long_line_stream_in_bounded_memory(tmp
     tracemalloc.stop()
     assert n == 3 * 55_000 * 10 and longest <= MAX_PENDING_CHARS
     assert peak < 40 << 20, f"{peak / 2**20:.0f} MB traced while streaming a 10-MB line"
+
+
+def test_bench_keyboard_merges_its_object_and_keeps_the_others(tmp_path):
+    import json
+    import bench_keyboard
+    (tmp_path / "bench.json").write_text(json.dumps({"summary": {"x": 1}, "scale": {"y": 2}}))
+    bench_keyboard.merge_report(tmp_path, {"rows": [], "peak_rss_mb_100k": 1.0})
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["summary"] == {"x": 1} and data["scale"] == {"y": 2} and data["keyboard"]["peak_rss_mb_100k"] == 1.0

@@ -108,13 +108,21 @@ def build_bundle(work: Path) -> Path:
     return bundle
 
 
+def compact_json(obj) -> str:
+    """As tools/bench.py writes bench.json: indented, every list of plain numbers on one line."""
+    import re
+    text = json.dumps(obj, indent=1, default=float)
+    return re.sub(r"\[\s*(-?[0-9][0-9.eE+-]*(?:,\s*-?[0-9][0-9.eE+-]*)*)\s*\]",
+                  lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
+
+
 def merge_report(reports: Path, keyboard: dict) -> Path:
     out = reports / "bench.json"
     data = json.loads(out.read_text()) if out.exists() else {}
     data["keyboard"] = keyboard
     reports.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.write_text(compact_json(data) + "\n")
     os.replace(tmp, out)
     return out
 

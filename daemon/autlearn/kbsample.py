@@ -19,11 +19,11 @@ DEFAULT_BYTES_PER_WORD = 6.0  # English with spaces and punctuation; measured on
 @dataclass(frozen=True)
 class KeyboardLimits:
     """What bounds a keyboard round (training.text_* settings)."""
-    positions: int = 20_000  # training positions kept (new first; the rest of the sample replays learnt text)
-    holdout_positions: int = 2_000
-    memory_entries: int = 20_000
-    memory_mb: float = 8.0
-    max_steps: int = 400
+    positions: int = 16_000  # training positions kept (new first; the rest of the sample replays learnt text)
+    holdout_positions: int = 1_000
+    memory_entries: int = 10_000
+    memory_mb: float = 4.0
+    max_steps: int = 200
 
 
 def limits_of(config) -> KeyboardLimits:

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["KeyboardLearner", "KeyboardPredictor", "KeyboardLimits", "Tokenizer", "topk_hits", "pending_words",
            "limits_of", "score", "SPECIAL_COUNT", "Memory", "unit"]
-CHUNK_SENTENCES = 128  # sentences whose windows' features are fetched (or computed) together
+CHUNK_SENTENCES = 96  # sentences whose windows' features are fetched (or computed) together
 MAX_COUNTED_WORDS = 200_000  # distinct out-of-vocabulary words counted at once (then words seen once are dropped)
 LEARNT_FILE = "keyboard-learnt.npy"  # hashes of the sentences earlier rounds learnt from
 MIX_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7)
@@ -365,6 +365,8 @@ class KeyboardLearner:
         report["current"] = {"top1": before1, "top3": before3}
 
         head.set_weights(current_w)  # scoring ran no optimiser step: its state is still fresh
+        if mode != "online":
+            del current_mem  # only online mode starts from the current memory
         if mode == "online":
             fs, ys = col.stream.raw()
             memory = current_mem

@@ -9,7 +9,7 @@ recent contexts of the user's training text, in arrival order), a Reservoir keep
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ class Memory:
     keys: np.ndarray  # [M, H] float16
     targets: np.ndarray  # [M] int32
     mix: float = 0.0
+    _keys32: tuple | None = field(default=None, repr=False, compare=False)  # (the keys it was made of, float32)
 
     @classmethod
     def empty(cls, h: int) -> "Memory":
@@ -44,10 +45,11 @@ class Memory:
             return out
         qn = (q / (np.linalg.norm(q, axis=1, keepdims=True) + 1e-8)).astype(np.float32)
         k = min(KNN_K, len(self.keys))
-        for i in range(0, len(qn), KNN_CHUNK):  # [32, M] similarities at a time, keys converted 8192 at a time
-            sim = np.zeros((len(qn[i:i + KNN_CHUNK]), len(self.keys)), np.float32)
-            for j in range(0, len(self.keys), 8192):
-                sim[:, j:j + 8192] = qn[i:i + KNN_CHUNK] @ self.keys[j:j + 8192].astype(np.float32).T
+        if self._keys32 is None or self._keys32[0] is not self.keys:
+            self._keys32 = (self.keys, self.keys.astype(np.float32))  # once per set of keys, not per query
+        keys32 = self._keys32[1]
+        for i in range(0, len(qn), KNN_CHUNK):  # [32, M] similarities at a time
+            sim = qn[i:i + KNN_CHUNK] @ keys32.T
             idx = np.argpartition(sim, len(self.keys) - k, axis=1)[:, -k:]
             top = np.take_along_axis(sim, idx, axis=1)
             del sim
