@@ -100,6 +100,8 @@ class FeatureSource:
 
     # Decoded inputs kept inside `sharing_inputs` for the round's augmented copies (a file is read once a round).
     SHARED_INPUT_BYTES = 32 << 20
+    # Decoded inputs held at once while their features are computed (then the next chunk is decoded).
+    DECODED_CHUNK_BYTES = 16 << 20
 
     def __init__(self, bundle: Bundle, variant: Variant, extractor: FeatureExtractor, cache: FeatureCache,
                  max_pixels: int, max_file_bytes: int = 64 << 20):
@@ -141,17 +143,27 @@ class FeatureSource:
         found = self.cache.get_many(keys)
         computed: dict[str, np.ndarray] = {}
         inputs, todo_keys = [], []
+
+        def extract() -> None:  # a chunk at a time: 500 decoded photos at 160 px would be 150 MB of inputs
+            if inputs:
+                chunk = dict(zip(todo_keys, self.extractor(np.stack(inputs))))
+                self.cache.put_many(chunk)
+                computed.update(chunk)
+                inputs.clear()
+                todo_keys.clear()
+
+        pending: set[str] = set()
         for (s, _, vseed), k in zip(items, keys):
-            if k in found or k in computed:
+            if k in found or k in computed or k in pending:
                 continue
             x = self._read(s)
             if x is not None:
                 inputs.append(x if vseed is None else augment.augment_image(x, vseed))
                 todo_keys.append(k)
-        if inputs:
-            feats = self.extractor(np.stack(inputs))
-            computed = dict(zip(todo_keys, feats))
-            self.cache.put_many(computed)
+                pending.add(k)
+                if len(inputs) * x.nbytes >= self.DECODED_CHUNK_BYTES:
+                    extract()
+        extract()
         kept, rows = [], []
         for (s, _, _), k in zip(items, keys):
             v = found.get(k)
