@@ -53,7 +53,8 @@ def main() -> int:
         print(f"unseen photos right before learning: {before:.0%}")
 
         def move():
-            os.rename(root / "user", run.inbox / "user")
+            for d in sorted((root / "user").iterdir()):  # one folder per class, as a person would drop them
+                os.rename(d, run.inbox / d.name)
 
         r = _round(run, move, test_paths, truth)
         print(f"round: {r['outcome']} in {r['landing_to_promoted_s']:.1f} s from the files landing "

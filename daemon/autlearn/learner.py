@@ -99,9 +99,9 @@ class FeatureSource:
     """Features of stored samples: from the cache when present, else computed by the base and cached."""
 
     # Decoded inputs kept inside `sharing_inputs` for the round's augmented copies (a file is read once a round).
-    SHARED_INPUT_BYTES = 32 << 20
+    SHARED_INPUT_BYTES = 8 << 20
     # Decoded inputs held at once while their features are computed (then the next chunk is decoded).
-    DECODED_CHUNK_BYTES = 16 << 20
+    DECODED_CHUNK_BYTES = 8 << 20
 
     def __init__(self, bundle: Bundle, variant: Variant, extractor: FeatureExtractor, cache: FeatureCache,
                  max_pixels: int, max_file_bytes: int = 64 << 20):
