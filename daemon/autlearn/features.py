@@ -7,6 +7,8 @@ import numpy as np
 from .bundle import Variant
 from .runtime import DelegateChoice, make_interpreter
 
+BATCH_INPUT_ELEMENTS = 1 << 20  # input values per invoke at most (64 MNIST digits; 13 photos at 160x160x3)
+
 
 class FeatureExtractor:
     """Turns preprocessed inputs [N, H, W, C] into features [N, F]. Not thread-safe: one per thread."""
@@ -41,8 +43,11 @@ class FeatureExtractor:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         out = []
-        for i in range(0, len(x), self._batch):
-            chunk = x[i:i + self._batch]
+        # Large inputs (photos) get smaller batches: the interpreter's arena grows with the batch, and a MobileNet
+        # at 160 px holds ~1 MB of activations per image. MNIST-sized inputs keep the full batch.
+        batch = max(1, min(self._batch, BATCH_INPUT_ELEMENTS // max(1, int(np.prod(x.shape[1:])))))
+        for i in range(0, len(x), batch):
+            chunk = x[i:i + batch]
             if self._size != len(chunk):
                 self.interp.resize_tensor_input(self._in["index"], [len(chunk), *chunk.shape[1:]])
                 self.interp.allocate_tensors()

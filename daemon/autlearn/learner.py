@@ -108,7 +108,9 @@ class FeatureSource:
     """Features of stored samples: from the cache when present, else computed by the base and cached."""
 
     # Decoded inputs kept inside `sharing_inputs` for the round's augmented copies (a file is read once a round).
-    SHARED_INPUT_BYTES = 32 << 20
+    SHARED_INPUT_BYTES = 8 << 20
+    # Decoded inputs held at once while their features are computed (then the next chunk is decoded).
+    DECODED_CHUNK_BYTES = 8 << 20
 
     def __init__(self, bundle: Bundle, variant: Variant, extractor: FeatureExtractor, cache: FeatureCache,
                  max_pixels: int, max_file_bytes: int = 64 << 20):
@@ -151,7 +153,7 @@ class FeatureSource:
         computed: dict[str, np.ndarray] = {}
         inputs, todo_keys, pending = [], [], set()
 
-        def run_base() -> None:  # a chunk at a time: decoded inputs never pile up for a whole round
+        def extract() -> None:  # a chunk at a time: 500 decoded photos at 160 px would be 150 MB of inputs
             if inputs:
                 chunk = dict(zip(todo_keys, self.extractor(np.stack(inputs))))
                 self.cache.put_many(chunk)
@@ -167,9 +169,9 @@ class FeatureSource:
                 inputs.append(x if vseed is None else augment.augment_image(x, vseed))
                 todo_keys.append(k)
                 pending.add(k)
-                if len(inputs) >= FEATURE_CHUNK:
-                    run_base()
-        run_base()
+                if len(inputs) >= FEATURE_CHUNK or len(inputs) * x.nbytes >= self.DECODED_CHUNK_BYTES:
+                    extract()
+        extract()
         kept, rows = [], []
         for (s, _, _), k in zip(items, keys):
             v = found.get(k)
