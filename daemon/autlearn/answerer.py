@@ -39,8 +39,9 @@ class Answerer:
         self._jobs: queue.Queue = queue.Queue()
         self.redelegate = threading.Event()
         self.benching = threading.Event()
-        self._extractor = self._new_extractor()
-        self.delegate = self._extractor.choice
+        self._ready = threading.Event()
+        self._failed: BaseException | None = None
+        self.delegate = None
         self._thread: threading.Thread | None = None
 
     def _new_extractor(self) -> FeatureExtractor:
@@ -48,8 +49,12 @@ class Answerer:
         return FeatureExtractor(self.svc.variant, c["model.threads"], c["model.delegate"])
 
     def start(self) -> None:
+        """Start the thread; returns once it has made its interpreter (on that thread), so `delegate` is known."""
         self._thread = threading.Thread(target=self._run, name="autlearn-answerer", daemon=True)
         self._thread.start()
+        self._ready.wait()
+        if self._failed is not None:
+            raise self._failed
 
     def stop(self, timeout: float = 30.0) -> None:
         self._jobs.put(None)
@@ -83,6 +88,14 @@ class Answerer:
     # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
         svc = self.svc
+        try:
+            self._extractor = self._new_extractor()
+        except BaseException as e:
+            self._failed = e
+            self._ready.set()
+            return
+        self.delegate = self._extractor.choice
+        self._ready.set()
         self.store = Store(svc.paths.db)
         self.cache = FeatureCache(svc.paths.feature_cache, int(svc.config["cache.max_mb"] * (1 << 20)),
                                   svc.cache_stats)
