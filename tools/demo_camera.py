@@ -63,7 +63,7 @@ def main() -> int:
         print(f"unseen photos right after learning: {r['test_accuracy']:.0%}")
         pred = run.client.predict_files(test_paths[:3])["predictions"]
         for p, t in zip(pred, test_paths[:3]):
-            print(f"  {t.name}: {CLASS_NAMES[int(p['label'])]} ({p.get('probability', p.get('confidence', '?'))})")
+            print(f"  {t.name}: {CLASS_NAMES[int(p['label'])]} (p = {p['top'][0]['p']:.3f})")
     finally:
         code = run.stop()
     say(f"autlearnd stopped (exit code {code})")
