@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python tools/bench.py --work $(BENCH_WORK) --reports $(BENCH_REPORTS) --repeats $(BENCH_REPEATS) $(BENCH_ARGS)
 	$(MAKE) --no-print-directory bench-keyboard
 	$(MAKE) --no-print-directory bench-scale
+	$(MAKE) --no-print-directory bench-camera
 
 # The keyboard row (tools/bench_keyboard.py): a round's peak RSS and time at 5k / 25k / 100k words and a later
 # round after 1,000 new words; merged into $(BENCH_REPORTS)/bench.json as `keyboard`.
