@@ -22,42 +22,24 @@ WEIGHT_NAMES = ("w0", "b0", "w1", "b1")
 SIGNATURES = ("train", "infer", "get_weights", "set_weights")
 
 
-def _adam_update(module, grads, lr) -> None:
-    """One Adam step on module.params with the state in module.adam_m/adam_v/adam_step (written out by
-    hand: Keras optimisers lose their variable initialisers in the converted model)."""
-    step = module.adam_step.assign_add(1.0)
-    lr_t = lr * tf.sqrt(1.0 - tf.pow(module.beta2, step)) / (1.0 - tf.pow(module.beta1, step))
-    for var, grad, m, v in zip(module.params, grads, module.adam_m, module.adam_v):
-        m_new = m.assign(module.beta1 * m + (1.0 - module.beta1) * grad)
-        v_new = v.assign(module.beta2 * v + (1.0 - module.beta2) * tf.square(grad))
-        var.assign_sub(lr_t * m_new / (tf.sqrt(v_new) + module.epsilon))
+class TrainableModule(tf.Module):
+    """Base of every part the board trains (head, softmax head, tail): plain tf.Variables in `params` named
+    `names`, a hand-written Adam state, the masked cross-entropy step, and the four signatures with fixed
+    shapes. A subclass provides `_logits(x, active)` and may add a loss term in `_penalty()`."""
 
-
-class HeadModule(tf.Module):
-    def __init__(self, weights: dict[str, np.ndarray], train_batch: int,
-                 beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-7):
-        super().__init__(name="head")
-        shapes = {name: np.asarray(weights[name]).shape for name in WEIGHT_NAMES}
-        feature_size, hidden = shapes["w0"]
-        hidden1, class_capacity = shapes["w1"]
-        if hidden1 != hidden or shapes["b0"] != (hidden,) or shapes["b1"] != (class_capacity,):
-            raise ValueError(f"inconsistent head weight shapes: {shapes}")
-        self.feature_size = int(feature_size)
-        self.hidden = int(hidden)
-        self.class_capacity = int(class_capacity)
+    def _setup(self, names, arrays, *, feature_size: int, class_capacity: int, train_batch: int,
+               beta1: float, beta2: float, epsilon: float, lr_scale=None) -> None:
+        self.names = tuple(names)
+        self.feature_size, self.class_capacity = int(feature_size), int(class_capacity)
         self.train_batch = int(train_batch)
         self.beta1, self.beta2, self.epsilon = float(beta1), float(beta2), float(epsilon)
-
-        self.w0 = tf.Variable(np.asarray(weights["w0"], np.float32), name="w0")
-        self.b0 = tf.Variable(np.asarray(weights["b0"], np.float32), name="b0")
-        self.w1 = tf.Variable(np.asarray(weights["w1"], np.float32), name="w1")
-        self.b1 = tf.Variable(np.asarray(weights["b1"], np.float32), name="b1")
-        self.params = [self.w0, self.b0, self.w1, self.b1]
-        self.adam_m = [tf.Variable(tf.zeros_like(v), name=f"adam_m_{n}") for v, n in zip(self.params, WEIGHT_NAMES)]
-        self.adam_v = [tf.Variable(tf.zeros_like(v), name=f"adam_v_{n}") for v, n in zip(self.params, WEIGHT_NAMES)]
+        self.params = [tf.Variable(np.asarray(a, np.float32), name=n) for n, a in zip(self.names, arrays)]
+        self.lr_scale = [float(x) for x in lr_scale] if lr_scale is not None else [1.0] * len(self.params)
+        self.adam_m = [tf.Variable(tf.zeros_like(v), name=f"adam_m_{n}") for v, n in zip(self.params, self.names)]
+        self.adam_v = [tf.Variable(tf.zeros_like(v), name=f"adam_v_{n}") for v, n in zip(self.params, self.names)]
         self.adam_step = tf.Variable(0.0, name="adam_step")
 
-        F, H, K, B = self.feature_size, self.hidden, self.class_capacity, self.train_batch
+        F, K, B = self.feature_size, self.class_capacity, self.train_batch
         self.train = tf.function(self._train, input_signature=[
             tf.TensorSpec([B, F], tf.float32, name="x"),
             tf.TensorSpec([B], tf.int32, name="y"),
@@ -71,34 +53,44 @@ class HeadModule(tf.Module):
         ])
         self.get_weights = tf.function(self._get_weights, input_signature=[])
         self.set_weights = tf.function(self._set_weights, input_signature=[
-            tf.TensorSpec([F, H], tf.float32, name="w0"),
-            tf.TensorSpec([H], tf.float32, name="b0"),
-            tf.TensorSpec([H, K], tf.float32, name="w1"),
-            tf.TensorSpec([K], tf.float32, name="b1"),
-        ])
+            tf.TensorSpec(v.shape, tf.float32, name=n) for n, v in zip(self.names, self.params)])
 
     def _logits(self, x, active):
-        hidden = tf.maximum(tf.matmul(x, self.w0) + self.b0, 0.0)
-        logits = tf.matmul(hidden, self.w1) + self.b1
-        return logits + (active - 1.0) * MASK_NEGATIVE
+        raise NotImplementedError
+
+    def _penalty(self):
+        """An extra term of the training loss (not of the reported loss), or None."""
+        return None
 
     def _train(self, x, y, mask, active, lr):
         with tf.GradientTape() as tape:
             log_probs = tf.nn.log_softmax(self._logits(x, active), axis=-1)
             cross_entropy = -tf.reduce_sum(tf.one_hot(y, self.class_capacity) * log_probs, axis=-1)
             loss = tf.reduce_sum(mask * cross_entropy) / tf.maximum(tf.reduce_sum(mask), 1.0)
-        grads = tape.gradient(loss, self.params)
-        _adam_update(self, grads, lr)
+            penalty = self._penalty()
+            total = loss if penalty is None else loss + penalty
+        self._adam(tape.gradient(total, self.params), lr)
         return {"loss": loss}
+
+    def _adam(self, grads, lr) -> None:
+        """One Adam step, written out by hand (Keras optimisers lose their variable initialisers in the
+        converted model); `lr_scale` scales the step of each variable."""
+        step = self.adam_step.assign_add(1.0)
+        lr_t = lr * tf.sqrt(1.0 - tf.pow(self.beta2, step)) / (1.0 - tf.pow(self.beta1, step))
+        for var, grad, m, v, scale in zip(self.params, grads, self.adam_m, self.adam_v, self.lr_scale):
+            m_new = m.assign(self.beta1 * m + (1.0 - self.beta1) * grad)
+            v_new = v.assign(self.beta2 * v + (1.0 - self.beta2) * tf.square(grad))
+            var.assign_sub((lr_t if scale == 1.0 else lr_t * scale) * m_new / (tf.sqrt(v_new) + self.epsilon))
 
     def _infer(self, x, active):
         return {"probs": tf.nn.softmax(self._logits(x, active), axis=-1)}
 
     def _get_weights(self):
-        return {name: tf.identity(var) for name, var in zip(WEIGHT_NAMES, self.params)}
+        return {n: tf.identity(v) for n, v in zip(self.names, self.params)}
 
-    def _set_weights(self, w0, b0, w1, b1):
-        for var, value in zip(self.params, (w0, b0, w1, b1)):
+    def _set_weights(self, *values):
+        """Also resets the Adam state: a restored version starts a fresh optimiser."""
+        for var, value in zip(self.params, values):
             var.assign(value)
         for m, v in zip(self.adam_m, self.adam_v):
             m.assign(tf.zeros_like(m))
@@ -108,6 +100,28 @@ class HeadModule(tf.Module):
 
     def concrete_signatures(self) -> dict:
         return {name: getattr(self, name).get_concrete_function() for name in SIGNATURES}
+
+
+class HeadModule(TrainableModule):
+    """The image head: dense + ReLU (as tf.maximum) + dense over `class_capacity` slots."""
+
+    def __init__(self, weights: dict[str, np.ndarray], train_batch: int,
+                 beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-7):
+        super().__init__(name="head")
+        shapes = {name: np.asarray(weights[name]).shape for name in WEIGHT_NAMES}
+        feature_size, hidden = shapes["w0"]
+        hidden1, class_capacity = shapes["w1"]
+        if hidden1 != hidden or shapes["b0"] != (hidden,) or shapes["b1"] != (class_capacity,):
+            raise ValueError(f"inconsistent head weight shapes: {shapes}")
+        self.hidden = int(hidden)
+        self._setup(WEIGHT_NAMES, [weights[n] for n in WEIGHT_NAMES], feature_size=feature_size,
+                    class_capacity=class_capacity, train_batch=train_batch, beta1=beta1, beta2=beta2, epsilon=epsilon)
+        self.w0, self.b0, self.w1, self.b1 = self.params
+
+    def _logits(self, x, active):
+        hidden = tf.maximum(tf.matmul(x, self.w0) + self.b0, 0.0)
+        logits = tf.matmul(hidden, self.w1) + self.b1
+        return logits + (active - 1.0) * MASK_NEGATIVE
 
 
 def train_head(module, features: np.ndarray, y: np.ndarray, active: np.ndarray, *, epochs: int, lr: float,
@@ -138,7 +152,7 @@ SOFTMAX_WEIGHT_NAMES = ("w0", "b0")
 TOP_K = 3
 
 
-class SoftmaxHead(tf.Module):
+class SoftmaxHead(TrainableModule):
     """The keyboard head: one softmax layer over `class_capacity` slots (vocabulary + spare slots).
 
     Same signatures and rules as HeadModule (one_hot labels, log_softmax cross-entropy, fixed train batch
@@ -151,61 +165,15 @@ class SoftmaxHead(tf.Module):
         w0, b0 = np.asarray(weights["w0"], np.float32), np.asarray(weights["b0"], np.float32)
         if w0.ndim != 2 or b0.shape != (w0.shape[1],):
             raise ValueError(f"inconsistent softmax head shapes: w0 {w0.shape}, b0 {b0.shape}")
-        self.feature_size, self.class_capacity = (int(d) for d in w0.shape)
-        self.train_batch, self.top_k = int(train_batch), int(top_k)
-        self.beta1, self.beta2, self.epsilon = float(beta1), float(beta2), float(epsilon)
-        self.w0 = tf.Variable(w0, name="w0")
-        self.b0 = tf.Variable(b0, name="b0")
-        self.params = [self.w0, self.b0]
-        self.adam_m = [tf.Variable(tf.zeros_like(v), name=f"adam_m_{n}") for v, n in zip(self.params, SOFTMAX_WEIGHT_NAMES)]
-        self.adam_v = [tf.Variable(tf.zeros_like(v), name=f"adam_v_{n}") for v, n in zip(self.params, SOFTMAX_WEIGHT_NAMES)]
-        self.adam_step = tf.Variable(0.0, name="adam_step")
-
-        F, K, B = self.feature_size, self.class_capacity, self.train_batch
-        self.train = tf.function(self._train, input_signature=[
-            tf.TensorSpec([B, F], tf.float32, name="x"),
-            tf.TensorSpec([B], tf.int32, name="y"),
-            tf.TensorSpec([B], tf.float32, name="mask"),
-            tf.TensorSpec([K], tf.float32, name="active"),
-            tf.TensorSpec([], tf.float32, name="lr"),
-        ])
-        self.infer = tf.function(self._infer, input_signature=[
-            tf.TensorSpec([None, F], tf.float32, name="x"),
-            tf.TensorSpec([K], tf.float32, name="active"),
-        ])
-        self.get_weights = tf.function(self._get_weights, input_signature=[])
-        self.set_weights = tf.function(self._set_weights, input_signature=[
-            tf.TensorSpec([F, K], tf.float32, name="w0"),
-            tf.TensorSpec([K], tf.float32, name="b0"),
-        ])
+        self.top_k = int(top_k)
+        self._setup(SOFTMAX_WEIGHT_NAMES, [w0, b0], feature_size=w0.shape[0], class_capacity=w0.shape[1],
+                    train_batch=train_batch, beta1=beta1, beta2=beta2, epsilon=epsilon)
+        self.w0, self.b0 = self.params
 
     def _logits(self, x, active):
         return tf.matmul(x, self.w0) + self.b0 + (active - 1.0) * MASK_NEGATIVE
-
-    def _train(self, x, y, mask, active, lr):
-        with tf.GradientTape() as tape:
-            log_probs = tf.nn.log_softmax(self._logits(x, active), axis=-1)
-            cross_entropy = -tf.reduce_sum(tf.one_hot(y, self.class_capacity) * log_probs, axis=-1)
-            loss = tf.reduce_sum(mask * cross_entropy) / tf.maximum(tf.reduce_sum(mask), 1.0)
-        _adam_update(self, tape.gradient(loss, self.params), lr)
-        return {"loss": loss}
 
     def _infer(self, x, active):
         probs = tf.nn.softmax(self._logits(x, active), axis=-1)
         top_probs, top_ids = tf.math.top_k(probs, k=self.top_k)
         return {"probs": probs, "top_ids": tf.cast(top_ids, tf.int32), "top_probs": top_probs}
-
-    def _get_weights(self):
-        return {name: tf.identity(var) for name, var in zip(SOFTMAX_WEIGHT_NAMES, self.params)}
-
-    def _set_weights(self, w0, b0):
-        for var, value in zip(self.params, (w0, b0)):
-            var.assign(value)
-        for m, v in zip(self.adam_m, self.adam_v):
-            m.assign(tf.zeros_like(m))
-            v.assign(tf.zeros_like(v))
-        self.adam_step.assign(0.0)
-        return {"ok": tf.ones([], tf.int32)}
-
-    def concrete_signatures(self) -> dict:
-        return {name: getattr(self, name).get_concrete_function() for name in SIGNATURES}

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from .head_module import SIGNATURES
+from .head_module import SIGNATURES, TrainableModule
 from .image_model import MASK_NEGATIVE
 
 CUTS = ("head", "last_block", "last2_blocks")
@@ -148,7 +148,7 @@ def conv_names(names) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ the module
 
-class TailModule(tf.Module):
+class TailModule(TrainableModule):
     def __init__(self, weights: dict[str, np.ndarray], cut: str, shape: tuple[int, int, int], train_batch: int,
                  anchors: dict[str, np.ndarray] | None = None, l2: float = DEFAULT_L2,
                  conv_lr_scale: float = DEFAULT_CONV_LR_SCALE,
@@ -164,36 +164,15 @@ class TailModule(tf.Module):
         if missing:
             raise ValueError(f"tail weights lack {missing}")
         self.shape = tuple(int(d) for d in shape)
-        self.feature_size = int(np.prod(self.shape))
-        self.class_capacity = int(np.asarray(weights["b1"]).shape[0])
-        self.train_batch = int(train_batch)
         self.l2, self.conv_lr_scale = float(l2), float(conv_lr_scale)
-        self.beta1, self.beta2, self.epsilon = float(beta1), float(beta2), float(epsilon)
-        self.params = [tf.Variable(np.asarray(weights[n], np.float32), name=n) for n in self.names]
-        self.p = dict(zip(self.names, self.params))
-        anchors = anchors if anchors is not None else weights
         self.conv = conv_names(self.names)
+        anchors = anchors if anchors is not None else weights
         self.anchors = {n: tf.constant(np.asarray(anchors[n], np.float32)) for n in self.conv}
-        self.lr_scale = [self.conv_lr_scale if n in self.conv else 1.0 for n in self.names]
-        self.adam_m = [tf.Variable(tf.zeros_like(v), name=f"adam_m_{n}") for v, n in zip(self.params, self.names)]
-        self.adam_v = [tf.Variable(tf.zeros_like(v), name=f"adam_v_{n}") for v, n in zip(self.params, self.names)]
-        self.adam_step = tf.Variable(0.0, name="adam_step")
-
-        F, K, B = self.feature_size, self.class_capacity, self.train_batch
-        self.train = tf.function(self._train, input_signature=[
-            tf.TensorSpec([B, F], tf.float32, name="x"),
-            tf.TensorSpec([B], tf.int32, name="y"),
-            tf.TensorSpec([B], tf.float32, name="mask"),
-            tf.TensorSpec([K], tf.float32, name="active"),
-            tf.TensorSpec([], tf.float32, name="lr"),
-        ])
-        self.infer = tf.function(self._infer, input_signature=[
-            tf.TensorSpec([None, F], tf.float32, name="x"),
-            tf.TensorSpec([K], tf.float32, name="active"),
-        ])
-        self.get_weights = tf.function(self._get_weights, input_signature=[])
-        self.set_weights = tf.function(self._set_weights, input_signature=[
-            tf.TensorSpec(v.shape, tf.float32, name=n) for n, v in zip(self.names, self.params)])
+        self._setup(self.names, [weights[n] for n in self.names], feature_size=int(np.prod(self.shape)),
+                    class_capacity=np.asarray(weights["b1"]).shape[0], train_batch=train_batch,
+                    beta1=beta1, beta2=beta2, epsilon=epsilon,
+                    lr_scale=[self.conv_lr_scale if n in self.conv else 1.0 for n in self.names])
+        self.p = dict(zip(self.names, self.params))
 
     def features(self, x):
         """Activation at the cut [N, F] → the pooled features the head sees [N, feature channels]."""
@@ -210,42 +189,14 @@ class TailModule(tf.Module):
         hidden = tf.maximum(tf.matmul(self.features(x), p["w0"]) + p["b0"], 0.0)
         return tf.matmul(hidden, p["w1"]) + p["b1"] + (active - 1.0) * MASK_NEGATIVE
 
-    def _train(self, x, y, mask, active, lr):
-        with tf.GradientTape() as tape:
-            log_probs = tf.nn.log_softmax(self.logits(x, active), axis=-1)
-            cross_entropy = -tf.reduce_sum(tf.one_hot(y, self.class_capacity) * log_probs, axis=-1)
-            loss = tf.reduce_sum(mask * cross_entropy) / tf.maximum(tf.reduce_sum(mask), 1.0)
-            if self.l2 > 0 and self.conv:
-                loss_total = loss + self.l2 * tf.add_n([tf.reduce_sum(tf.square(self.p[n] - self.anchors[n]))
-                                                        for n in self.conv])
-            else:
-                loss_total = loss
-        grads = tape.gradient(loss_total, self.params)
-        step = self.adam_step.assign_add(1.0)
-        lr_t = lr * tf.sqrt(1.0 - tf.pow(self.beta2, step)) / (1.0 - tf.pow(self.beta1, step))
-        for var, grad, m, v, scale in zip(self.params, grads, self.adam_m, self.adam_v, self.lr_scale):
-            m_new = m.assign(self.beta1 * m + (1.0 - self.beta1) * grad)
-            v_new = v.assign(self.beta2 * v + (1.0 - self.beta2) * tf.square(grad))
-            var.assign_sub((lr_t * scale) * m_new / (tf.sqrt(v_new) + self.epsilon))
-        return {"loss": loss}
+    def _logits(self, x, active):
+        return self.logits(x, active)
 
-    def _infer(self, x, active):
-        return {"probs": tf.nn.softmax(self.logits(x, active), axis=-1)}
-
-    def _get_weights(self):
-        return {n: tf.identity(v) for n, v in zip(self.names, self.params)}
-
-    def _set_weights(self, *values):
-        for var, value in zip(self.params, values):
-            var.assign(value)
-        for m, v in zip(self.adam_m, self.adam_v):
-            m.assign(tf.zeros_like(m))
-            v.assign(tf.zeros_like(v))
-        self.adam_step.assign(0.0)
-        return {"ok": tf.ones([], tf.int32)}
-
-    def concrete_signatures(self) -> dict:
-        return {name: getattr(self, name).get_concrete_function() for name in SIGNATURES}
+    def _penalty(self):
+        """The pull of the convolutions toward the cloud's pretrained tail (L2), so few images do not overfit."""
+        if self.l2 > 0 and self.conv:
+            return self.l2 * tf.add_n([tf.reduce_sum(tf.square(self.p[n] - self.anchors[n])) for n in self.conv])
+        return None
 
     def numpy_probs(self, x: np.ndarray, active: np.ndarray) -> np.ndarray:
         """Eager TF probabilities (to compare the converted model with)."""
