@@ -42,7 +42,7 @@ def records(tmp_path: Path) -> list[list[str]]:
 
 def test_a_scan_that_meets_a_full_disk_fails_as_full_and_ingests_everything_once_space_returns(
         tmp_path, ingestor, user_digits, monkeypatch):
-    from autlearn.service import _disk_full
+    from autlearn.worker import _disk_full
     inbox = tmp_path / "inbox"
     files = _images(user_digits, inbox / "1", 200)
     db = ingestor.store.db
