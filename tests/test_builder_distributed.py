@@ -57,6 +57,7 @@ def _run_cluster(tmp_path: Path, task: list[str]) -> list[tuple[int, str, Path]]
     return results
 
 
+@pytest.mark.slow
 def test_two_workers_pretrain_together_and_the_chief_writes_the_bundle(tmp_path):
     (rc0, log0, out0), (rc1, log1, out1) = _run_cluster(
         tmp_path, ["image", "--data", "mnist5k", "--limit", "300", "--epochs", "2", "--width-mult", "0.25",

@@ -251,6 +251,7 @@ def test_infer_masks_inactive_classes(board_check):
     assert board_check["prob_sum_error"] < 1e-5
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_models(image_bundle, tmp_path):
     again = tmp_path / "again"
     assert _build(again, "--data", "mnist5k", "--limit", "600") == 0
@@ -397,6 +398,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case):
     assert len(err) == 1 and err[0].startswith("autlearn-build: error:") and expected in err[0], err
 
 
+@pytest.mark.slow
 def test_folder_data_builds_a_bundle(tmp_path):
     from PIL import Image
 

@@ -217,6 +217,7 @@ BOARD_SIDE = textwrap.dedent(r'''
 ''')
 
 
+@pytest.mark.slow
 def test_bundle_with_pruned_variants_loads_on_the_board(tmp_path):
     from autlearn_build.cli import main
 

@@ -123,6 +123,7 @@ def test_board_online_round_accounts_every_training_sample_once(tiny_users, tiny
     assert r["n_test"] == len(u["test"])
 
 
+@pytest.mark.slow
 def test_a_model_trained_on_shuffled_labels_scores_at_chance(tiny_users):
     ei, manifest, work, data = tiny_users
     rng = np.random.default_rng(0)
