@@ -207,7 +207,7 @@ class Service:
             return
         new, need, unit = self._pending()
         interval = self.config["training.interval_s"]
-        if new >= self.config["training.min_new_samples"]:
+        if new >= need:
             trigger = f"{new} new {unit}"
         elif new and interval and time.monotonic() - self.worker.last_round_end >= interval:
             trigger = f"interval of {interval:g}s passed with {new} new {unit}"
