@@ -185,3 +185,23 @@ def stratified_split(y: np.ndarray, val_fraction: float, n_classes: int) -> tupl
         val.append(idx[:n_val])
         train.append(idx[n_val:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def load_split(source: str, spec, class_capacity: int, limit: int | None, val_fraction: float, progress):
+    """The public images for a build, checked and split: (data, train, val). Refuses more classes than the
+    capacity and a class with fewer than 2 images; `limit` keeps the first images."""
+    data = load_dataset(source, spec)
+    n_classes = len(data.labels)
+    if n_classes > class_capacity:
+        raise InputError(f"{n_classes} classes do not fit --class-capacity {class_capacity}")
+    if limit is not None:
+        if limit > len(data):
+            progress(f"  --limit {limit} exceeds the {len(data)} public images; using all of them")
+        data = data.take(np.arange(min(limit, len(data))))
+    counts = np.bincount(data.y, minlength=n_classes)
+    thin = [data.labels[c] for c in range(n_classes) if counts[c] < 2]
+    if thin:
+        raise InputError(f"class(es) {', '.join(thin)} have fewer than 2 images in the data used "
+                         f"({len(data)} images); raise --limit")
+    train_idx, val_idx = stratified_split(data.y, val_fraction, n_classes)
+    return data, data.take(train_idx), data.take(val_idx)

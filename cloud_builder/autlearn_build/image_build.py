@@ -18,7 +18,7 @@ import numpy as np
 
 from . import __version__
 from .bundle_writer import Variant, check_output_dir, created_timestamp, verify_bundle, write_bundle
-from .datasets import MNIST5K_NAME, MNIST_FIT_BOX, ImageSpec, load_dataset, low_resolution_copies, stratified_split
+from .datasets import MNIST5K_NAME, MNIST_FIT_BOX, ImageSpec, load_split, low_resolution_copies
 from .errors import BuildError, InputError
 from .evaluate import LATENCY_BATCH, LATENCY_THREADS
 
@@ -146,21 +146,8 @@ def build_image_bundle(opts: ImageBuildOptions, progress: Callable[[str], None] 
     spec = opts.input_spec
 
     progress(f"loading {opts.data} …")
-    data = load_dataset(opts.data, spec)
+    data, train, val = load_split(opts.data, spec, opts.class_capacity, opts.limit, opts.val_fraction, progress)
     n_classes = len(data.labels)
-    if n_classes > opts.class_capacity:
-        raise InputError(f"{n_classes} classes do not fit --class-capacity {opts.class_capacity}")
-    if opts.limit is not None:
-        if opts.limit > len(data):
-            progress(f"  --limit {opts.limit} exceeds the {len(data)} public images; using all of them")
-        data = data.take(np.arange(min(opts.limit, len(data))))
-    counts = np.bincount(data.y, minlength=n_classes)
-    thin = [data.labels[c] for c in range(n_classes) if counts[c] < 2]
-    if thin:
-        raise InputError(f"class(es) {', '.join(thin)} have fewer than 2 images in the data used "
-                         f"({len(data)} images); raise --limit")
-    train_idx, val_idx = stratified_split(data.y, opts.val_fraction, n_classes)
-    train, val = data.take(train_idx), data.take(val_idx)
     progress(f"  {len(data)} images, {n_classes} classes: {len(train)} for training, {len(val)} held out")
     if opts.degrade > 0:
         train = low_resolution_copies(train, opts.degrade, opts.seed)

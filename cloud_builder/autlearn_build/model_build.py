@@ -14,7 +14,7 @@ import numpy as np
 
 from . import __version__
 from .bundle_writer import Variant, check_output_dir, created_timestamp, verify_bundle, write_bundle
-from .datasets import ImageSpec, load_dataset, stratified_split
+from .datasets import ImageSpec, load_split
 from .errors import ConversionError, InputError
 from .evaluate import LATENCY_BATCH, LATENCY_THREADS
 
@@ -138,14 +138,8 @@ def build_model_bundle(opts: ModelBuildOptions, progress: Callable[[str], None] 
              f" resize policy {opts.resize_policy}")
 
     progress(f"loading {opts.data} …")
-    data = load_dataset(opts.data, spec)
+    data, train, val = load_split(opts.data, spec, opts.class_capacity, opts.limit, opts.val_fraction, progress)
     n_classes = len(data.labels)
-    if n_classes > opts.class_capacity:
-        raise InputError(f"{n_classes} classes do not fit --class-capacity {opts.class_capacity}")
-    if opts.limit is not None:
-        data = data.take(np.arange(min(opts.limit, len(data))))
-    train_idx, val_idx = stratified_split(data.y, opts.val_fraction, n_classes)
-    train, val = data.take(train_idx), data.take(val_idx)
     progress(f"  {len(data)} images, {n_classes} classes: {len(train)} for training (and calibration), "
              f"{len(val)} held out")
 
