@@ -47,7 +47,7 @@ DEB_HOST_GNU   := $(shell dpkg-architecture -a$(DEB_ARCH) -qDEB_HOST_GNU_TYPE 2>
 DEB_TOOLS      += libc6:$(DEB_ARCH) libstdc++6:$(DEB_ARCH) libgcc-s1:$(DEB_ARCH) binutils-$(subst _,-,$(DEB_HOST_GNU))
 DEB_CROSS      := -a$(DEB_ARCH)
 endif
-DEB_INPUTS     := $(wildcard debian/* debian/*/* daemon/autlearn/*.py) systemd/autlearnd.service \
+DEB_INPUTS     := $(wildcard debian/* debian/*/* daemon/autlearn/*.py daemon/autlearn/*/*.py) systemd/autlearnd.service \
                   configs/autlearnd.toml README.md docs/bundle-format.md docs/protocol.md mk/deb.mk
 # Exposure level ×10, as systemd-analyze's --threshold counts it: 20 = 2.0.
 DEB_SECURITY_MAX ?= 20

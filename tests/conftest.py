@@ -11,6 +11,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT / "tests"))
+# Until no test imports another: every package folder of tests/ is importable by module name.
+sys.path[1:1] = [str(d) for d in sorted((ROOT / "tests").iterdir()) if d.is_dir() and d.name not in ("fixtures", "delegate", "block_tensorflow", "__pycache__")]
 BIN = Path(sys.executable).parent
 
 

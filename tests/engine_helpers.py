@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autlearn import bundle as bundle_mod
+from autlearn.runtime import bundle as bundle_mod
 from autlearn.config import Config
-from autlearn.engine import Engine
+from autlearn.service.engine import Engine
 from autlearn.paths import Paths
-from autlearn.service import Service
+from autlearn.service.api import Service
 
 
 def make_service(root: Path, bundle_dir: Path, **overrides) -> Service:

@@ -29,7 +29,7 @@ def test_write_atomic_replaces_the_file_and_a_failed_write_keeps_the_old_content
 
 
 def test_temporaries_of_writes_cut_short_are_hidden_from_the_scan_and_removed_at_start(tmp_path):
-    from autlearn.ingest import walk_files
+    from autlearn.intake.ingest import walk_files
     (tmp_path / "3").mkdir()
     (tmp_path / "3" / "a.png").write_bytes(b"x")
     (tmp_path / "3" / f".a.png.{os.getpid()}.1.tmp").write_bytes(b"half")  # what a power cut leaves

@@ -231,7 +231,7 @@ epochs = {epochs}
 
     def start(self) -> float:
         """Start and wait for READY=1 on our notify socket; returns seconds from Popen to READY."""
-        from autlearn.client import Client, Events
+        from autlearn.control.client import Client, Events
         from autlearn.paths import Paths
 
         npath = self.root / "notify.sock"
@@ -788,7 +788,7 @@ def main() -> int:
     n_later = max(1, round(0.1 * args.n_first))
     user = prepare_user(work, args.n_first, n_later, args.n_test, args.seed)
     from autlearn.config import Config
-    from autlearn.ingest import holdout_of
+    from autlearn.intake.ingest import holdout_of
     holdout = [holdout_of(hashlib.sha256(p.read_bytes()).hexdigest(), 0.2) for p in user["first_paths"]]
     train_paths = [p for p, h in zip(user["first_paths"], holdout) if not h]
     train_y = np.array([y for y, h in zip(user["first_y"], holdout) if not h])
@@ -1085,7 +1085,7 @@ def bench_notes(r: dict) -> list[str]:
     for key in ("daemon_peak_rss_mb", "status_p99_ms", "ready_s"):
         if t[key]["verdict"] == "missed":
             out.append(f"{key} missed: {t[key]['value']} against {t[key]['target']}.")
-    out.append("No timing here is asserted by a test; `make test` checks the bookkeeping (tests/test_bench_tools.py).")
+    out.append("No timing here is asserted by a test; `make test` checks the bookkeeping (tests/tools/test_bench_tools.py).")
     return out
 
 

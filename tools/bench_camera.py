@@ -102,15 +102,15 @@ def make_set(root: Path, per_class: int, seed: int) -> list[tuple[Path, int]]:
 
 
 def decode(paths, spec) -> np.ndarray:
-    from autlearn.imaging import load_input
+    from autlearn.intake.imaging import load_input
 
     return np.stack([load_input(Path(p).read_bytes(), str(p), spec, 50_000_000) for p in paths]).astype(np.float32)
 
 
 def floor_s(bundle: Path, x: np.ndarray, threads: int) -> float:
     """One int8 forward pass per image with the daemon's extractor (best of 3)."""
-    from autlearn import bundle as bundle_mod
-    from autlearn.features import FeatureExtractor
+    from autlearn.runtime import bundle as bundle_mod
+    from autlearn.learning.features import FeatureExtractor
 
     ext = FeatureExtractor(bundle_mod.load(bundle).variant(), threads=threads)
     ext(x[:64])
@@ -240,7 +240,7 @@ def main() -> int:
                         str(work / "public"), "--out", str(bundle), "--calibration", "100", "--class-capacity", "32"],
                        check=True)
         build_s = round(time.perf_counter() - t0, 2)
-    from autlearn import bundle as bundle_mod
+    from autlearn.runtime import bundle as bundle_mod
 
     b = bundle_mod.load(bundle)
     spec = b.input
@@ -255,7 +255,7 @@ def main() -> int:
     run.cfg.write_text(run.cfg.read_text() + f"augment_copies = {args.augment_copies}\n")
     try:
         run.start()
-        from autlearn.client import Client
+        from autlearn.control.client import Client
         from autlearn.paths import Paths
 
         run.client = Client(Paths.under(root).control_endpoint, timeout_s=300)  # a loaded 2-core machine

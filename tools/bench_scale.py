@@ -82,7 +82,7 @@ def move_in(staging: Path, inbox: Path, whole_folders: bool = False) -> None:
 
 def status_load(endpoint: str, clients: int, requests: int) -> dict:
     """`clients` threads with a connection each, started together, `requests` status calls each."""
-    from autlearn.client import Client
+    from autlearn.control.client import Client
 
     conns = [Client(endpoint, timeout_s=60) for _ in range(clients)]
     for c in conns:

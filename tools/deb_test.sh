@@ -234,7 +234,7 @@ check "autlearnd --check-config /etc/autlearn/autlearnd.toml" \
 if out=$(in_root python3 -I -c '
 import sys; sys.path[:0] = ["/usr/lib/autlearn", "/usr/lib/autlearn/vendor"]
 import numpy, ai_edge_litert
-from autlearn import runtime
+from autlearn.runtime import interpreter as runtime
 print(f"numpy {numpy.__version__} ({numpy.__file__}), ai-edge-litert {ai_edge_litert.__version__}, runtime {runtime.RUNTIME}")
 ' 2>&1); then ok "vendored LiteRT imports with Debian's NumPy: $out"; else bad "vendored LiteRT import" "$out"; fi
 

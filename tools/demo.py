@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from userdata import digits, write_user  # noqa: E402
 
-from autlearn.client import Client  # noqa: E402
+from autlearn.control.client import Client  # noqa: E402
 from autlearn.errors import AutlearnError  # noqa: E402
 from autlearn.paths import Paths  # noqa: E402
 

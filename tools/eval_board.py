@@ -1,7 +1,7 @@
 """The board's own code path for the evaluation: a real autlearn Service (bundle installed and verified,
 SQLite store, feature cache, initial head) on a throw-away development root, and a caller-owned Engine
-that scans the user's files and runs rounds exactly as autlearnd's worker does (autlearn.learner.Learner /
-autlearn.keyboard.KeyboardLearner, chosen by the bundle's task). Nothing here re-implements learning: the
+that scans the user's files and runs rounds exactly as autlearnd's worker does (autlearn.learning.learner.Learner /
+autlearn.learning.keyboard.KeyboardLearner, chosen by the bundle's task). Nothing here re-implements learning: the
 evaluation only writes the user's files, calls `Engine.scan` / `Engine.round`, and reads back the head
 version the board would serve, to score it on the user's held-out data that the board never saw.
 
@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from autlearn.config import Config
-from autlearn.engine import Engine
-from autlearn.learner import RoundResult
+from autlearn.service.engine import Engine
+from autlearn.learning.learner import RoundResult
 from autlearn.paths import Paths
-from autlearn.service import Service
+from autlearn.service.api import Service
 
 
 def _quiet(name, data):

@@ -44,7 +44,7 @@ def load_users(work: Path, input_spec: dict, n_users: int, alpha: float, test_fr
         shutil.rmtree(pngs, ignore_errors=True)
         for img, f in zip(images, files):
             write_png(img, f)
-    x = decode_pngs(files, input_spec)  # the board's own preprocessing (autlearn.imaging, the bundle's input spec)
+    x = decode_pngs(files, input_spec)  # the board's own preprocessing (autlearn.intake.imaging, the bundle's input spec)
     parts = dirichlet_partition(labels, n_users, alpha, seed, min_size=min_size)
     out = ImageUsers(x, labels.astype(np.int64), files, alpha=alpha, skew=label_skew(labels, parts))
     for u, idx in enumerate(parts):

@@ -118,7 +118,7 @@ def write(report: dict, out: Path) -> None:
                f"Bundle: `autlearn-build text --data shakespeare --limit {b['limit']} --epochs {b['epochs']}` "
                f"(manifest top-1/top-3 {pct(b['manifest_top1_int8'])}/{pct(b['manifest_top3_int8'])} % on held-out plays, "
                f"in-vocabulary targets only). Metric: {kb['metric']}. Board: {kb['board']['epochs']} head epochs, "
-               "personal words, interpolation toward the cloud head and the kNN memory (autlearn.keyboard). "
+               "personal words, interpolation toward the cloud head and the kNN memory (autlearn.learning.keyboard). "
                f"Local only: {kb['local_only']['epochs']} epochs from scratch, own vocabulary of up to "
                f"{kb['local_only']['capacity'] - 4} words. Centralised: {c['public_tokens']} public + {c['user_tokens']} "
                f"user tokens, {c['epochs']} epochs from scratch, vocabulary {c['vocabulary']}. FedAvg: {f['rounds']} "
@@ -129,7 +129,7 @@ def write(report: dict, out: Path) -> None:
     md += ["## Online learning", "", "![online](eval_online.png)", "",
            "Cumulative prequential accuracy over each user's stream (every chunk predicted before it is learnt), "
            "mean over users, against the pretrained head on the same stream, counted the same way. The keyboard's "
-           "prequential count is the daemon's own (`autlearn.keyboard.topk_hits`): top-1 over targets that have an "
+           "prequential count is the daemon's own (`autlearn.learning.keyboard.topk_hits`): top-1 over targets that have an "
            "output slot (vocabulary or personal words), special tokens never counted as a suggestion.", "",
            "## Targets", "", "| target | value | reference | met |", "|---|---|---|---|"]
     for t in report["targets"]:
@@ -291,7 +291,7 @@ def notes(report: dict) -> list[str]:
                 f"choice, and the online prequential count) with `<unk>`/`<eos>` allowed as predictions, while its "
                 f"suggestions never include them (KeyboardPredictor). A candidate that merely stops predicting "
                 f"`<unk>` (its personal words took those targets) looks better than it is, and the mix drifts high. "
-                f"The same run with words-only scoring (special tokens masked in `autlearn.keyboard.topk_hits`, "
+                f"The same run with words-only scoring (special tokens masked in `autlearn.learning.keyboard.topk_hits`, "
                 f"patched in-process for that run only) gives {pct(w['top1']['mean'])}/{pct(w['top3']['mean'])} % "
                 f"(fortunes: {pct(wf['top3']['mean'])} % top-3). "
                 f"The online prequential figures in the table are the daemon's count and understate both methods.")

@@ -146,10 +146,10 @@ def _board_topk(board, version: int, sentences: list[list[str]]) -> list[list[st
 
 
 def words_only_topk_hits(probs: np.ndarray, y: np.ndarray) -> tuple[int, int]:
-    """autlearn.keyboard.topk_hits as it would be if the board scored its holdout the way it suggests
+    """autlearn.learning.keyboard.topk_hits as it would be if the board scored its holdout the way it suggests
     (special tokens never suggested, as KeyboardPredictor does). Used only by the clearly labelled
     `autlearn_offline_aug_wordsonly` run: a proposed daemon fix, measured."""
-    from autlearn import keyboard
+    from autlearn.learning import keyboard
 
     p = np.array(probs, copy=True)
     p[:, :SPECIAL_COUNT] = -1.0
@@ -161,21 +161,21 @@ _ORIGINAL_TOPK_HITS: list = []
 
 class _WordsOnlyScoring:
     def __enter__(self):
-        from autlearn import keyboard
+        from autlearn.learning import keyboard
 
         _ORIGINAL_TOPK_HITS[:] = [keyboard.topk_hits]
         keyboard.topk_hits = words_only_topk_hits
 
     def __exit__(self, *exc):
-        from autlearn import keyboard
+        from autlearn.learning import keyboard
 
         keyboard.topk_hits = _ORIGINAL_TOPK_HITS[0]
 
 
 def pretrained_stream(b) -> dict:
     """After an online round: the same stream (same chunks, same counted targets, the daemon's own hit count
-    `autlearn.keyboard.topk_hits`) predicted by the cloud head, which never learns."""
-    from autlearn import keyboard
+    `autlearn.learning.keyboard.topk_hits`) predicted by the cloud head, which never learns."""
+    from autlearn.learning import keyboard
 
     kl = b.eng.learner
     train = [w for w, h, _ in kl.user_sentences() if not h]
@@ -243,8 +243,8 @@ class KerasLM:
         self.index = {w: i for i, w in enumerate(vocabulary)}
 
     def encode(self, sentences: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
-        """Windows as the board cuts them (autlearn.keyboard._windows): <bos> w1 … per sentence, T per row."""
-        from autlearn.keyboard import _windows
+        """Windows as the board cuts them (autlearn.learning.keyboard._windows): <bos> w1 … per sentence, T per row."""
+        from autlearn.learning.keyboard import _windows
 
         xs, ms = [], []
         for words in sentences:

@@ -139,7 +139,7 @@ def ensure_text_bundle(work: Path, args) -> Path:
 
 def run_keyboard(args, work: Path) -> dict:
     import eval_text as et
-    from autlearn.keyboard import Tokenizer
+    from autlearn.learning.keyboard import Tokenizer
 
     t0 = time.monotonic()
     log(f"== keyboard: bundle (autlearn-build text --data shakespeare --limit {args.text_limit} "

@@ -126,8 +126,8 @@ def pretrained_reference(manifest: dict, spec: BuildSpec, log=print) -> Referenc
 
 
 def decode_pngs(paths: list[Path], input_spec: dict) -> np.ndarray:
-    """Image files → float32 [N, H, W, C] with the bundle's own preprocessing (the board's autlearn.imaging:
+    """Image files → float32 [N, H, W, C] with the bundle's own preprocessing (the board's autlearn.intake.imaging:
     grey-scale, framing, resize, scale), as the baselines' users would prepare the same files."""
-    from autlearn.imaging import load_input
+    from autlearn.intake.imaging import load_input
 
     return np.stack([load_input(p.read_bytes(), p.name, input_spec, 1 << 24) for p in paths]).astype(np.float32)

@@ -2,8 +2,8 @@
 """`make stress`: the long versions of the reliability and adversarial tests (issue 8).
 
 Runs, against real daemons (subprocesses, real SIGKILL, real tmpfs mounts, real sockets), the scenarios whose
-short versions `make test` runs (tests/test_reliability.py, tests/test_hostile_files.py,
-tests/test_protocol_fuzz.py), prints a summary table and writes reports/stress.json and reports/stress.md.
+short versions `make test` runs (tests/system/test_reliability.py, tests/intake/test_hostile_files.py,
+tests/control/test_protocol_fuzz.py), prints a summary table and writes reports/stress.json and reports/stress.md.
 
 The seed is random unless given (--seed, or AUTLEARN_TEST_SEED); it is printed first, and the same seed replays
 the same kill points, corpus, flips and fuzzing examples (timing on a loaded machine still varies where a kill
@@ -27,7 +27,7 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tools")]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "intake"), str(ROOT / "tests" / "control"), str(ROOT / "tests" / "system"), str(ROOT / "tests" / "service"), str(ROOT / "tools")]
 
 LEGEND = """What the rows check (a *trial* ends with every invariant checked; *faults injected* are kills, disk
 fills and flipped bytes; *bad inputs* are hostile files, frames and connections):
@@ -45,7 +45,7 @@ fills and flipped bytes; *bad inputs* are hostile files, frames and connections)
 * **tampered bundle**: one flipped byte (random mask) at every offset of every file (`manifest.json`,
   `manifest.sha256`, the models): every copy refused with a message naming the file. *Given to the daemon*:
   the daemon restarts with it, logs the refusal naming the file, and keeps answering with its installed bundle.
-* **hostile files**: the corpus of tests/test_hostile_files.py (truncated/corrupt PNG/JPEG, bombs, an 8 GiB
+* **hostile files**: the corpus of tests/intake/test_hostile_files.py (truncated/corrupt PNG/JPEG, bombs, an 8 GiB
   sparse file, FIFOs, sockets, devices, symlinks out of the tree, odd and non-UTF-8 names, a 1,100-level tree)
   plus mutated images of six formats: each learnt, quarantined or ignored with a reason; the user's folder is
   unchanged; peak RSS bounded; the good files are learnt.

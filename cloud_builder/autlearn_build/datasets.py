@@ -38,9 +38,9 @@ class ImageSpec:
     color_mode: str = "L"
     scale: float = 1.0 / 255.0
     offset: float = 0.0
-    fit_box: int = 0  # 0: plain resize; N: content fitted into an NxN box, centred (autlearn.imaging.fit_content)
+    fit_box: int = 0  # 0: plain resize; N: content fitted into an NxN box, centred (autlearn.intake.imaging.fit_content)
     preprocessing_version: int = 1
-    resize_policy: str = "resize"  # resize | centre_crop | letterbox (autlearn.imaging.to_input)
+    resize_policy: str = "resize"  # resize | centre_crop | letterbox (autlearn.intake.imaging.to_input)
 
     def to_manifest(self) -> dict:
         """The manifest's `input`; `resize_policy` only when not the plain resize (bundles stay as before)."""
@@ -90,10 +90,10 @@ def load_mnist5k(spec: ImageSpec = ImageSpec()) -> ImageDataset:
 
 
 def decode_image(path: Path, spec: ImageSpec) -> np.ndarray:
-    """Decode one image with the board's own code (autlearn.imaging.load_input): the same EXIF orientation,
+    """Decode one image with the board's own code (autlearn.intake.imaging.load_input): the same EXIF orientation,
     JPEG draft decoding, colour mode, framing and resize the daemon will apply to the user's images."""
     from autlearn.errors import AutlearnError
-    from autlearn.imaging import load_input
+    from autlearn.intake.imaging import load_input
 
     try:
         return load_input(path.read_bytes(), str(path), spec.to_manifest(), MAX_PIXELS).astype(np.float32)

@@ -47,7 +47,7 @@ def _string_list(v: Any) -> list[str]:
 
 
 def _delegate(v: Any) -> str:
-    from .runtime import parse_delegate_spec
+    from .runtime.interpreter import parse_delegate_spec
     v = _string(v)
     try:
         parse_delegate_spec(v)
@@ -246,7 +246,7 @@ def parse(text: str, source: str) -> Config:
 
 def _cross_check(cfg: Config) -> None:
     """Checks that need the policy module's own validation (the time window's syntax)."""
-    from .policy import parse_window
+    from .service.policy import parse_window
     try:
         parse_window(cfg["policy.window"])
     except ValueError as e:

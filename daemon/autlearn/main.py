@@ -15,13 +15,13 @@ import zmq
 
 from . import __version__, config as config_mod
 from .errors import AutlearnError
-from .ingest import shown
-from .media import MediaWatcher
-from .notify import Notifier
+from .intake.ingest import shown
+from .intake.media import MediaWatcher
+from .control.notify import Notifier
 from .paths import Paths
-from .server import ControlServer, EventQueue
-from .service import Service
-from .watcher import DebouncedWatcher
+from .control.server import ControlServer, EventQueue
+from .service.api import Service
+from .intake.watcher import DebouncedWatcher
 
 log = logging.getLogger("autlearn")
 
@@ -156,7 +156,7 @@ def run(cfg: config_mod.Config, config_path: str | None = None, overrides: dict 
     service.watcher_state = watcher.state
     curve_keys = None
     if cfg["control.tcp"]:
-        from .curve import server_pair
+        from .control.curve import server_pair
         curve_keys = server_pair(paths.state)
     media = None
     if cfg["media.enabled"]:

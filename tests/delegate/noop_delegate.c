@@ -1,7 +1,7 @@
 /* A minimal TensorFlow Lite external delegate that claims no nodes.
  *
  * Built by tests/test_delegates.py with the system C compiler (`cc -shared -fPIC`) and loaded through
- * `autlearn.runtime.make_interpreter(..., "external:<lib>?log=<file>")`.  It proves that the library
+ * `autlearn.runtime.interpreter.make_interpreter(..., "external:<lib>?log=<file>")`.  It proves that the library
  * was really loaded, given its options, and applied to the graph, while the interpreter still runs
  * every node itself (so outputs must equal the plain CPU/XNNPACK outputs).
  *

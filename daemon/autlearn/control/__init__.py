@@ -1,0 +1,1 @@
+"""The control plane: protocol, ZeroMQ server and client, autlearnctl, CURVE keys, systemd notify."""

@@ -1,0 +1,96 @@
+"""The trainable head: its LiteRT signatures `train`, `infer`, `get_weights`, `set_weights`.
+
+Head weights live inside the interpreter; versions are persisted as .npz files written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..runtime.bundle import Variant
+from ..durable import write_atomic
+from ..runtime.interpreter import make_cpu_interpreter
+
+Weights = dict[str, np.ndarray]
+
+
+class Head:
+    """One head interpreter (a fresh optimiser state). Not thread-safe: one per thread."""
+
+    def __init__(self, variant: Variant, capacity: int, train_batch: int, threads: int):
+        self.variant = variant
+        self.capacity = capacity
+        self.batch = train_batch
+        self.interp = make_cpu_interpreter(variant.head_path, threads)
+        self._train = self.interp.get_signature_runner("train")
+        self._infer = self.interp.get_signature_runner("infer")
+        self._get = self.interp.get_signature_runner("get_weights")
+        self._set = self.interp.get_signature_runner("set_weights")
+
+    def get_weights(self) -> Weights:
+        out = self._get()
+        return {k: np.array(out[k], copy=True) for k in self.variant.head_weights}
+
+    def set_weights(self, weights: Weights) -> None:
+        self._set(**{k: np.asarray(weights[k], np.float32) for k in self.variant.head_weights})
+
+    def active_mask(self, n_active: int | None = None, active: np.ndarray | None = None) -> np.ndarray:
+        if active is not None:
+            return active.astype(np.float32)
+        m = np.zeros(self.capacity, np.float32)
+        m[:n_active] = 1.0
+        return m
+
+    def step(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, active: np.ndarray, lr: float) -> float:
+        out = self._train(x=x.astype(np.float32), y=y.astype(np.int32), mask=mask.astype(np.float32),
+                          active=active, lr=np.array(lr, np.float32))
+        return float(out["loss"])
+
+    def epochs_for(self, n: int, epochs: int, min_steps: int) -> int:
+        """`epochs` passes over `n` samples, or more when those would make fewer than `min_steps` optimiser
+        steps: a user with 80 images gets 3 batches an epoch, and 30 epochs of them leave the head underfit."""
+        batches = -(-n // self.batch)
+        return max(epochs, -(-min_steps // batches)) if batches else epochs
+
+    def fit(self, x: np.ndarray, y: np.ndarray, active: np.ndarray, epochs: int, lr: float,
+            seed: int, should_stop=lambda: False, on_epoch=lambda epoch, epochs, loss: None) -> list[float]:
+        """Mini-batch training over cached features; the last batch is padded and masked."""
+        rng = np.random.default_rng(seed)
+        n, b = len(x), self.batch
+        losses: list[float] = []
+        if n == 0:
+            return losses
+        for _ in range(epochs):
+            order = rng.permutation(n)
+            total, count = 0.0, 0
+            for i in range(0, n, b):
+                idx = order[i:i + b]
+                real = len(idx)
+                xb = np.zeros((b, x.shape[1]), np.float32)
+                yb = np.zeros(b, np.int32)
+                mb = np.zeros(b, np.float32)
+                xb[:real], yb[:real], mb[:real] = x[idx], y[idx], 1.0
+                total += self.step(xb, yb, mb, active, lr) * real
+                count += real
+            losses.append(total / count)
+            on_epoch(len(losses), epochs, losses[-1])
+            if should_stop():
+                break
+        return losses
+
+    def predict(self, x: np.ndarray, active: np.ndarray) -> np.ndarray:
+        if len(x) == 0:
+            return np.zeros((0, self.capacity), np.float32)
+        return np.array(self._infer(x=x.astype(np.float32), active=active)["probs"], copy=True)
+
+
+def save_weights(weights: Weights, path: Path) -> None:
+    """Write atomically: a crash leaves the old file or the new one, never half of one."""
+    write_atomic(path, lambda f: np.savez(f, **weights))
+
+
+def load_weights(path: Path) -> Weights:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}

@@ -1,0 +1,1 @@
+"""The board's runtime: the LiteRT interpreter seam, the bundle and its variants."""

@@ -1,0 +1,1 @@
+"""The daemon's service: bootstrap, scheduler, worker, policy, and the thin API object."""

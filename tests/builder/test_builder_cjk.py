@@ -1,0 +1,94 @@
+"""Languages written without spaces: the builder's `cjk` tokenizer (one token per Chinese/Japanese character),
+chosen by `--tokenizer auto`, recorded in the manifest and reproduced by the board (a child process in which
+TensorFlow cannot be imported); a build whose held-out text is mostly <unk> fails and names the tokenizer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from conftest import no_tensorflow_env  # noqa: E402
+
+SUBJECTS = ["我", "你", "他们", "老师", "我的朋友", "妈妈"]
+VERBS = ["喜欢", "买了", "看见", "想要", "送给我", "推荐"]
+OBJECTS = ["这本书", "新手机", "那只猫", "一杯咖啡", "苹果", "两张电影票"]
+ENDS = ["。", "！", "？", "；"]
+PROBE = "我今天买了iPhone 12，很好用！她说：「真的吗？」\n第二行没有句号\n\n日本語のテキストも、文字ごとに。Café 3 ü"
+
+BOARD = r'''
+import json, sys
+try:
+    import tensorflow  # noqa: F401
+    tf = True
+except ImportError:
+    tf = False
+from autlearn.runtime.bundle import load
+from autlearn.intake.kbtext import Tokenizer
+b = load(sys.argv[1])
+tok = Tokenizer(b.manifest["tokenizer"])
+text = sys.argv[2]
+print(json.dumps({"tf": tf, "kind": tok.kind, "sentences": tok.sentences(text),
+                  "streamed": list(tok.stream(iter(text.splitlines(keepends=True))))}))
+'''
+
+
+def _corpus(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for f in range(3):
+        lines = [f"{rng.choice(SUBJECTS)}{rng.choice(VERBS)}{rng.choice(OBJECTS)}{rng.choice(ENDS)}"
+                 for _ in range(220)]
+        (root / f"part{f}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+def _build(tmp: Path, tokenizer: str) -> tuple[int, Path]:
+    from autlearn_build.cli import main
+    out = tmp / f"bundle-{tokenizer}"
+    rc = main(["text", "--data", str(_corpus(tmp / "corpus")), "--out", str(out), "--epochs", "2", "--seed", "0",
+               "--vocab", "60", "--seq-len", "8", "--embed", "8", "--hidden", "16", "--spare-slots", "6",
+               "--train-batch", "16", "--val-fraction", "0.34", "--batch-size", "16", "--tokenizer", tokenizer])
+    return rc, out
+
+
+def test_cjk_tokenizer_takes_each_character_and_keeps_other_words():
+    from autlearn_build.text_data import choose_tokenizer, sentences
+    assert sentences("我今天去市场。你呢？Hello world", "cjk") == [["我", "今", "天", "去", "市", "场"],
+                                                              ["你", "呢"], ["hello", "world"]]
+    assert sentences("一行\n二行", "cjk") == [["一", "行"], ["二", "行"]]  # a line end ends a sentence
+    assert sentences("我今天去市场。你呢？") == [["我今天去市场", "你呢"]]  # the word tokenizer: runs, no 。
+    assert choose_tokenizer("auto", "我今天去市场买了很多东西 and english") == "cjk"
+    assert choose_tokenizer("auto", "english text with one 字") == "word"
+
+
+def test_a_chinese_build_with_the_word_tokenizer_fails_and_names_the_right_one(tmp_path, capsys):
+    rc, out = _build(tmp_path, "word")
+    err = capsys.readouterr().err
+    assert rc != 0 and not (out / "manifest.json").exists()
+    assert "<unk>" in err and "--tokenizer cjk" in err, err
+
+
+@pytest.mark.slow
+def test_chinese_bundle_board_tokenizes_like_the_builder(tmp_path):
+    from autlearn_build.text_data import sentences
+    rc, out = _build(tmp_path, "auto")
+    assert rc == 0
+    m = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert m["tokenizer"]["kind"] == "cjk"
+    assert m["metrics"]["unk_rate"] < 0.2
+    assert "我" in m["vocabulary"] and "买" in m["vocabulary"]
+    p = subprocess.run([sys.executable, "-c", BOARD, str(out), PROBE], capture_output=True, text=True, timeout=120,
+                       env=no_tensorflow_env())
+    assert p.returncode == 0, p.stderr[-3000:]
+    board = json.loads(p.stdout.strip().splitlines()[-1])
+    assert board["tf"] is False and board["kind"] == "cjk"
+    expected = sentences(PROBE, "cjk")
+    assert board["sentences"] == expected and board["streamed"] == expected
+    assert ["第", "二", "行", "没", "有", "句", "号"] in expected and ["café", "3", "ü"] in expected

@@ -1,0 +1,208 @@
+"""Learning below the head (issue 14): a bundle cut at the last block — int8 stem as the base, trainable tail."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from autlearn.learning.head import Head, load_weights
+from engine_helpers import engine_of, make_service, never, no_progress
+
+TAIL_NAMES = ["dw3_w", "dw3_b", "pw3_w", "pw3_b", "w0", "b0", "w1", "b1"]
+
+
+@pytest.fixture
+def tail_svc(tmp_path, tiny_tail_bundle):
+    s = make_service(tmp_path / "root", tiny_tail_bundle, **{"training.epochs": 3, "training.min_steps": 0})
+    yield s
+    s.stop()
+
+
+def _variant(bundle_dir):
+    return json.loads((bundle_dir / "manifest.json").read_text())["variants"][0]
+
+
+def test_the_manifest_describes_the_cut_and_lists_the_tail_weights_with_the_class_slots_last(tiny_tail_bundle):
+    v = _variant(tiny_tail_bundle)
+    assert v["cut"] == "last_block" and v["head_weights"] == TAIL_NAMES
+    h, w, c = v["tail"]["cut_shape"]
+    assert v["feature_size"] == h * w * c == 7 * 7 * 128
+    assert v["tail"]["cache_bytes_per_sample"] == 4 * v["feature_size"]
+    assert v["tail"]["train_ms_per_sample"] > 0 and v["tail"]["train_ms_per_epoch"] > 0
+    assert 0.0 <= v["accuracy_int8"] <= 1.0
+    build = json.loads((tiny_tail_bundle / "manifest.json").read_text())["build"]
+    assert build["tail"] == "last_block"
+
+
+def test_every_tail_signature_is_builtin_only_with_the_head_contract(tiny_tail_bundle):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from autlearn_build.convert import check_builtin_only
+
+    v = _variant(tiny_tail_bundle)
+    model = (tiny_tail_bundle / v["head"]).read_bytes()
+    ops = check_builtin_only(model, "tail")  # raises naming any Flex/custom op
+    assert "SLICE" in ops and "CONV_2D" not in ops and "DEPTHWISE_CONV_2D" not in ops
+    sigs = Interpreter(model_content=model).get_signature_list()
+    assert set(sigs) == {"train", "infer", "get_weights", "set_weights"}
+    assert sorted(sigs["get_weights"]["outputs"]) == sorted(TAIL_NAMES) == sorted(sigs["set_weights"]["inputs"])
+    assert sorted(sigs["train"]["inputs"]) == ["active", "lr", "mask", "x", "y"]
+    base = Interpreter(model_content=(tiny_tail_bundle / v["base"]).read_bytes())
+    assert list(base.get_output_details()[0]["shape"][1:]) == [v["feature_size"]]
+
+
+def test_a_tail_with_tf_nn_relu_is_refused_naming_the_op():
+    import tensorflow as tf
+
+    from autlearn_build import image_model
+    from autlearn_build import tail_module as tm
+    from autlearn_build.convert import convert_head
+    from autlearn_build.errors import ConversionError
+    from autlearn_build.head_module import SIGNATURES
+
+    image_model.set_seed(0)
+    clf = image_model.build_classifier(image_model.build_base((28, 28, 1), 16, 0.25), 4, 3, hidden=8)
+
+    class ReluTail(tm.TailModule):
+        def logits(self, x, active):  # tf.nn.relu's gradient (ReluGrad) has no builtin TFLite op
+            hidden = tf.nn.relu(tf.matmul(self.features(x), self.p["w0"]) + self.p["b0"])
+            return tf.matmul(hidden, self.p["w1"]) + self.p["b1"]
+
+    tail = ReluTail(tm.tail_weights(clf, "last_block"), "last_block", tm.cut_shape(clf, "last_block"), 4)
+    with pytest.raises(ConversionError, match="ReluGrad"):
+        convert_head(tail, SIGNATURES)
+
+
+@pytest.mark.parametrize("cut", ["last_block", "last2_blocks"])
+def test_stem_plus_tail_reproduce_the_keras_classifier(cut):
+    import tensorflow as tf
+
+    from autlearn_build import image_model
+    from autlearn_build import tail_module as tm
+
+    image_model.set_seed(1)
+    clf = image_model.build_classifier(image_model.build_base((28, 28, 1), 16, 0.25), 6, 4, hidden=8)
+    x = np.random.default_rng(0).random((12, 28, 28, 1)).astype(np.float32)
+    clf(x, training=True)  # moves the BatchNorm statistics off their initial values
+    image_model.recalibrate_batchnorm(clf, x)
+    active = np.array([1, 1, 1, 1, 0, 0], np.float32)
+    tail = tm.TailModule(tm.tail_weights(clf, cut), cut, tm.cut_shape(clf, cut), 4)
+    probs = tail.numpy_probs(tm.stem_of(clf, cut)(x, training=False).numpy(), active)
+    np.testing.assert_allclose(probs, tf.nn.softmax(clf(x, training=False)).numpy(), atol=1e-5)
+
+
+def test_training_the_tail_changes_predictions_and_the_stem_not_at_all(tail_svc, user_digits, write_user):
+    from autlearn.intake import imaging
+    from autlearn.learning.features import FeatureExtractor
+
+    images, labels = user_digits
+    inbox = tail_svc.paths.state.parent / "inbox"
+    paths = write_user(inbox, images[:150], labels[:150])
+    eng = engine_of(tail_svc)
+    variant = eng.learner.variant
+    stem_bytes = variant.base_path.read_bytes()
+    probe = np.stack([imaging.load_input(p.read_bytes(), str(p), tail_svc.bundle.input, 1 << 24) for p in paths[:20]])
+    stem_before = FeatureExtractor(variant, 1)(probe)
+    eng.scan()
+    r = eng.round("test", no_progress, never)
+    assert r.outcome in ("promoted", "rejected") and r.version is not None
+    assert variant.base_path.read_bytes() == stem_bytes  # the stem file is untouched
+    np.testing.assert_array_equal(FeatureExtractor(variant, 1)(probe), stem_before)
+
+    # the cached activation at the cut is the stem's own output for that file
+    key = eng.features.key(hashlib.sha256(paths[0].read_bytes()).hexdigest())
+    np.testing.assert_array_equal(eng.cache.get_many([key])[key], stem_before[0])
+
+    head = eng.learner.new_head()
+    active = eng.learner.active()
+    initial = load_weights(tail_svc.paths.heads / "head-v1.npz")
+    trained = eng.learner.current_weights(r.version)
+    assert sorted(trained) == sorted(TAIL_NAMES)
+    moved = [k for k in TAIL_NAMES if not np.array_equal(trained[k], initial[k])]
+    assert "pw3_w" in moved and "dw3_w" in moved and "w1" in moved  # the convolutions trained, not only the head
+    head.set_weights(initial)
+    p0 = head.predict(stem_before, active)
+    head.set_weights(trained)
+    assert np.abs(head.predict(stem_before, active) - p0).max() > 1e-3
+    eng.close()
+
+
+def test_rollback_across_tail_versions_restores_predictions_exactly(tail_svc, user_digits, write_user):
+    images, labels = user_digits
+    inbox = tail_svc.paths.state.parent / "inbox"
+    paths = write_user(inbox, images[:120], labels[:120], prefix="a")
+    eng = engine_of(tail_svc)
+    eng.scan()
+    r1 = eng.round("test", no_progress, never)
+    files = [{"name": p.name, "data": base64.b64encode(p.read_bytes()).decode()} for p in paths[:8]]
+
+    def predict(version):
+        return tail_svc.handle("predict", {"files": files, "version": version, "top": 3})["predictions"]
+
+    first = predict(r1.version)
+    write_user(inbox, images[120:240], labels[120:240], prefix="b")
+    eng.scan()
+    tail_svc.config = tail_svc.config.with_overrides(**{"training.learning_rate": 0.01})
+    eng2 = engine_of(tail_svc)
+    r2 = eng2.round("test", no_progress, never)
+    assert r2.version != r1.version
+    assert predict(r2.version) != first
+    tail_svc.handle("rollback", {"version": r1.version})
+    assert tail_svc.current_version() == r1.version
+    assert tail_svc.handle("predict", {"files": files, "top": 3})["predictions"] == first
+    eng.close()
+    eng2.close()
+
+
+def test_tail_weights_round_trip_and_set_weights_resets_the_optimiser(tiny_tail_bundle):
+    from autlearn.runtime import bundle as bundle_mod
+
+    b = bundle_mod.load(tiny_tail_bundle)
+    variant = b.variant()
+    rng = np.random.default_rng(0)
+    a = Head(variant, b.class_capacity, b.train_batch, 1)
+    shipped = a.get_weights()
+    random = {k: rng.standard_normal(v.shape).astype(np.float32) * 0.05 for k, v in shipped.items()}
+    a.set_weights(random)
+    got = a.get_weights()
+    for k in random:
+        np.testing.assert_array_equal(got[k], random[k])
+    x = rng.random((b.train_batch, variant.feature_size), np.float32)
+    y = (np.arange(b.train_batch) % 10).astype(np.int32)
+    mask = np.ones(b.train_batch, np.float32)
+    active = a.active_mask(10)
+    for _ in range(3):
+        a.step(x, y, mask, active, 1e-3)
+    a.set_weights(shipped)  # back to the shipped weights with a fresh Adam state
+    a.step(x, y, mask, active, 1e-3)
+    fresh = Head(variant, b.class_capacity, b.train_batch, 1)
+    fresh.step(x, y, mask, active, 1e-3)
+    after_a, after_fresh = a.get_weights(), fresh.get_weights()
+    for k in shipped:
+        np.testing.assert_allclose(after_a[k], after_fresh[k], rtol=0, atol=1e-6)
+
+
+def test_the_tail_convolutions_are_pulled_back_to_the_cloud_weights_and_nothing_else_moves_without_data():
+    import tensorflow as tf
+
+    from autlearn_build import image_model
+    from autlearn_build import tail_module as tm
+
+    image_model.set_seed(2)
+    clf = image_model.build_classifier(image_model.build_base((28, 28, 1), 16, 0.25), 4, 3, hidden=8)
+    cloud = tm.tail_weights(clf, "last_block")
+    moved = {k: v + (0.1 if k in ("pw3_w", "dw3_w") else 0.0) for k, v in cloud.items()}
+    tail = tm.TailModule(moved, "last_block", tm.cut_shape(clf, "last_block"), 4, anchors=cloud, l2=1.0)
+    x = tf.constant(np.random.default_rng(0).random((4, tail.feature_size)), tf.float32)
+    zeros = tf.zeros([4], tf.float32)  # every row padding: the data term is 0, only the pull remains
+    for _ in range(20):
+        tail.train(x, tf.zeros([4], tf.int32), zeros, tf.ones([4], tf.float32), tf.constant(1e-2))
+    after = {k: v.numpy() for k, v in tail.get_weights().items()}
+    for k in ("pw3_w", "dw3_w"):
+        assert np.abs(after[k] - cloud[k]).mean() < 0.5 * np.abs(moved[k] - cloud[k]).mean()
+    for k in ("w0", "b0", "w1", "b1", "pw3_b", "dw3_b"):
+        np.testing.assert_array_equal(after[k], moved[k])
