@@ -6,8 +6,10 @@
 # One run on this machine, side by side: the daemon's round on 500 new images (a real autlearnd subprocess),
 # Keras head-only and whole-model fine-tuning in full TensorFlow, whole-model training through a flex-free
 # TFLite `train` signature; then the +10 % round, peak RSS, `status` latency during a round, READY time, CPU
-# seconds and per-variant feature-extraction latency (tools/bench.py). The bundle it measures is built once
-# with the real builder under $(BENCH_WORK) and reused. Timings are benchmarks, never test assertions.
+# seconds and per-variant feature-extraction latency (tools/bench.py runs it: the daemon's measurements in
+# bench_measure.py, the baselines in bench_baselines.py, figures and targets in bench_summary.py, the reports in
+# bench_report.py). The bundle it measures is built once with the real builder under $(BENCH_WORK) and reused.
+# Timings are benchmarks, never test assertions. `tools/bench.py --rerender reports/bench.json` redraws the reports.
 
 BIN   ?= .venv/bin
 STAMP ?= .venv/.installed

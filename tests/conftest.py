@@ -10,10 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT / "tools"))  # the harness, fault injectors and corpora the tests share with the tools
 sys.path.insert(0, str(ROOT / "tests"))
-# Until no test imports another: every package folder of tests/ is importable by module name.
-sys.path[1:1] = [str(d) for d in sorted((ROOT / "tests").iterdir()) if d.is_dir() and d.name not in ("fixtures", "delegate", "block_tensorflow", "__pycache__")]
 BIN = Path(sys.executable).parent
 
 
@@ -65,6 +63,23 @@ def user_digits():
 def write_user():
     from userdata import write_user
     return write_user
+
+
+@pytest.fixture
+def fake_battery():
+    """`fake_battery(sysfs, status, online)`: a sysfs tree with one battery (BAT0, 41 %) and a mains supply (AC)."""
+    def write(sysfs: Path, status: str, online: int) -> None:
+        bat = sysfs / "class" / "power_supply" / "BAT0"
+        ac = sysfs / "class" / "power_supply" / "AC"
+        for d in (bat, ac):
+            d.mkdir(parents=True, exist_ok=True)
+        (bat / "type").write_text("Battery\n")
+        (bat / "status").write_text(status + "\n")
+        (bat / "capacity").write_text("41\n")
+        (bat / "present").write_text("1\n")
+        (ac / "type").write_text("Mains\n")
+        (ac / "online").write_text(f"{online}\n")
+    return write
 
 
 def no_tensorflow_env() -> dict:

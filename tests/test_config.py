@@ -135,7 +135,7 @@ def _toml(values: dict) -> str:
 
 def _run_daemon(cfg_path: Path, root: Path) -> tuple[int | None, str, list[dict]]:
     """Start autlearnd on the file; wait for READY, ask status twice over a few ticks, stop it."""
-    from test_reliability import call
+    from harness import call
     notify_path = root.parent / "notify.sock"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))
@@ -175,7 +175,7 @@ def _run_daemon(cfg_path: Path, root: Path) -> tuple[int | None, str, list[dict]
 def test_every_configuration_check_config_accepts_runs(data, tiny_bundle, user_digits):
     """Generated from SETTINGS: whatever --check-config accepts, the daemon starts on, answers status with
     and stops cleanly on (200 °C, NaN and a URL once passed the check and crashed the daemon)."""
-    from test_reliability import png_bytes
+    from userdata import png_bytes
     images, _ = user_digits
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -31,7 +31,10 @@ import numpy as np
 
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
-from bench import BIN, DaemonRun, _round, compact_json, log, proc_mem_mb, time_to_target  # noqa: E402
+from bench_baselines import time_to_target  # noqa: E402
+from bench_measure import DaemonRun, proc_mem_mb, timed_round  # noqa: E402
+from bench_report import compact_json, log  # noqa: E402
+from harness import BIN  # noqa: E402
 
 PHOTO_SIZE = (640, 480)
 # Photos per predict request: a request must stay under the protocol's 1 MiB message limit (base64 JPEGs).
@@ -252,12 +255,14 @@ def main() -> int:
     shutil.copytree(work / "user_first", staging / "first")
     shutil.copytree(work / "user_later", staging / "later")
     run = CameraRun(root, bundle, args.epochs, 0.25)
-    run.cfg.write_text(run.cfg.read_text() + f"augment_copies = {args.augment_copies}\n")
+    run.training += f"augment_copies = {args.augment_copies}\n"
+    run.write_config()
     try:
         run.start()
         from autlearn.control.client import Client
         from autlearn.paths import Paths
 
+        run.client.close()
         run.client = Client(Paths.under(root).control_endpoint, timeout_s=300)  # a loaded 2-core machine
         idle_rss = proc_mem_mb(run.proc.pid, "VmRSS")
 
@@ -270,9 +275,9 @@ def main() -> int:
                 for f in sorted(d.iterdir()):
                     os.rename(f, run.inbox / d.name / f.name)
 
-        r1 = _round(run, move_first, test_paths, test_y)
+        r1 = timed_round(run, move_first, test_paths, test_y)
         daemon_acc = r1["test_accuracy"]
-        r2 = _round(run, move_later, test_paths, test_y)
+        r2 = timed_round(run, move_later, test_paths, test_y)
         peak = proc_mem_mb(run.proc.pid, "VmHWM")
     finally:
         run.stop()

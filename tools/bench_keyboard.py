@@ -62,14 +62,14 @@ def user_words(bundle: Path, n: int) -> tuple[str, str]:
 
 def one(bundle: Path, work: Path, n: int) -> dict:
     """A first round on n words, then a later round after LATER_WORDS more (in this process)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from engine_helpers import engine_of, make_service, never, no_progress
+    sys.path.insert(0, str(ROOT / "tools"))
+    from eval_board import engine_of, never, no_progress, start_service
     first, later = user_words(bundle, n)
     root = work / f"user-{n}"
     if root.exists():
         import shutil
         shutil.rmtree(root)
-    svc = make_service(root, bundle, **{"training.epochs": 30})
+    svc = start_service(root, bundle, **{"training.epochs": 30})
     notes = root / "inbox" / "notes.txt"
     notes.write_text(first, encoding="utf-8")
     eng = engine_of(svc)

@@ -1,6 +1,7 @@
 """`make bench-scale` (part of `make bench`): what the daemon costs as the number of stored samples grows.
 
-For each size N (default 1,000, 10,000, 100,000) on one real `autlearnd` subprocess (tools/bench.py's DaemonRun):
+For each size N (default 1,000, 10,000, 100,000) on one real `autlearnd` subprocess (tools/bench_measure.py's
+DaemonRun):
 
 * **data** — N small PNGs (28×28 UCI digits, each shifted by up to 3 px and given its own pixel noise, so that
   every file is different), in one folder per label, plus 100 more for the measured round. The files live on
@@ -37,7 +38,10 @@ import numpy as np
 
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
-from bench import DaemonRun, compact_json, machine, percentile, proc_cpu_s, proc_mem_mb  # noqa: E402
+from bench_measure import DaemonRun, machine, proc_cpu_s, proc_mem_mb  # noqa: E402
+from bench_report import compact_json  # noqa: E402
+from bench_summary import percentile  # noqa: E402
+from harness import move_in  # noqa: E402
 from userdata import digits  # noqa: E402
 
 TARGETS = {"round_after_100_new_s": "<= 1 s + debounce_s", "peak_rss_mb": "<= 150",
@@ -66,18 +70,6 @@ def make_images(out: Path, n: int, seed: int, prefix: str) -> int:
         img = np.clip(canvas, 0, 255).astype(np.uint8)
         Image.fromarray(img, "L").save(out / str(int(labels[k])) / f"{prefix}{i:06d}.png", compress_level=1)
     return n
-
-
-def move_in(staging: Path, inbox: Path, whole_folders: bool = False) -> None:
-    """Every file of `staging/<label>/` into `inbox/<label>/` (renames: each file appears at once), or each
-    label folder at once."""
-    for d in sorted(staging.iterdir()):
-        if whole_folders:
-            os.rename(d, inbox / d.name)
-            continue
-        (inbox / d.name).mkdir(exist_ok=True)
-        for f in sorted(d.iterdir()):
-            os.rename(f, inbox / d.name / f.name)
 
 
 def status_load(endpoint: str, clients: int, requests: int) -> dict:
@@ -175,7 +167,7 @@ def one_size(work: Path, data: Path, bundle: Path, n: int, debounce_s: float, cl
         run.drain_events(0.2)
         cpu0 = proc_cpu_s(run.proc.pid)
         t_land = time.time()
-        move_in(files / "staging" / "later", run.inbox)
+        move_in(files / "staging" / "later", run.inbox, whole_folders=False)
         events = run.wait_event(("round_finished",), 600)
         fin = events[-1][1]
         out["round_after_100_new_cpu_s"] = proc_cpu_s(run.proc.pid) - cpu0  # scan + round, all threads

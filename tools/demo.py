@@ -5,9 +5,7 @@ from a simulated private user's images, report, and stop the daemon cleanly.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -16,13 +14,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import BIN, Daemon, client as control_client, move_in  # noqa: E402
 from userdata import digits, write_user  # noqa: E402
 
-from autlearn.control.client import Client  # noqa: E402
 from autlearn.errors import AutlearnError  # noqa: E402
-from autlearn.paths import Paths  # noqa: E402
-
-BIN = Path(sys.executable).parent
 
 
 def say(msg: str) -> None:
@@ -72,39 +67,25 @@ def main() -> int:
     print(f"   {len(test_paths)} test images; {n_first} + {len(train_imgs) - n_first} images to learn from")
 
     say("3. board: autlearnd starts under the development root, watching the inbox")
-    cfg = root / "autlearnd.toml"
-    cfg.write_text(f"""[paths]
-root = "{root}"
-[data]
-watch = ["{inbox}"]
-debounce_s = 1.0
-[model]
-bundle = "{root / 'bundle'}"
-[training]
-min_new_samples = 50
-epochs = 30
-""")
-    log = open(root / "autlearnd.log", "w")
-    t_start = time.monotonic()
-    daemon = subprocess.Popen([str(BIN / "autlearnd"), "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
-    client = Client(Paths.under(root).control_endpoint, timeout_s=5)
+    daemon = Daemon(root, root / "bundle", debounce_s=1.0, training="min_new_samples = 50\nepochs = 30\n")
+    client = control_client(root, timeout_s=5)
 
     def status():
         try:
             return client.call("status")
         except AutlearnError:
-            if daemon.poll() is not None:
-                raise SystemExit(f"demo: autlearnd exited with {daemon.returncode}; see {root / 'autlearnd.log'}")
+            if daemon.proc.poll() is not None:
+                raise SystemExit(f"demo: autlearnd exited with {daemon.proc.returncode}; see {root / 'autlearnd.log'}")
             return None
 
     try:
-        wait_for("the control socket", lambda: (root / "run" / "control.sock").exists() and status(), 60)
-        print(f"   answering after {time.monotonic() - t_start:.2f}s")
+        if not daemon.came_up(60):
+            raise SystemExit(f"demo: autlearnd did not report READY; see {root / 'autlearnd.log'}")
+        print(f"   READY after {daemon.ready_s:.2f}s")
         initial = status()["head"]["version"]
 
         say("4. the user's images land in the watched folder; the daemon ingests, extracts, trains, evaluates")
-        for d in sorted((staging / "first").iterdir()):
-            os.rename(d, inbox / d.name)  # whole folders appear at once
+        move_in(staging / "first", inbox)  # whole folders appear at once
 
         def round_done(after_id=0):
             st = status()
@@ -115,10 +96,7 @@ epochs = 30
         first = st["last_round"]
 
         say("5. 10% more images arrive: the second round computes features only for them")
-        for d in sorted((staging / "later").iterdir()):
-            for f in d.iterdir():
-                (inbox / d.name).mkdir(exist_ok=True)
-                os.rename(f, inbox / d.name / f.name)
+        move_in(staging / "later", inbox)  # into the existing label folders, file by file
         st = wait_for("the second training round", lambda: round_done(first["round_id"]), 180)
 
         say("6. autlearnctl status")
@@ -149,8 +127,7 @@ epochs = 30
     finally:
         say("8. stopping the daemon (SIGTERM)")
         client.close()
-        daemon.send_signal(signal.SIGTERM)
-        code = daemon.wait(30)
+        code = daemon.stop()
         print(f"   autlearnd exited with {code}; log: {root / 'autlearnd.log'}")
     return 0 if ok and code == 0 else 1
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
-from bench import BIN, _round  # noqa: E402
 from bench_camera import CLASS_NAMES, CameraRun, make_set  # noqa: E402
+from bench_measure import timed_round  # noqa: E402
+from harness import BIN  # noqa: E402
 
 
 def say(msg: str) -> None:
@@ -56,7 +57,7 @@ def main() -> int:
             for d in sorted((root / "user").iterdir()):  # one folder per class, as a person would drop them
                 os.rename(d, run.inbox / d.name)
 
-        r = _round(run, move, test_paths, truth)
+        r = timed_round(run, move, test_paths, truth)
         print(f"round: {r['outcome']} in {r['landing_to_promoted_s']:.1f} s from the files landing "
               f"({r['features_computed']} photos through the int8 base, peak RSS {r['peak_rss_mb']:.0f} MB); "
               f"held-out {r['holdout_accuracy_before']} -> {r['holdout_accuracy_after']}")

@@ -1,9 +1,11 @@
-"""The board's own code path for the evaluation: a real autlearn Service (bundle installed and verified,
+"""The board in-process, without the control server: a real autlearn Service (bundle installed and verified,
 SQLite store, feature cache, initial head) on a throw-away development root, and a caller-owned Engine
 that scans the user's files and runs rounds exactly as autlearnd's worker does (autlearn.learning.learner.Learner /
 autlearn.learning.keyboard.KeyboardLearner, chosen by the bundle's task). Nothing here re-implements learning: the
 evaluation only writes the user's files, calls `Engine.scan` / `Engine.round`, and reads back the head
-version the board would serve, to score it on the user's held-out data that the board never saw.
+version the board would serve, to score it on the user's held-out data that the board never saw. The tests
+and tools/bench_keyboard.py use the same pieces (`make_service`, `engine_of`); tools/harness.py is the board as
+a subprocess.
 
 No TensorFlow is imported here.
 """
@@ -24,12 +26,35 @@ from autlearn.paths import Paths
 from autlearn.service.api import Service
 
 
-def _quiet(name, data):
-    pass
+def no_progress(name, data):
+    """A round's progress callback that reports nothing."""
 
 
-def _never():
+def never():
+    """A round's stop check that never stops it."""
     return False
+
+
+def start_service(root: Path, bundle_dir: Path, **overrides) -> Service:
+    """A started Service (worker thread included) on `root`, watching `root/inbox`, learning only when asked;
+    the daemon's defaults for everything not in `overrides`."""
+    inbox = root / "inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    cfg = Config().with_overrides(**{"paths.root": str(root), "data.watch": [str(inbox)],
+                                     "model.bundle": str(bundle_dir), "training.auto": False, **overrides})
+    svc = Service(cfg, Paths.under(root))
+    svc.start()
+    return svc
+
+
+def make_service(root: Path, bundle_dir: Path, **overrides) -> Service:
+    """start_service with the tests' shorter rounds (training.epochs = 20)."""
+    return start_service(root, bundle_dir, **{"training.epochs": 20, **overrides})
+
+
+def engine_of(svc: Service) -> Engine:
+    """A second, caller-owned engine on the same state (what the worker thread uses)."""
+    return Engine(svc.config, svc.paths, svc.bundle, svc.bundle_id, svc.variant)
 
 
 @dataclass
@@ -46,7 +71,7 @@ class Board:
         return self.eng.scan()
 
     def round(self) -> RoundResult:
-        return self.eng.round("eval", _quiet, _never)
+        return self.eng.round("eval", no_progress, never)
 
     def version(self) -> int:
         """The head version the board serves now (the promoted candidate, or the one it kept)."""
@@ -68,15 +93,8 @@ def open_board(root: Path, bundle_dir: Path, **overrides) -> Board:
     """A fresh board on `root` (removed first), watching root/inbox, learning only when asked."""
     if root.exists():
         shutil.rmtree(root)
-    inbox = root / "inbox"
-    inbox.mkdir(parents=True)
-    cfg = Config().with_overrides(**{"paths.root": str(root), "data.watch": [str(inbox)],
-                                     "model.bundle": str(bundle_dir), "training.auto": False,
-                                     "model.threads": 2, "model.delegate": "cpu", **overrides})
-    svc = Service(cfg, Paths.under(root))
-    svc.start()
-    eng = Engine(svc.config, svc.paths, svc.bundle, svc.bundle_id, svc.variant)
-    return Board(root, svc, eng)
+    svc = start_service(root, bundle_dir, **{"model.threads": 2, "model.delegate": "cpu", **overrides})
+    return Board(root, svc, engine_of(svc))
 
 
 def set_arrival_order(paths: list[Path], start_ns: int = 1_700_000_000 * 10**9) -> None:

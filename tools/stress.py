@@ -3,7 +3,8 @@
 
 Runs, against real daemons (subprocesses, real SIGKILL, real tmpfs mounts, real sockets), the scenarios whose
 short versions `make test` runs (tests/system/test_reliability.py, tests/intake/test_hostile_files.py,
-tests/control/test_protocol_fuzz.py), prints a summary table and writes reports/stress.json and reports/stress.md.
+tests/control/test_protocol_fuzz.py; the scenarios are tools/power_loss.py, full_disk.py, tamper.py, hostile.py and
+hostile_clients.py), prints a summary table and writes reports/stress.json and reports/stress.md.
 
 The seed is random unless given (--seed, or AUTLEARN_TEST_SEED); it is printed first, and the same seed replays
 the same kill points, corpus, flips and fuzzing examples (timing on a loaded machine still varies where a kill
@@ -27,7 +28,14 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "intake"), str(ROOT / "tests" / "control"), str(ROOT / "tests" / "system"), str(ROOT / "tests" / "service"), str(ROOT / "tools")]
+sys.path.insert(0, str(ROOT / "tools"))
+import full_disk  # noqa: E402
+import hostile  # noqa: E402
+import hostile_clients  # noqa: E402
+import power_loss  # noqa: E402
+import tamper  # noqa: E402
+from faults import Tally  # noqa: E402
+from userdata import digits  # noqa: E402
 
 LEGEND = """What the rows check (a *trial* ends with every invariant checked; *faults injected* are kills, disk
 fills and flipped bytes; *bad inputs* are hostile files, frames and connections):
@@ -45,7 +53,7 @@ fills and flipped bytes; *bad inputs* are hostile files, frames and connections)
 * **tampered bundle**: one flipped byte (random mask) at every offset of every file (`manifest.json`,
   `manifest.sha256`, the models): every copy refused with a message naming the file. *Given to the daemon*:
   the daemon restarts with it, logs the refusal naming the file, and keeps answering with its installed bundle.
-* **hostile files**: the corpus of tests/intake/test_hostile_files.py (truncated/corrupt PNG/JPEG, bombs, an 8 GiB
+* **hostile files**: the corpus of tools/hostile.py (truncated/corrupt PNG/JPEG, bombs, an 8 GiB
   sparse file, FIFOs, sockets, devices, symlinks out of the tree, odd and non-UTF-8 names, a 1,100-level tree)
   plus mutated images of six formats: each learnt, quarantined or ignored with a reason; the user's folder is
   unchanged; peak RSS bounded; the good files are learnt.
@@ -151,12 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"stress seed {seed}  (replay: AUTLEARN_TEST_SEED={seed} make stress, or tools/stress.py --seed {seed})",
           flush=True)
 
-    os.environ["AUTLEARN_TEST_SEED"] = str(seed)  # before the test modules read it
-    import test_hostile_files as hf
-    import test_protocol_fuzz as pf
-    import test_reliability as rel
-    from userdata import digits
-
+    os.environ["AUTLEARN_TEST_SEED"] = str(seed)  # for the daemons' children, as before
     work = args.work or Path(tempfile.mkdtemp(prefix="autlearn-stress-"))
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -170,20 +173,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {line}", flush=True)
 
     scenarios = [
-        ("power", lambda w: rel.power_loss(w, bundle, images, labels, trials=args.power_trials, seed=seed, say=say)),
-        ("install", lambda w: rel.install_cut(w, bundle, trials=args.install_trials, seed=seed, say=say)),
-        ("disk", lambda w: repeat(args.disk_runs, w, lambda w2: rel.full_disk(w2, bundle, images, labels, say=say))),
-        ("enospc", lambda w: rel.enospc_mid_round(w, bundle, images, labels, cycles=args.enospc_cycles, seed=seed,
+        ("power", lambda w: power_loss.power_loss(w, bundle, images, labels, trials=args.power_trials, seed=seed,
                                                   say=say)),
-        ("tamper", lambda w: rel.tamper_sweep(bundle, w, random.Random(seed), per_file=args.tamper_per_file)),
-        ("tamper-daemon", lambda w: rel.tampered_daemon(w, bundle, random.Random(seed),
-                                                        per_file=args.tamper_daemon_per_file, say=say)),
-        ("hostile-files", lambda w: hf.hostile_files(w, bundle, images, labels, seed, n_mutations=args.mutations,
-                                                     say=say)),
-        ("clients", lambda w: pf.hostile_clients(w, bundle, args.examples, seed, clients=args.clients,
-                                                 per_client=args.per_client, vanishing_rounds=args.vanishing,
-                                                 say=say)),
-        ("curve", lambda w: pf.curve_gate(w, bundle, attempts=args.curve_attempts, say=say)),
+        ("install", lambda w: power_loss.install_cut(w, bundle, trials=args.install_trials, seed=seed, say=say)),
+        ("disk", lambda w: repeat(args.disk_runs, w, lambda w2: full_disk.full_disk(w2, bundle, images, labels,
+                                                                                    say=say))),
+        ("enospc", lambda w: full_disk.enospc_mid_round(w, bundle, images, labels, cycles=args.enospc_cycles,
+                                                        seed=seed, say=say)),
+        ("tamper", lambda w: tamper.tamper_sweep(bundle, w, random.Random(seed), per_file=args.tamper_per_file)),
+        ("tamper-daemon", lambda w: tamper.tampered_daemon(w, bundle, random.Random(seed),
+                                                           per_file=args.tamper_daemon_per_file, say=say)),
+        ("hostile-files", lambda w: hostile.hostile_files(w, bundle, images, labels, seed, n_mutations=args.mutations,
+                                                          say=say)),
+        ("clients", lambda w: hostile_clients.hostile_clients(w, bundle, args.examples, seed, clients=args.clients,
+                                                              per_client=args.per_client,
+                                                              vanishing_rounds=args.vanishing, say=say)),
+        ("curve", lambda w: hostile_clients.curve_gate(w, bundle, attempts=args.curve_attempts, say=say)),
     ]
     names = [n for n, _ in scenarios]
     for n in args.only or []:
@@ -200,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             t = run(w)
         except Exception as e:  # the harness or an assertion inside a scenario: a failure, never a silent pass
-            t = rel.Tally(name)
+            t = Tally(name)
             t.problem(f"the scenario stopped: {type(e).__name__}: {e}")
             traceback.print_exc()
         if not t.seconds:
@@ -258,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     if failed or args.keep:
         print(f"work directory kept: {work}")
     else:
-        hf.remove_deep(work / "hostile-files" / "hostile" / "inbox" / "5" / "d")
+        hostile.remove_deep(work / "hostile-files" / "hostile" / "inbox" / "5" / "d")
         shutil.rmtree(work, ignore_errors=True)
     return 1 if failed else 0
 

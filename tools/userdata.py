@@ -6,6 +6,7 @@ Used by the demo, the tests and the evaluation; the board never runs this (it ne
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,13 @@ def digits(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def write_png(image: np.ndarray, path: Path, size: int = 28) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image, "L").resize((size, size), Image.BILINEAR).save(path)
+
+
+def png_bytes(image: np.ndarray, size: int = 28) -> bytes:
+    """One image as the bytes of the PNG file write_png would write."""
+    buf = io.BytesIO()
+    Image.fromarray(image, "L").resize((size, size), Image.BILINEAR).save(buf, "PNG")
+    return buf.getvalue()
 
 
 def write_user(out: Path, images: np.ndarray, labels: np.ndarray, size: int = 28, prefix: str = "u") -> list[Path]:

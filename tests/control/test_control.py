@@ -19,10 +19,8 @@ from autlearn.control import protocol
 from autlearn.control.client import Client, Events
 from autlearn.control.notify import Notifier
 from autlearn.control.server import ControlServer, EventQueue
-from conftest import BIN
-from daemon_helpers import Daemon, ctl, wait_until
-from engine_helpers import make_service
-from test_service import ready
+from eval_board import make_service
+from harness import BIN, Daemon, ctl, wait_until
 
 V = protocol.PROTOCOL_VERSION
 
@@ -55,7 +53,7 @@ def run(*argv: str, **kw) -> subprocess.CompletedProcess:
 
 
 def test_envelopes_and_oversize_frames_get_their_one_reply(tmp_path, tiny_bundle):
-    d = ready(Daemon(tmp_path / "r", tiny_bundle, training="auto = false\n"))
+    d = Daemon(tmp_path / "r", tiny_bundle, training="auto = false\n").up()
     w = Wire(d.root)
     try:
         for msg, says in [({"id": 5, "cmd": "status"}, "no 'v' field"), ({"v": 2.0, "id": 5, "cmd": "status"},
@@ -77,7 +75,7 @@ def test_envelopes_and_oversize_frames_get_their_one_reply(tmp_path, tiny_bundle
 
 
 def test_a_status_sent_during_a_large_predict_is_answered_first(tmp_path, tiny_bundle, user_digits, write_user):
-    d = ready(Daemon(tmp_path / "r", tiny_bundle, training="auto = false\n"))
+    d = Daemon(tmp_path / "r", tiny_bundle, training="auto = false\n").up()
     w = Wire(d.root)
     try:
         images, labels = user_digits
@@ -95,7 +93,7 @@ def test_a_status_sent_during_a_large_predict_is_answered_first(tmp_path, tiny_b
 
 
 def test_train_while_paused_starts_no_round_until_resume(tmp_path, tiny_bundle, user_digits, write_user):
-    d = ready(Daemon(tmp_path / "r", tiny_bundle, training="auto = false\nepochs = 5\n"))
+    d = Daemon(tmp_path / "r", tiny_bundle, training="auto = false\nepochs = 5\n").up()
     try:
         images, labels = user_digits
         write_user(d.inbox, images[:100], labels[:100])
@@ -118,7 +116,7 @@ def test_train_while_paused_starts_no_round_until_resume(tmp_path, tiny_bundle, 
 
 def test_bench_is_busy_only_while_a_round_computes_and_holds_a_paused_one(tmp_path, tiny_bundle, user_digits,
                                                                           write_user):
-    d = ready(Daemon(tmp_path / "r", tiny_bundle, training="min_new_samples = 20\nepochs = 10000\n"))
+    d = Daemon(tmp_path / "r", tiny_bundle, training="min_new_samples = 20\nepochs = 10000\n").up()
     try:
         images, labels = user_digits
         write_user(d.inbox, images[:300], labels[:300])
@@ -137,7 +135,7 @@ def test_bench_is_busy_only_while_a_round_computes_and_holds_a_paused_one(tmp_pa
 
 
 def test_a_refused_reload_is_an_error_event_and_the_last_error(tmp_path, tiny_bundle):
-    d = ready(Daemon(tmp_path / "r", tiny_bundle))
+    d = Daemon(tmp_path / "r", tiny_bundle).up()
     try:
         events = Events(f"ipc://{d.root / 'run' / 'events.sock'}", ("error",))
         d.config_path.write_text(d.config_path.read_text().replace("min_new_samples = 20", "min_new_samples = 'x'"))
@@ -237,7 +235,7 @@ def test_command_line_failures_are_one_sentence_and_an_exit_code(tmp_path):
 
 
 def test_a_reader_that_goes_away_is_one_sentence_not_a_traceback(tmp_path, tiny_bundle):
-    d = ready(Daemon(tmp_path / "r", tiny_bundle))
+    d = Daemon(tmp_path / "r", tiny_bundle).up()
     try:
         for verb in (["status"], ["--json", "config"]):
             r, w = os.pipe()

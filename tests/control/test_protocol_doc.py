@@ -7,8 +7,7 @@ import re
 from pathlib import Path
 
 from autlearn.service.api import Service
-from daemon_helpers import Daemon, ctl
-from test_service import ready
+from harness import Daemon, ctl
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "protocol.md"
@@ -119,7 +118,7 @@ def test_every_emitted_event_is_documented():
     text = DOC.read_text()
     events = set(re.findall(r"^\| `([a-z_]+)` \| ", text[text.index("## Events"):], re.M))
     emitted = set()
-    for path in (ROOT / "daemon" / "autlearn").glob("*.py"):
+    for path in (ROOT / "daemon" / "autlearn").rglob("*.py"):
         src = path.read_text()
         emitted |= set(re.findall(r"""(?:emit|progress)\(\s*["']([a-z_]*[a-z])["']""", src))
         emitted |= {"version_" + s for s in ("promoted", "rejected") if '"version_" + status' in src}
@@ -129,7 +128,7 @@ def test_every_emitted_event_is_documented():
 
 def test_the_daemon_answers_exactly_the_documented_fields(tmp_path, tiny_bundle, user_digits, write_user):
     doc = documented_results()
-    d = ready(Daemon(tmp_path / "r", tiny_bundle, training="auto = false\nepochs = 5\n"))
+    d = Daemon(tmp_path / "r", tiny_bundle, training="auto = false\nepochs = 5\n").up()
     try:
         images, labels = user_digits
         write_user(d.inbox, images[:40], labels[:40])

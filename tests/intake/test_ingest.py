@@ -13,7 +13,7 @@ import pytest
 
 from autlearn.intake.ingest import Ingestor, shown
 from autlearn.learning.store import Store
-from test_reliability import png_bytes
+from userdata import png_bytes
 
 SPEC = {"width": 8, "height": 8}
 

@@ -6,8 +6,7 @@ import os
 from pathlib import Path
 
 from autlearn.intake.media import Importer, MediaWatcher, removable_mounts
-from daemon_helpers import Daemon, wait_until
-from test_service import ready
+from harness import Daemon, wait_until
 
 
 def stick(root: Path, name: str, files: dict[str, bytes]) -> Path:
@@ -80,8 +79,8 @@ def test_daemon_imports_a_stick_when_it_is_mounted(tmp_path, tiny_bundle, user_d
     table.write_text("")
     mount = media / "stick"
     write_user(mount / "autlearn", images[:30], labels[:30])
-    d = ready(Daemon(tmp_path / "r", tiny_bundle,
-                     extra_config=f'[media]\nmounts = "{table}"\nunder = ["{media}"]\n'))
+    d = Daemon(tmp_path / "r", tiny_bundle,
+                     extra_config=f'[media]\nmounts = "{table}"\nunder = ["{media}"]\n').up()
     try:
         assert d.status()["samples"]["ok"] == 0
         table.write_text(mounts_line(mount))  # the stick is mounted
@@ -100,7 +99,7 @@ def test_daemon_imports_a_stick_when_it_is_mounted(tmp_path, tiny_bundle, user_d
 def test_a_stick_with_a_tree_deeper_than_the_recursion_limit_is_imported_with_the_deep_part_refused(
         tmp_path, user_digits, write_user):
     from autlearn.intake.ingest import MAX_DEPTH
-    from test_hostile_files import deep_dirs, remove_deep
+    from hostile import deep_dirs, remove_deep
     images, labels = user_digits
     mount = tmp_path / "stick"
     write_user(mount / "autlearn", images[:3], labels[:3])

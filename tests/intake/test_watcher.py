@@ -9,9 +9,9 @@ from pathlib import Path
 
 from autlearn.intake.ingest import MAX_DEPTH
 from autlearn.intake.watcher import DebouncedWatcher
-from daemon_helpers import Daemon, wait_until
-from test_hostile_files import deep_dirs, remove_deep
-from test_reliability import call, came_up, png_bytes
+from harness import Daemon, call, wait_until
+from hostile import deep_dirs, remove_deep
+from userdata import png_bytes
 
 
 def _noticed(w: DebouncedWatcher, make) -> bool:
@@ -82,7 +82,7 @@ def test_the_daemon_keeps_ingesting_after_a_deep_tree_arrives_and_restarts_with_
     root = tmp_path / "r"
     d = Daemon(root, tiny_bundle, training="min_new_samples = 1000\n")
     try:
-        assert came_up(d), (root / "autlearnd.log").read_text()
+        assert d.came_up(), (root / "autlearnd.log").read_text()
         wait_until(lambda: call(root, "status")["last_scan"] is not None, 30, "the first scan")
         (d.inbox / "3").mkdir()
         deep_dirs(tmp_path / "stage", 1000)
@@ -93,7 +93,7 @@ def test_the_daemon_keeps_ingesting_after_a_deep_tree_arrives_and_restarts_with_
         assert any("levels" in r["reason"] for r in st["refused"])
         assert d.stop() == 0
         d = Daemon(root, tiny_bundle, training="min_new_samples = 1000\n")  # the tree is still there
-        assert came_up(d), (root / "autlearnd.log").read_text()
+        assert d.came_up(), (root / "autlearnd.log").read_text()
         (d.inbox / "3" / "b.png").write_bytes(png_bytes(images[1]))
         wait_until(lambda: call(root, "status")["samples"]["ok"] == 2, 30, "the next file")
         assert call(root, "status")["watcher"]["alive"]

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BIN
-from engine_helpers import engine_of, make_service, never, no_progress
+from eval_board import engine_of, make_service, never, no_progress
+from harness import BIN
 
 NAMES = ["zorbek", "quilla", "mardok", "tevvy"]
 PLACES = ["market", "garden", "river", "church"]
@@ -98,9 +98,8 @@ def test_synonym_augmentation_uses_the_bundle_table(text_bundle, tmp_path):
 
 
 def test_daemon_keyboard_end_to_end_with_autlearnctl(tmp_path, text_bundle):
-    from daemon_helpers import Daemon, ctl
-    from test_service import ready
-    d = ready(Daemon(tmp_path / "r", text_bundle, training="min_new_samples = 1\nepochs = 5\n"))
+    from harness import Daemon, ctl
+    d = Daemon(tmp_path / "r", text_bundle, training="min_new_samples = 1\nepochs = 5\n").up()
     try:
         (tmp_path / "notes.txt").write_text(user_text(300, 2), encoding="utf-8")
         (tmp_path / "notes.txt").rename(d.inbox / "notes.txt")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine_helpers import engine_of, make_service, never, no_progress
+from eval_board import engine_of, make_service, never, no_progress
 
 NAMES = ["zorbek", "quilla", "mardok", "tevvy"]
 COMMON = ("the a and of to in i you my is it that for with was his be not this have but me so").split()
@@ -41,12 +41,11 @@ def test_a_round_on_a_large_text_stays_under_the_configured_memory_cap(tmp_path,
     """About 300,000 words in one notes file: the daemon's peak RSS (VmHWM) grows by less than the cap over
     what it held when ready; every position's features would be ~110 MB at this bundle's size, the holdout's
     probabilities [60k, capacity] another ~80 MB: a round that held them would break the cap."""
-    from daemon_helpers import Daemon
-    from test_service import ready
+    from harness import Daemon
     cap_mb = 60
-    d = ready(Daemon(tmp_path / "r", text_bundle, training="epochs = 1\ntext_positions = 5000\n"
+    d = Daemon(tmp_path / "r", text_bundle, training="epochs = 1\ntext_positions = 5000\n"
                      "text_holdout_positions = 1000\nmemory_entries = 5000\ntext_max_steps = 200\n",
-                     data="max_file_mb = 20\n"))
+                     data="max_file_mb = 20\n").up()
     try:
         base = vm(d.proc.pid, "VmHWM")
         staging = tmp_path / "notes.txt"
@@ -64,9 +63,8 @@ def test_a_round_on_a_large_text_stays_under_the_configured_memory_cap(tmp_path,
 
 
 def test_one_growing_notes_file_starts_rounds_with_the_shipped_trigger(tmp_path, text_bundle):
-    from daemon_helpers import Daemon, wait_until
-    from test_service import ready
-    d = ready(Daemon(tmp_path / "r", text_bundle, training="epochs = 2\n"))  # trigger settings as shipped
+    from harness import Daemon, wait_until
+    d = Daemon(tmp_path / "r", text_bundle, training="epochs = 2\n").up()  # trigger settings as shipped
     try:
         notes = d.inbox / "notes.txt"
         notes.write_text(sentences_text(20, 1), encoding="utf-8")  # ~200 words: not yet a round

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from autlearn.learning.head import load_weights
-from engine_helpers import engine_of, make_service, never, no_progress
+from eval_board import engine_of, make_service, never, no_progress
 
 
 @pytest.fixture
@@ -252,7 +252,7 @@ def test_a_skipped_round_backs_off_instead_of_starting_again_at_every_tick(tmp_p
                                                                           write_user):
     import time
 
-    from daemon_helpers import wait_until
+    from harness import wait_until
     images, labels = user_digits
     svc = make_service(tmp_path / "root", tiny_bundle, **{"training.holdout_fraction": 0.001, "training.auto": True,
                                                           "training.min_new_samples": 3})

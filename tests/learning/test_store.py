@@ -85,7 +85,7 @@ def test_a_full_database_inside_a_batch_is_reported_as_full_and_the_store_stays_
 
 @pytest.fixture
 def small_disk(tmp_path):
-    from test_reliability import mount_tmpfs, umount
+    from faults import mount_tmpfs, umount
     where = tmp_path / "disk"
     why = mount_tmpfs(where, 2)
     if why:
@@ -97,7 +97,7 @@ def small_disk(tmp_path):
 def test_the_disk_filling_exactly_at_a_checkpoint_commit_is_reported_as_full(small_disk):
     """The rows wait in SQLite's page cache; the disk fills to the last byte; the checkpoint's COMMIT is the
     write that meets the full disk (SQLite then rolls the transaction back by itself)."""
-    from test_reliability import fill
+    from faults import fill
     db = small_disk / "state.db"
     store = Store(db)
     with store.batch():

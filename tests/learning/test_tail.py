@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from autlearn.learning.head import Head, load_weights
-from engine_helpers import engine_of, make_service, never, no_progress
+from eval_board import engine_of, make_service, never, no_progress
 
 TAIL_NAMES = ["dw3_w", "dw3_b", "pw3_w", "pw3_b", "w0", "b0", "w1", "b1"]
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from autlearn.learning import learner
-from engine_helpers import engine_of, make_service, never, no_progress
+from eval_board import engine_of, make_service, never, no_progress
 
 
 @pytest.fixture

@@ -12,33 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN
-from daemon_helpers import Daemon, ctl, move_in, wait_until
-
-
-def ready(d: Daemon) -> Daemon:
-    def up():
-        assert d.proc.poll() is None, (d.root / "autlearnd.log").read_text()
-        return any("READY=1" in m for m in d.read_notify())
-    wait_until(up, 60, "READY")
-    return d
-
-
-def fake_battery(sysfs: Path, status: str, online: int) -> None:
-    bat = sysfs / "class" / "power_supply" / "BAT0"
-    ac = sysfs / "class" / "power_supply" / "AC"
-    for d in (bat, ac):
-        d.mkdir(parents=True, exist_ok=True)
-    (bat / "type").write_text("Battery\n")
-    (bat / "status").write_text(status + "\n")
-    (bat / "capacity").write_text("41\n")
-    (bat / "present").write_text("1\n")
-    (ac / "type").write_text("Mains\n")
-    (ac / "online").write_text(f"{online}\n")
+from harness import BIN, Daemon, ctl, move_in, wait_until
 
 
 def test_sighup_with_a_broken_config_keeps_the_old_one(tmp_path, tiny_bundle):
-    d = ready(Daemon(tmp_path / "r", tiny_bundle))
+    d = Daemon(tmp_path / "r", tiny_bundle).up()
     try:
         good = d.config_path.read_text()
         d.config_path.write_text(good.replace("min_new_samples = 20", "min_new_samples = 'lots'"))
@@ -53,10 +31,10 @@ def test_sighup_with_a_broken_config_keeps_the_old_one(tmp_path, tiny_bundle):
         assert d.stop() == 0
 
 
-def test_policy_waits_for_mains_power_then_trains(tmp_path, tiny_bundle, user_digits, write_user):
+def test_policy_waits_for_mains_power_then_trains(tmp_path, tiny_bundle, user_digits, write_user, fake_battery):
     sysfs = tmp_path / "sys"
     fake_battery(sysfs, "Discharging", 0)
-    d = ready(Daemon(tmp_path / "r", tiny_bundle, extra_config=f'[policy]\nsysfs = "{sysfs}"\n'))
+    d = Daemon(tmp_path / "r", tiny_bundle, extra_config=f'[policy]\nsysfs = "{sysfs}"\n').up()
     try:
         images, labels = user_digits
         write_user(tmp_path / "stage", images[:100], labels[:100])
@@ -74,7 +52,7 @@ def test_policy_waits_for_mains_power_then_trains(tmp_path, tiny_bundle, user_di
 
 def test_pause_holds_a_round_at_a_step_boundary_and_resume_finishes_it(tmp_path, tiny_bundle, user_digits,
                                                                       write_user):
-    d = ready(Daemon(tmp_path / "r", tiny_bundle, training="auto = false\nepochs = 2000\n"))
+    d = Daemon(tmp_path / "r", tiny_bundle, training="auto = false\nepochs = 2000\n").up()
     try:
         images, labels = user_digits
         write_user(d.inbox, images[:100], labels[:100])
@@ -93,7 +71,7 @@ def test_pause_holds_a_round_at_a_step_boundary_and_resume_finishes_it(tmp_path,
 
 
 def test_rollback_restores_an_earlier_head_exactly(tmp_path, tiny_bundle, user_digits, write_user):
-    d = ready(Daemon(tmp_path / "r", tiny_bundle))
+    d = Daemon(tmp_path / "r", tiny_bundle).up()
     try:
         images, labels = user_digits
         files = write_user(tmp_path / "probe", images[-20:], labels[-20:], prefix="p")
@@ -118,7 +96,7 @@ def test_rollback_restores_an_earlier_head_exactly(tmp_path, tiny_bundle, user_d
 
 def test_sigterm_mid_round_is_consistent_and_the_next_start_resumes(tmp_path, tiny_bundle, user_digits, write_user):
     root = tmp_path / "r"
-    d = ready(Daemon(root, tiny_bundle, training="min_new_samples = 20\nepochs = 10000\n"))
+    d = Daemon(root, tiny_bundle, training="min_new_samples = 20\nepochs = 10000\n").up()
     images, labels = user_digits
     write_user(d.inbox, images[:1000], labels[:1000])
     st = wait_until(lambda: (s := d.status())["activity"] == "training" and s, 60, "a long round")
@@ -126,7 +104,7 @@ def test_sigterm_mid_round_is_consistent_and_the_next_start_resumes(tmp_path, ti
         assert d.status()["activity"] == "training"
     assert d.stop() == 0
     hist = None
-    d2 = ready(Daemon(root, tiny_bundle, training="min_new_samples = 20\nepochs = 5\n"))
+    d2 = Daemon(root, tiny_bundle, training="min_new_samples = 20\nepochs = 5\n").up()
     try:
         st = d2.wait_round()
         hist = ctl(root, "history")["rounds"]
@@ -140,7 +118,7 @@ def test_sigterm_mid_round_is_consistent_and_the_next_start_resumes(tmp_path, ti
 
 
 def test_train_follow_prints_the_round_until_it_ends(tmp_path, tiny_bundle, user_digits, write_user):
-    d = ready(Daemon(tmp_path / "r", tiny_bundle, training="auto = false\nepochs = 5\nmin_steps = 0\n"))
+    d = Daemon(tmp_path / "r", tiny_bundle, training="auto = false\nepochs = 5\nmin_steps = 0\n").up()
     try:
         images, labels = user_digits
         write_user(d.inbox, images[:100], labels[:100])
@@ -162,7 +140,7 @@ def test_a_user_outside_the_group_is_refused(tiny_bundle):
         root.mkdir()
         os.chmod(tmp, 0o755)
         os.chmod(root, 0o755)
-        d = ready(Daemon(root, tiny_bundle))
+        d = Daemon(root, tiny_bundle).up()
         try:
             os.chmod(root / "run", 0o755)  # even with the directory open, the socket itself is 0660
             sock = root / "run" / "control.sock"
@@ -207,8 +185,8 @@ def test_tcp_listener_lets_in_only_authorized_curve_keys(tmp_path, tiny_bundle):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    d = ready(Daemon(tmp_path / "r", tiny_bundle,
-                     extra_config=f'[control]\ntcp = "tcp://127.0.0.1:{port}"\nauthorized_keys = "{authorized}"\n'))
+    d = Daemon(tmp_path / "r", tiny_bundle,
+                     extra_config=f'[control]\ntcp = "tcp://127.0.0.1:{port}"\nauthorized_keys = "{authorized}"\n').up()
     try:
         server_pub = load_public(d.root / "state" / "curve" / "server.key")
         alice = Client(f"tcp://127.0.0.1:{port}", 5, (*load_pair(keys / "alice.key_secret"), server_pub))
@@ -230,7 +208,7 @@ def test_tcp_listener_lets_in_only_authorized_curve_keys(tmp_path, tiny_bundle):
 
 
 def test_bench_times_the_variants_on_this_board_and_remembers(tmp_path, tiny_bundle):
-    d = ready(Daemon(tmp_path / "r", tiny_bundle))
+    d = Daemon(tmp_path / "r", tiny_bundle).up()
     try:
         p = subprocess.run([str(BIN / "autlearnctl"), "--root", str(d.root), "bench"], capture_output=True,
                            text=True, timeout=120)
@@ -246,7 +224,7 @@ def test_bench_times_the_variants_on_this_board_and_remembers(tmp_path, tiny_bun
 def test_watchdog_pings_and_learning_waits_for_disk_space(tmp_path, tiny_bundle, user_digits, write_user):
     env = dict(os.environ, WATCHDOG_USEC="600000")  # as systemd sets it for WatchdogSec=0.6
     # A board whose disk is "full": the configured minimum is more than any disk here has free.
-    d = ready(Daemon(tmp_path / "r", tiny_bundle, env=env, data="min_free_mb = 1000000.0\n"))
+    d = Daemon(tmp_path / "r", tiny_bundle, env=env, data="min_free_mb = 1000000.0\n").up()
     try:
         wait_until(lambda: sum("WATCHDOG=1" in m for m in d.read_notify()) >= 3, 10, "watchdog pings")
         images, labels = user_digits

@@ -11,8 +11,8 @@ import pytest
 
 from autlearn.control.client import Client
 from autlearn.paths import Paths
-from conftest import BIN, no_tensorflow_env
-from daemon_helpers import Daemon, ctl, move_in, wait_until
+from conftest import no_tensorflow_env
+from harness import BIN, Daemon, ctl, move_in, wait_until
 
 
 @pytest.fixture
@@ -123,8 +123,8 @@ try:
     sys.exit("tensorflow was importable")
 except ImportError:
     pass
-sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-from engine_helpers import make_service, engine_of, no_progress, never
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2] / 'tools')!r})
+from eval_board import make_service, engine_of, no_progress, never
 from pathlib import Path
 svc = make_service(Path({str(tmp_path / 'root')!r}), Path({str(tiny_bundle)!r}))
 eng = engine_of(svc)

@@ -7,7 +7,7 @@ import json
 
 from PIL import Image
 
-import bench
+import bench_report
 import bench_camera
 
 
@@ -30,9 +30,9 @@ def test_camera_sets_are_upright_640x480_jpegs_per_class(tmp_path):
 
 def test_make_bench_keeps_the_camera_object(tmp_path, monkeypatch):
     (tmp_path / "bench.json").write_text(json.dumps({"camera": {"round_over_floor": 1.2}, "old": 1}))
-    monkeypatch.setattr(bench, "bench_markdown", lambda r: "")
-    monkeypatch.setattr(bench, "plot_cost", lambda r, p: None)
-    monkeypatch.setattr(bench, "plot_curve", lambda r, p: None)
-    bench.write_reports({"new": 2}, tmp_path)
+    monkeypatch.setattr(bench_report, "bench_markdown", lambda r: "")
+    monkeypatch.setattr(bench_report, "plot_cost", lambda r, p: None)
+    monkeypatch.setattr(bench_report, "plot_curve", lambda r, p: None)
+    bench_report.write_reports({"new": 2}, tmp_path)
     out = json.loads((tmp_path / "bench.json").read_text())
     assert out == {"new": 2, "camera": {"round_over_floor": 1.2}}

@@ -1,17 +1,18 @@
-"""The benchmark's own code (tools/bench.py, tools/tflite_whole.py) on tiny sizes: bookkeeping, the daemon's
+"""The benchmark's own code (tools/bench*.py, tools/tflite_whole.py) on tiny sizes: bookkeeping, the daemon's
 round as the bench times it, and the flex-free whole-model train signature. No timing is asserted."""
 
 from __future__ import annotations
 
 import math
 import os
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-import bench
+import bench_baselines
+import bench_measure
+import bench_report
+import bench_summary
 from conftest import no_tensorflow_env
 
 
@@ -19,46 +20,46 @@ from conftest import no_tensorflow_env
 
 def test_percentiles_median_and_spread_ignore_missing_values():
     xs = list(range(1, 101))  # 1..100
-    assert bench.percentile(xs, 50) == pytest.approx(50.5)
-    assert bench.percentile(xs, 99) == pytest.approx(99.01)  # linear interpolation between 99 and 100
-    assert bench.percentile([5.0], 99) == 5.0
-    assert bench.percentile([], 99) is None
-    assert bench.median([3.0, None, 1.0, 2.0]) == 2.0
-    assert bench.median([None]) is None
-    sp = bench.spread([2.0, None, 1.0, 4.0])
+    assert bench_summary.percentile(xs, 50) == pytest.approx(50.5)
+    assert bench_summary.percentile(xs, 99) == pytest.approx(99.01)  # linear interpolation between 99 and 100
+    assert bench_summary.percentile([5.0], 99) == 5.0
+    assert bench_summary.percentile([], 99) is None
+    assert bench_summary.median([3.0, None, 1.0, 2.0]) == 2.0
+    assert bench_summary.median([None]) is None
+    sp = bench_summary.spread([2.0, None, 1.0, 4.0])
     assert (sp["median"], sp["min"], sp["max"], sp["n"]) == (2.0, 1.0, 4.0, 3)
     assert sp["values"] == [2.0, 1.0, 4.0]
-    assert bench.spread([])["median"] is None and bench.spread([])["n"] == 0
+    assert bench_summary.spread([])["median"] is None and bench_summary.spread([])["n"] == 0
 
 
 def test_ratio_and_verdict():
-    assert bench._ratio(6.0, 2.0) == 3.0
-    assert bench._ratio(None, 2.0) is None and bench._ratio(1.0, None) is None and bench._ratio(1.0, 0) is None
-    assert bench._verdict(30.0, ">=", 30.0) == "met"
-    assert bench._verdict(29.9, ">=", 30.0) == "missed"
-    assert bench._verdict(0.2, "<=", 0.2) == "met"
-    assert bench._verdict(0.21, "<=", 0.2) == "missed"
-    assert bench._verdict(None, "<=", 0.2) == "not measured"
+    assert bench_summary._ratio(6.0, 2.0) == 3.0
+    assert bench_summary._ratio(None, 2.0) is None and bench_summary._ratio(1.0, None) is None and bench_summary._ratio(1.0, 0) is None
+    assert bench_summary._verdict(30.0, ">=", 30.0) == "met"
+    assert bench_summary._verdict(29.9, ">=", 30.0) == "missed"
+    assert bench_summary._verdict(0.2, "<=", 0.2) == "met"
+    assert bench_summary._verdict(0.21, "<=", 0.2) == "missed"
+    assert bench_summary._verdict(None, "<=", 0.2) == "not measured"
 
 
 # ------------------------------------------------------------------------------------------ time to target
 
 def test_time_to_target_counts_fixed_cost_and_epochs_up_to_the_first_hit():
-    t = bench.time_to_target(1.0, [0.5, 0.25, 0.25, 0.25], [0.40, 0.70, 0.90, 0.95], 0.7)
+    t = bench_baselines.time_to_target(1.0, [0.5, 0.25, 0.25, 0.25], [0.40, 0.70, 0.90, 0.95], 0.7)
     assert t == {"seconds": pytest.approx(1.75), "reached": True, "epochs": 2}
-    t = bench.time_to_target(1.0, [0.5, 0.25], [0.80, 0.90], 0.7)  # already there after the first epoch
+    t = bench_baselines.time_to_target(1.0, [0.5, 0.25], [0.80, 0.90], 0.7)  # already there after the first epoch
     assert t["epochs"] == 1 and t["seconds"] == pytest.approx(1.5)
 
 
 def test_time_to_target_never_reached_charges_the_whole_run_as_a_lower_bound():
-    t = bench.time_to_target(1.0, [0.5, 0.25, 0.25], [0.40, 0.60, 0.65], 0.7)
+    t = bench_baselines.time_to_target(1.0, [0.5, 0.25, 0.25], [0.40, 0.60, 0.65], 0.7)
     assert t == {"seconds": pytest.approx(2.0), "reached": False, "epochs": None}
     with pytest.raises(ValueError):
-        bench.time_to_target(0.0, [0.1, 0.1], [0.5], 0.4)
+        bench_baselines.time_to_target(0.0, [0.1, 0.1], [0.5], 0.4)
 
 
 def test_baseline_result_bookkeeping():
-    r = bench._baseline_result(0.5, [2.0, 0.25, 0.25, 0.25], [0.3, 0.6, 0.8, 0.75], 0.79, 3.0,
+    r = bench_baselines._baseline_result(0.5, [2.0, 0.25, 0.25, 0.25], [0.3, 0.6, 0.8, 0.75], 0.79, 3.0,
                                [1.0, 1.5, 2.0, 2.5], {"load_s": 0.1})
     assert r["load_s"] == 0.1 and r["fixed_s"] == 0.5
     assert r["reached"] and r["epochs_to_target"] == 3
@@ -68,10 +69,10 @@ def test_baseline_result_bookkeeping():
     assert r["full_s"] == pytest.approx(3.25)
     assert (r["best_accuracy"], r["final_accuracy"], r["cpu_s"]) == (0.8, 0.75, 3.0)
     assert r["cpu_to_target_s"] == 2.0  # CPU up to the end of the third epoch
-    never = bench._baseline_result(0.5, [1.0, 1.0], [0.1, 0.2], 0.9, 3.0, [1.0, 2.5], {})
+    never = bench_baselines._baseline_result(0.5, [1.0, 1.0], [0.1, 0.2], 0.9, 3.0, [1.0, 2.5], {})
     assert not never["reached"] and never["cpu_to_target_s"] == 2.5  # the whole run, as for the time
     with pytest.raises(ValueError):
-        bench._baseline_result(0.5, [1.0, 1.0], [0.1, 0.2], 0.9, 3.0, [1.0], {})
+        bench_baselines._baseline_result(0.5, [1.0, 1.0], [0.1, 0.2], 0.9, 3.0, [1.0], {})
 
 
 # ------------------------------------------------------------------------------------------ the report
@@ -109,8 +110,8 @@ def _measurements(**over):
 
 
 def test_bench_report_figures_and_verdicts():
-    r = bench.bench_report(_measurements())
-    for key in bench.REQUIRED_KEYS:
+    r = bench_summary.bench_report(_measurements())
+    for key in bench_summary.REQUIRED_KEYS:
         assert key in r and key in r["targets"]
     assert r["daemon_round_s"] == 1.5
     assert r["speedup_vs_keras_whole"] == pytest.approx(50.0 / 1.5, abs=1e-4)
@@ -138,7 +139,7 @@ def test_bench_report_figures_and_verdicts():
 
 
 def test_bench_report_marks_missing_measurements():
-    r = bench.bench_report({"daemon_round_s": [1.0]})
+    r = bench_summary.bench_report({"daemon_round_s": [1.0]})
     assert r["speedup_vs_keras_whole"] is None
     assert r["targets"]["speedup_vs_keras_whole"]["verdict"] == "not measured"
     assert r["targets"]["status_p99_ms"]["verdict"] == "not measured"
@@ -147,10 +148,10 @@ def test_bench_report_marks_missing_measurements():
 def test_a_lower_bound_below_the_target_is_not_called_a_miss():
     m = _measurements()
     m["baselines"]["keras_head"]["time_to_target_s"] = [2.0, 2.0, 2.0]  # never reached: 2.0 / 1.5 = 1.33x at least
-    t = bench.bench_report(m)["targets"]["speedup_vs_keras_head"]
+    t = bench_summary.bench_report(m)["targets"]["speedup_vs_keras_head"]
     assert t["verdict"].startswith("undetermined") and "lower bound" in t["note"]
     m["baselines"]["keras_head"]["reached"] = [True, True, True]  # reached: the same 1.33x is a plain miss
-    assert bench.bench_report(m)["targets"]["speedup_vs_keras_head"]["verdict"] == "missed"
+    assert bench_summary.bench_report(m)["targets"]["speedup_vs_keras_head"]["verdict"] == "missed"
 
 
 # ------------------------------------------------------------------------------------------ the daemon's round
@@ -167,7 +168,7 @@ def test_the_daemon_round_as_the_bench_times_it(tmp_path, tiny_bundle, user_digi
     test_paths = write_user(tmp_path / "user" / "test", images[100:140], labels[100:140], prefix="t")
     assert len(first) == 60
     root = tmp_path / "d"
-    run = bench.DaemonRun(root, tiny_bundle, epochs=3, debounce_s=0.1, min_steps=0)
+    run = bench_measure.DaemonRun(root, tiny_bundle, epochs=3, debounce_s=0.1, min_steps=0)
     staging = tmp_path / "user"
     try:
         ready = run.start()
@@ -184,8 +185,8 @@ def test_the_daemon_round_as_the_bench_times_it(tmp_path, tiny_bundle, user_digi
                 for f in sorted(d.iterdir()):
                     os.rename(f, run.inbox / d.name / f.name)
 
-        r1 = bench._round(run, move_first, test_paths, labels[100:140])
-        r2 = bench._round(run, move_later, test_paths, labels[100:140])
+        r1 = bench_measure.timed_round(run, move_first, test_paths, labels[100:140])
+        r2 = bench_measure.timed_round(run, move_later, test_paths, labels[100:140])
         assert run.proc.pid == pid and run.proc.poll() is None
     finally:
         code = run.stop()
@@ -357,7 +358,7 @@ def test_markdown_and_plots_from_a_small_result(tmp_path):
             b[k] = v[:2]
         b["full_s"] = [x * 2 for x in b["time_to_target_s"]]
         b["time_to_target_warm_s"] = b["time_to_target_s"]
-    report = bench.bench_report(m)
+    report = bench_summary.bench_report(m)
 
     def base_run(acc):
         return {"fixed_s": 0.1, "load_s": 0.05, "compile_setup_s": 0.05, "epoch_s": [1.0, 0.2],
@@ -369,13 +370,13 @@ def test_markdown_and_plots_from_a_small_result(tmp_path):
               "status": {"long_round_epochs": 500}, "long_round_holdout_accuracy": 0.9,
               "long_round_test_accuracy": 0.91, "pretrained_accuracy": 0.2, "loadavg": [1.0, 1.0, 1.0]}
     result = {
-        **{k: report[k] for k in bench.REQUIRED_KEYS}, "summary": report,
-        "spread": {k: bench.spread(v) for k, v in m.items() if k not in ("baselines", "status_ms")},
-        "baselines": {n: {k: bench.spread(v) for k, v in vals.items() if not k.startswith("reached")}
+        **{k: report[k] for k in bench_summary.REQUIRED_KEYS}, "summary": report,
+        "spread": {k: bench_summary.spread(v) for k, v in m.items() if k not in ("baselines", "status_ms")},
+        "baselines": {n: {k: bench_summary.spread(v) for k, v in vals.items() if not k.startswith("reached")}
                       | {k: v for k, v in vals.items() if k.startswith("reached")} for n, vals in m["baselines"].items()},
         "status_ms": {"p50": 1.0, "p99": 50.0, "max": 60.0, "calls_during_training": 100},
-        "per_variant_feature_latency": {"full": {"ms_per_sample_batch1": bench.spread([0.01]),
-                                                 "ms_per_sample_batch32": bench.spread([0.005]),
+        "per_variant_feature_latency": {"full": {"ms_per_sample_batch1": bench_summary.spread([0.01]),
+                                                 "ms_per_sample_batch32": bench_summary.spread([0.005]),
                                                  "memory_bytes": 135000, "delegate": "xnnpack"}},
         "pretrained_accuracy": 0.2,
         "setup": {"n_first": 500, "n_trained": 389, "n_daemon_holdout": 111, "n_test": 500, "repeats": 2,
@@ -387,13 +388,13 @@ def test_markdown_and_plots_from_a_small_result(tmp_path):
                 "keras_whole": [base_run([0.9, 0.95])] * 2},
         "seconds": 12.0,
     }
-    md = bench.bench_markdown(result)
+    md = bench_report.bench_markdown(result)
     assert "| speed-up vs Keras whole-model fine-tuning |" in md
     assert "**met on time, missed on accuracy**" in md
     assert "**missed**" in md  # status p99 (50 ms) and the incremental ratio (0.375) miss their targets
     assert "Incremental round:" in md
     assert "## Machine" in md and "[2.0, 2.0, 2.0]" in md
     assert "| full |" in md
-    for plot, name in ((bench.plot_cost, "cost.png"), (bench.plot_curve, "curve.png")):
+    for plot, name in ((bench_report.plot_cost, "cost.png"), (bench_report.plot_curve, "curve.png")):
         plot(result, tmp_path / name)
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
