@@ -1,6 +1,8 @@
-"""What a user would run instead of the daemon's round, timed to the daemon's accuracy: the reference Keras
-classifier fine-tuned in full TensorFlow (head only or whole) and whole-model training through a flex-free
-TFLite `train` signature (tools/tflite_whole.py)."""
+"""The bench's baselines: what a user would run instead of the daemon's round, timed to its accuracy.
+
+The reference Keras classifier fine-tuned in full TensorFlow (head only or whole), and whole-model training
+through a flex-free TFLite `train` signature (tools/tflite_whole.py).
+"""
 
 from __future__ import annotations
 

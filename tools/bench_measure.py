@@ -1,6 +1,8 @@
-"""The bench's measurements of the daemon: a real autlearnd (`DaemonRun`, tools/harness.py's Daemon) timed from files
-landing to its events, its CPU and memory from /proc, READY after restarts, status latency during a long round,
-and the machine it ran on (CPU, load, what a SQLite commit costs on its disk)."""
+"""The bench's measurements of the daemon: rounds timed by its events, CPU, memory, READY, status latency.
+
+`DaemonRun` is tools/harness.py's Daemon with media and policy off; the machine it ran on (CPU, load, what a
+SQLite commit costs on its disk) is recorded beside.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""The bench's reports: reports/bench.json written (objects of the other bench modules kept), bench.md (tables
-and plain notes) and the two plots, all from a result `bench_summary.summarise` completed."""
+"""The bench's reports: reports/bench.json, bench.md (tables and plain notes) and the two plots.
+
+Written from a result `bench_summary.summarise` completed; the objects other bench modules merged in are kept.
+"""
 
 from __future__ import annotations
 

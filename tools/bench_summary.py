@@ -1,5 +1,8 @@
-"""The bench's figures from its raw records: statistics (median, percentile, spread), the targets of issue 7 and
-their verdicts (`bench_report`), and the derived part of reports/bench.json (`summarise`)."""
+"""The bench's figures from its raw records: statistics, the targets of issue 7 and their verdicts.
+
+median / percentile / spread, `bench_report` (summary and verdicts) and `summarise` (the derived part of
+reports/bench.json).
+"""
 
 from __future__ import annotations
 

@@ -1,11 +1,12 @@
-"""The board in-process, without the control server: a real autlearn Service (bundle installed and verified,
-SQLite store, feature cache, initial head) on a throw-away development root, and a caller-owned Engine
-that scans the user's files and runs rounds exactly as autlearnd's worker does (autlearn.learning.learner.Learner /
-autlearn.learning.keyboard.KeyboardLearner, chosen by the bundle's task). Nothing here re-implements learning: the
-evaluation only writes the user's files, calls `Engine.scan` / `Engine.round`, and reads back the head
-version the board would serve, to score it on the user's held-out data that the board never saw. The tests
-and tools/bench_keyboard.py use the same pieces (`make_service`, `engine_of`); tools/harness.py is the board as
-a subprocess.
+"""The board in-process, without the control server: a started Service and a caller-owned Engine.
+
+A real autlearn Service (bundle installed and verified, SQLite store, feature cache, initial head) on a throw-away
+development root, and a caller-owned Engine that scans the user's files and runs rounds exactly as autlearnd's
+worker does (autlearn.learning.learner.Learner / autlearn.learning.keyboard.KeyboardLearner, chosen by the bundle's
+task). Nothing here re-implements learning: the evaluation only writes the user's files, calls `Engine.scan` /
+`Engine.round`, and reads back the head version the board would serve, to score it on the user's held-out data that
+the board never saw. The tests and tools/bench_keyboard.py use the same pieces (`make_service`, `engine_of`);
+tools/harness.py is the board as a subprocess.
 
 No TensorFlow is imported here.
 """

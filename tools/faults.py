@@ -1,6 +1,6 @@
-"""Fault injectors and the invariants checked after them: the replayable SEED, the `Tally` a scenario returns,
-size-limited tmpfs mounts and disk fillers, byte flips, and the checks of samples, heads and SQLite files.
+"""Fault injectors and the invariants checked after them (samples, heads, SQLite files).
 
+The replayable SEED, the `Tally` a scenario returns, size-limited tmpfs mounts and disk fillers, byte flips.
 The scenarios built on them (power_loss.py, full_disk.py, tamper.py, hostile.py, hostile_clients.py) run short
 in the tests and long in `make stress` (tools/stress.py). Set AUTLEARN_TEST_SEED to replay a seed a run printed.
 """

@@ -1,5 +1,8 @@
-"""A full disk: state and cache on small tmpfs mounts, filled during a round, below min_free_mb and to the last
-byte (`full_disk`), or at a random step of a round with min_free_mb = 0 (`enospc_mid_round`)."""
+"""Full-disk scenarios: state and cache on small tmpfs mounts, filled while the daemon works.
+
+`full_disk` fills them during a round, below min_free_mb and to the last byte; `enospc_mid_round` at a random
+step of a round with min_free_mb = 0.
+"""
 
 from __future__ import annotations
 

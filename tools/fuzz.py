@@ -1,6 +1,8 @@
-"""Hostile requests on the control socket: a raw DEALER (`Wire`), the reply contract, Hypothesis strategies of
-envelopes and frames, and the attacks (fuzzing, wrong types everywhere, oversize frames, concurrent and vanishing
-clients). A short run is derandomized; `fuzz_protocol(..., seed=N)` replays a seeded one."""
+"""Hostile requests on the control socket: a raw client, the reply contract, Hypothesis strategies and attacks.
+
+A raw DEALER (`Wire`), envelopes and frames, fuzzing, wrong types everywhere, oversize frames, concurrent and
+vanishing clients. A short run is derandomized; `fuzz_protocol(..., seed=N)` replays a seeded one.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""One real autlearnd subprocess to drive: its own root, config and NOTIFY_SOCKET; READY, control calls, events,
-SIGKILL and restart. Used by the tests, the demo, the benchmarks and `make stress`.
+"""One real autlearnd subprocess to drive, for the tests, the demo, the benchmarks and `make stress`.
+
+Its own root, config and NOTIFY_SOCKET; READY, control calls, events, SIGKILL and restart.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""Hostile files in the watched folders: the generated corpus of bad files (broken images, bombs, FIFOs, sockets,
-devices, symlinks out of the tree, odd names, a 1,100-level tree), mutated images, and the `hostile_files`
-scenario that checks each is learnt, quarantined or ignored with a reason, the user's folder left unchanged."""
+"""The hostile file corpus and the `hostile_files` scenario that feeds it to a daemon's watched folder.
+
+Broken images, bombs, FIFOs, sockets, devices, symlinks out of the tree, odd names, a 1,100-level tree and
+mutated images: each must be learnt, quarantined or ignored with a reason, the user's folder left unchanged.
+"""
 
 from __future__ import annotations
 

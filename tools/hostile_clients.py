@@ -1,5 +1,8 @@
-"""Hostile clients against one running daemon, its memory and descriptors watched (`hostile_clients`), and the
-TCP listener's CURVE gate (`curve_gate`): every request answered with a catalogued code, intruders get nothing."""
+"""Hostile-client scenarios: the attacks of fuzz.py on one daemon, and the TCP listener's CURVE gate.
+
+`hostile_clients` watches the daemon's memory and descriptors while every request must get a catalogued code;
+`curve_gate` checks that intruders over TCP get nothing.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""Power loss: SIGKILL at random points of ingestion and training (`power_loss`), and while the daemon installs a
-bundle (`install_cut`); after each restart every invariant of faults.py is checked."""
+"""Power-loss scenarios: SIGKILL during ingestion and training, and during a bundle install.
+
+`power_loss` kills at random points of the scan and the round, `install_cut` while the daemon installs a bundle;
+after each restart every invariant of faults.py is checked.
+"""
 
 from __future__ import annotations
 

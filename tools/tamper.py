@@ -1,5 +1,8 @@
-"""A tampered bundle: one flipped byte in each file of a copy, refused naming the file (`tamper_sweep`), and a
-running board given such a bundle that keeps its installed one (`tampered_daemon`)."""
+"""Tampered-bundle scenarios: one flipped byte per copy of a bundle file, refused naming the file.
+
+`tamper_sweep` loads the copies in this process; `tampered_daemon` gives them to a running board, which must keep
+its installed bundle.
+"""
 
 from __future__ import annotations
 
