@@ -1,5 +1,8 @@
-"""The keyboard round's two passes over the user's text — the survey (word counts, sentence hashes, sizes)
-and the collection of bounded feature samples — and the windows of token ids the base reads."""
+"""The keyboard round's two passes over the user's text, and the windows of token ids the base reads.
+
+Pass 1, the survey: out-of-vocabulary word counts, sentence hashes, file sizes. Pass 2, the collection: base
+features (cache first) of the sentences the bounded samples can use.
+"""
 
 from __future__ import annotations
 

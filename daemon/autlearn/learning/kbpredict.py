@@ -1,5 +1,8 @@
-"""Next-word suggestions from a keyboard head version and its context memory: `predict --text`, and the same
-suggestions at every position of whole sentences (what tools/eval_text.py scores)."""
+"""Next-word suggestions from a keyboard head version and its context memory.
+
+`predict --text` (KeyboardPredictor.suggest), and the same suggestions at every position of whole sentences and
+the online accounting of a head that never learns (what tools/eval_text.py scores).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The one round template both learners plug into: start, stop checks, candidate, holdout gate, promote or
-reject, events and the result.
+"""The one round template both learners plug into, and a round's result.
+
+The template: start, stop checks, candidate, holdout gate, promote or reject, events, result.
 
 A scenario (learner.ImageRound, keyboard.KeyboardRound) supplies the steps that differ — which samples and
 features, how a candidate is trained and scored, what is saved with its weights, what its detail says and which
