@@ -84,7 +84,7 @@ from pathlib import Path  # noqa: E402
 
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
-from conftest import BIN  # noqa: E402
+from harness import BIN  # noqa: E402
 
 
 def _free_port() -> int:
