@@ -192,7 +192,7 @@ def recalibrate_batchnorm(model, x: np.ndarray, max_images: int = 1024) -> None:
     """
     import tensorflow as tf
 
-    norms = [layer for layer in _all_layers(model) if isinstance(layer, tf.keras.layers.BatchNormalization)]
+    norms = [layer for layer in all_layers(model) if isinstance(layer, tf.keras.layers.BatchNormalization)]
     if not norms or len(x) == 0:
         return
     saved = [layer.momentum for layer in norms]
@@ -205,10 +205,11 @@ def recalibrate_batchnorm(model, x: np.ndarray, max_images: int = 1024) -> None:
             layer.momentum = momentum
 
 
-def _all_layers(model):
+def all_layers(model):
+    """Every leaf layer, nested models flattened, in order."""
     for layer in model.layers:
         if hasattr(layer, "layers"):
-            yield from _all_layers(layer)
+            yield from all_layers(layer)
         else:
             yield layer
 

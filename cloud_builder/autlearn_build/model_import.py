@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConversionError, InputError
+from .image_model import all_layers
 
 # The model's own input convention → (scale, offset) applied to 8-bit pixels (manifest input.scale/offset).
 PREPROCESSING = {
@@ -79,15 +80,6 @@ def _nested(model):
         yield layer
         if hasattr(layer, "layers"):
             yield from _nested(layer)
-
-
-def all_layers(model):
-    """Every leaf layer, nested models flattened, in order."""
-    for layer in model.layers:
-        if hasattr(layer, "layers"):
-            yield from all_layers(layer)
-        else:
-            yield layer
 
 
 def cut_model(model, cut: str | None, source: str) -> UserModel:
