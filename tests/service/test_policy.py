@@ -12,7 +12,9 @@ import pytest
 
 from autlearn import config
 from autlearn.errors import AutlearnError
-from autlearn.service.policy import PolicyConfig, SystemProbe, evaluate, in_window, parse_window
+from autlearn.config import parse_window
+from autlearn.service.policy import PolicyConfig, evaluate, in_window
+from autlearn.service.probe import SystemProbe
 
 AFTERNOON = datetime(2024, 5, 17, 14, 5)
 
@@ -146,7 +148,7 @@ def test_unreadable_battery_state_is_unknown_and_does_not_block(tmp_path, caplog
     sysfs, probe = probe_for(tmp_path)
     add_battery(sysfs, "BAT0", "Unknown", None)
     add_supply(sysfs, "AC", "Mains", online="garbage")
-    with caplog.at_level(logging.DEBUG, logger="autlearn.service.policy"):
+    with caplog.at_level(logging.DEBUG, logger="autlearn.service.probe"):
         v = evaluate(PolicyConfig(require_mains=True), probe, AFTERNOON)
         evaluate(PolicyConfig(require_mains=True), probe, AFTERNOON)
     assert v.allowed
