@@ -152,13 +152,15 @@ def evaluate(config: PolicyConfig, probe: SystemProbe, now: datetime) -> Verdict
 # ---------------------------------------------------------------------------------------------------- gate
 
 class Gate:
-    """"May training run now?", asked by the scheduler (request thread) and by a running round (worker thread):
-    the policy judged at most once a second, or at once after a reload. The cached verdict, and with it the
-    readings `status` shows, is written only under the gate's lock."""
+    """The answer to "may training run now?" for the scheduler (request thread) and a running round (worker
+    thread): the policy judged at most once a second, or at once after a reload. The cached verdict, and with it
+    the readings `status` shows, is written only under the gate's lock."""
 
-    def __init__(self, config: Callable[[], Any], probe: SystemProbe) -> None:
+    def __init__(self, config: Callable[[], Any], probe: SystemProbe,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._config = config  # returns the configuration in force (a reload replaces it)
         self._probe = probe
+        self._clock = clock
         self._lock = threading.Lock()
         self._at = -1e9
         self._judged: Any = None  # the configuration the cached verdict was judged against
@@ -167,7 +169,7 @@ class Gate:
     def reasons(self) -> list[str]:
         """Sentences saying what forbids training now; empty when it may run."""
         with self._lock:
-            now, cfg = time.monotonic(), self._config()
+            now, cfg = self._clock(), self._config()
             if now - self._at >= 1.0 or self._judged is not cfg:
                 self._verdict = evaluate(PolicyConfig.from_config(cfg), self._probe, datetime.now())
                 self._at, self._judged = now, cfg
