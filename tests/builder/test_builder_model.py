@@ -93,13 +93,14 @@ def _board_probs(bundle_dir, files_root):
     """What the board answers before any learning: its decoding, its int8 base, its head interpreter."""
     from autlearn.runtime import bundle as bundle_mod
     from autlearn.learning.features import FeatureExtractor
-    from autlearn.learning.head import Head
+    from autlearn.learning.head import Head, active_mask
 
     b = bundle_mod.load(bundle_dir)
     x, y = _inputs(files_root, b.input)
     variant = b.variant()
     head = Head(variant, b.class_capacity, b.train_batch, threads=1)
-    probs = head.predict(FeatureExtractor(variant, threads=1)(x), head.active_mask(len(b.labels)))
+    probs = head.predict(FeatureExtractor(variant, threads=1)(x),
+                         active_mask(b.class_capacity, range(len(b.labels))))
     return b, x, y, probs
 
 
