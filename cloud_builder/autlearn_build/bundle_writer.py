@@ -1,4 +1,6 @@
-"""Writes a bundle directory (docs/bundle-format.md, format_version 1): the .tflite files, manifest.json
+"""Writes a bundle directory, complete or not at all (docs/bundle-format.md).
+
+Writes a bundle directory (docs/bundle-format.md, format_version 1): the .tflite files, manifest.json
 with the sha256 and size of every file, and manifest.sha256 with the sha256 of manifest.json itself (a
 `sha256sum` line). The directory appears complete or not at all (written beside the target, then renamed)."""
 

@@ -1,4 +1,6 @@
-"""The image model pretrained in the cloud: a small MobileNet-style CNN base plus a classifier whose
+"""The image model pretrained in the cloud: a small MobileNet-style CNN base and its classifier.
+
+The image model pretrained in the cloud: a small MobileNet-style CNN base plus a classifier whose
 architecture equals the trainable head (dense hidden → ReLU → class_capacity logits, unused classes masked).
 
 The base is frozen on the board (int8); the classifier's weights initialise the head.

@@ -1,4 +1,6 @@
-"""`autlearn-build image --model FILE` / `--backbone NAME`: a pretrained Keras classifier → int8 base below its
+"""`autlearn-build image --model FILE` / `--backbone NAME`: a pretrained Keras classifier as a bundle.
+
+`autlearn-build image --model FILE` / `--backbone NAME`: a pretrained Keras classifier → int8 base below its
 feature layer + a builtin-only softmax head after it (started from the model's own last layer when it fits the
 labels, else trained on --data) → bundle. No pretraining: the user's model is the pretrained model."""
 

@@ -1,4 +1,6 @@
-"""A user's own Keras classifier for `autlearn-build image --model`: loading (.keras, legacy .h5, SavedModel
+"""A user's own Keras classifier for `autlearn-build image --model`: loading, cutting, conventions.
+
+A user's own Keras classifier for `autlearn-build image --model`: loading (.keras, legacy .h5, SavedModel
 directory), the cut at the feature layer, the model's input convention, and its last layer as head weights."""
 
 from __future__ import annotations

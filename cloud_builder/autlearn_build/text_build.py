@@ -1,4 +1,6 @@
-"""The keyboard pipeline: public text → word tokenizer + vocabulary → pretrain embedding + LSTM + softmax →
+"""The keyboard pipeline: public text → pretrained LSTM → int8 base + trainable head → bundle.
+
+The keyboard pipeline: public text → word tokenizer + vocabulary → pretrain embedding + LSTM + softmax →
 int8 base (converted in a child process) + builtin-only softmax head with spare slots → synonym table →
 measure top-1/top-3 next-word accuracy on held-out documents → bundle (task `next_word`)."""
 

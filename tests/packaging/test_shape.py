@@ -12,24 +12,10 @@ MAX_LINES = 400
 
 # Modules whose docstring's first sentence still runs over more than one line, with the helper that owns them.
 SUMMARY_PENDING = {
-    "daemon/autlearn/learning/kbsample.py": "round",
-    "daemon/autlearn/learning/knn.py": "round",
-    "cloud_builder/autlearn_build/bundle_writer.py": "build",
-    "cloud_builder/autlearn_build/evaluate.py": "build",
-    "cloud_builder/autlearn_build/image_build.py": "build",
-    "cloud_builder/autlearn_build/image_model.py": "build",
-    "cloud_builder/autlearn_build/model_build.py": "build",
-    "cloud_builder/autlearn_build/model_import.py": "build",
-    "cloud_builder/autlearn_build/prune.py": "build",
-    "cloud_builder/autlearn_build/saved_model_graph.py": "build",
-    "cloud_builder/autlearn_build/synonyms.py": "build",
-    "cloud_builder/autlearn_build/text_build.py": "build",
-    "cloud_builder/autlearn_build/text_data.py": "build",
     "cloud_builder/autlearn_build/tail_build.py": "cut",
 }
 # Modules over MAX_LINES, with the helper splitting them.
-SIZE_PENDING = {
-    "cloud_builder/autlearn_build/prune.py": "build",
+SIZE_PENDING: dict[str, str] = {
 }
 
 
