@@ -128,12 +128,13 @@ def test_a_model_bundle_answers_as_the_users_model_before_any_learning(fmt, phot
 
 
 def test_a_last_layer_that_does_not_fit_the_labels_gets_a_head_trained_on_the_data(photos, tmp_path):
-    from autlearn_build.model_build import ModelBuildOptions, build_model_bundle
+    from autlearn_build.image_options import ImageOptions
+    from autlearn_build.model_build import build_model_bundle
 
     model = _mobilenet_shaped(5, activation="linear")  # 5 outputs, the data has 3 classes
     out = tmp_path / "bundle"
-    result = build_model_bundle(ModelBuildOptions(data=str(photos), out=out, model="in-memory", head_epochs=60,
-                                                  resize_policy="centre_crop", calibration=40),
+    result = build_model_bundle(ImageOptions(data=str(photos), out=out, model="in-memory", head_epochs=60,
+                                             resize_policy="centre_crop", calibration=40),
                                 progress=lambda line: None, keras_model=model)
     v = result.manifest["variants"][0]
     assert v["head_source"].startswith("trained") and any("5 outputs" in n for n in result.notes)

@@ -1,4 +1,6 @@
-"""What a keyboard round keeps of the user's text and when one is due: the limits that bound a round, the
+"""What a keyboard round keeps of the user's text, and when one is due.
+
+What a keyboard round keeps of the user's text and when one is due: the limits that bound a round, the
 bounded samples one pass over the text leaves, sentence hashes (what earlier rounds learnt), the new-words
 count that triggers a round, and the step-bounded fine-tuning loop."""
 
