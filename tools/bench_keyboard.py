@@ -1,5 +1,6 @@
-"""`make bench-keyboard`: what a keyboard round costs as the user's text grows — peak RSS and seconds of a first
-round at 5k / 25k / 100k words, and of a later round after 1,000 new words appended to the same notes file.
+"""`make bench-keyboard`: what a keyboard round costs (peak RSS, seconds) as the user's text grows.
+
+A first round at 5k / 25k / 100k words, and a later round after 1,000 new words appended to the same notes file.
 
 Each size runs in its own child process (this script with --one), so its peak RSS (VmHWM of
 /proc/self/status) is the round's process alone: the daemon's engine in-process (real LiteRT interpreter,

@@ -1,6 +1,7 @@
-"""`make demo`: build a bundle from public data, start autlearnd under a development root, let it learn
-from a simulated private user's images, report, and stop the daemon cleanly.
-"""
+"""`make demo`: a bundle built from public data, autlearnd learning from a simulated user's images, a report.
+
+Builds the bundle, starts autlearnd under a development root (tools/harness.py), lets it learn from a simulated
+private user's images, reports, and stops the daemon cleanly."""
 
 from __future__ import annotations
 

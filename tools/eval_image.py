@@ -1,4 +1,6 @@
-"""Image scenario of `make eval`: the UCI digits (scikit-learn) split into simulated users with Dirichlet label
+"""The image scenario of `make eval`: simulated users of the UCI digits, every method scored per user.
+
+The UCI digits (scikit-learn) split into simulated users with Dirichlet label
 skew, each user's own held-out test set, and every method scored on it.
 
 Board methods (pretrained, AutLearn offline with/without augmentation, AutLearn online) go through the real

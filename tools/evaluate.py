@@ -1,5 +1,6 @@
-"""`make eval`: accuracy of AutLearn against what a user could have instead, per simulated user, on each user's
-own held-out data (issue 7, accuracy half).
+"""`make eval`: AutLearn's accuracy against what a user could have instead, per simulated user.
+
+On each user's own held-out data (issue 7, accuracy half).
 
 Methods, per scenario:
   pretrained            the cloud's bundle on the board, no personalisation

@@ -1,7 +1,8 @@
-"""Simulated users for the evaluation: a Dirichlet label-skew partition (non-IID, as in Hsu et al. 2019 and the
+"""Simulated users for the evaluation: a Dirichlet label-skew partition and per-user bookkeeping.
+
+A Dirichlet label-skew partition (non-IID, as in Hsu et al. 2019 and the
 federated-learning literature), per-user train/test splits, a measure of skew, and the bookkeeping of
-per-user accuracies (mean and spread). Pure numpy: the tests run it without TensorFlow.
-"""
+per-user accuracies (mean and spread). Pure numpy: the tests run it without TensorFlow."""
 
 from __future__ import annotations
 

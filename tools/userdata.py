@@ -1,4 +1,6 @@
-"""A simulated private user: the UCI handwritten digits (scikit-learn's load_digits), other writers and another
+"""A simulated private user: the UCI handwritten digits as PNG files (or bytes), one folder per label.
+
+The UCI handwritten digits (scikit-learn's load_digits), other writers and another
 scanner than MNIST, written as PNG files in one folder per label and resized to the base's input size.
 
 Used by the demo, the tests and the evaluation; the board never runs this (it needs scikit-learn).
