@@ -15,8 +15,24 @@ sys.path.insert(0, str(ROOT / "tests"))
 BIN = Path(sys.executable).parent
 
 
+# What makes a test slow here: a real bundle built by the builder (30-120 s on two cores, once per session), a
+# daemon subprocess or TensorFlow training. Tests that use one of these fixtures are marked slow automatically;
+# others carry @pytest.mark.slow by hand. `pytest -m "not slow"` is the fast part (about a minute);
+# `make test` runs everything.
+BUILT_FIXTURES = {"tiny_bundle", "tiny_tail_bundle", "text_bundle", "two_variant_bundle", "image_bundle",
+                  "photos", "saved_models", "whole_model", "tiny_users", "daemon_wheel", "board_check", "board",
+                  "digits"}
+
+
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes more than ~10 s (deselect with -m 'not slow')")
+    config.addinivalue_line("markers", "slow: needs a built bundle, a daemon subprocess or TensorFlow training "
+                                       "(deselect with -m 'not slow')")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if BUILT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

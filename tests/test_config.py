@@ -197,6 +197,7 @@ def test_every_configuration_check_config_accepts_runs(data, tiny_bundle, user_d
         assert all(r["activity"] in ("idle", "ingesting", "training", "paused", "importing") for r in replies)
 
 
+@pytest.mark.slow
 def test_check_config_refuses_what_the_daemon_could_not_run(tmp_path):
     for text in ("[data]\nmax_file_mb = nan\n", "[control]\ntcp = 'http://x'\n", "[policy]\nmax_temp_c = inf\n"):
         (tmp_path / "c.toml").write_text(text)

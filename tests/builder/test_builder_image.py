@@ -278,6 +278,7 @@ def test_op_check_rejects_flex_ops():
         check_builtin_only(model, "probe model")
 
 
+@pytest.mark.slow
 def test_head_with_tf_nn_relu_is_refused_naming_the_op():
     import tensorflow as tf
 

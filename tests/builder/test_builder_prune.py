@@ -70,6 +70,7 @@ def _set_pw1_kernel_with_norms(model, norms):
     return kernel
 
 
+@pytest.mark.slow
 def test_pruned_layer_lost_exactly_its_lowest_norm_filters():
     from autlearn_build import prune
 
@@ -136,6 +137,7 @@ def test_norms_include_the_batchnorm_scale_and_dense_units_prune_by_column():
         prune.prune_layer(model, "pw3", 1, factory)  # the feature layer keeps its size
 
 
+@pytest.mark.slow
 def test_pruned_model_converts_builtin_only_and_is_cheaper():
     from autlearn_build import image_model, prune
     from autlearn_build.convert import convert_base_int8, list_ops
@@ -156,6 +158,7 @@ def test_pruned_model_converts_builtin_only_and_is_cheaper():
     assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"]
 
 
+@pytest.mark.slow
 def test_search_meets_budgets_in_order():
     from autlearn_build import prune, prune_search
 

