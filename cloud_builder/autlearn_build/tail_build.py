@@ -4,7 +4,8 @@ a pretrained classifier → int8 stem (the base: activation at the cut, flattene
 What is measured per cut and written into the variant (docs/bundle-format.md, "Cut below the head"): the
 public-validation accuracy of int8 stem + shipped tail, the tail's train step through the LiteRT interpreter
 (ms per sample and per epoch of 500 samples, the head's for comparison), and the bytes one cached activation
-takes (float32 as the board's feature cache stores it, and int8).
+takes (int8, as the board's feature cache stores it with the stem's output scale and zero point, declared as the
+variant's `cache_quantization`; and float32, as it was stored before).
 """
 
 from __future__ import annotations
@@ -128,15 +129,15 @@ def finish_tail_variant(name: str, classifier, train, val, active: np.ndarray, o
         "train_ms_per_sample": round(step_ms / opts.train_batch, 5),
         "train_ms_per_epoch": round(step_ms * batches, 3),
         "epoch_samples": EPOCH_SAMPLES,
-        "cache_bytes_per_sample": 4 * feature_size,
-        "cache_bytes_per_sample_int8": feature_size,
+        "cache_bytes_per_sample": feature_size,
+        "cache_bytes_per_sample_float32": 4 * feature_size,
         "l2_to_pretrained": opts.tail_l2,
         "conv_lr_scale": opts.tail_lr_scale,
         "accuracy_int8_pretrained_tail": None if accuracy_pretrained_tail != accuracy_pretrained_tail
         else round(float(accuracy_pretrained_tail), 4),
     }
     progress(f"  variant {name}, cut {cut} ({'x'.join(map(str, shape))} = {feature_size} values cached per "
-             f"sample, {4 * feature_size} bytes): stem {params} params, int8 {len(stem_model)} bytes, "
+             f"sample, {feature_size} bytes int8): stem {params} params, int8 {len(stem_model)} bytes, "
              f"{latency:.4f} ms/image; tail {tail_params} params, {flops_tail / 1e6:.3f} MFLOPs, train "
              f"{step_ms / opts.train_batch:.3f} ms/sample ({step_ms * batches:.1f} ms per epoch of "
              f"{EPOCH_SAMPLES}); val acc float {accuracy_float:.4f}, int8 {accuracy_int8:.4f}  "
@@ -144,4 +145,17 @@ def finish_tail_variant(name: str, classifier, train, val, active: np.ndarray, o
     return Variant(name=name, base_model=stem_model, head_model=tail_model, head_weights=list(tail.names),
                    feature_size=feature_size, params=params, flops=flops, latency_ms=latency,
                    accuracy_int8=accuracy_int8, accuracy_float=accuracy_float,
-                   extra={"head_params": tail_params, "head_flops": flops_tail, "cut": cut, "tail": cost})
+                   extra={"head_params": tail_params, "head_flops": flops_tail, "cut": cut, "tail": cost,
+                          "cache_quantization": output_quantization(stem_model)})
+
+
+def output_quantization(model: bytes) -> dict:
+    """The int8 stem's output scale and zero point: the board's feature cache stores the activation at the cut
+    as those int8 values (daemon/autlearn/learning/featcache.py)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    out = Interpreter(model_content=model).get_output_details()[0]
+    scale, zero = out["quantization"]
+    if out["dtype"] != np.int8 or not scale:
+        raise BuildError(f"the stem's output is {np.dtype(out['dtype']).name}, not quantised int8")
+    return {"scale": float(scale), "zero_point": int(zero)}

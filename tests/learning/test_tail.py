@@ -31,7 +31,10 @@ def test_the_manifest_describes_the_cut_and_lists_the_tail_weights_with_the_clas
     assert v["cut"] == "last_block" and v["head_weights"] == TAIL_NAMES
     h, w, c = v["tail"]["cut_shape"]
     assert v["feature_size"] == h * w * c == 7 * 7 * 128
-    assert v["tail"]["cache_bytes_per_sample"] == 4 * v["feature_size"]
+    assert v["tail"]["cache_bytes_per_sample"] == v["feature_size"]  # int8 at the cut
+    assert v["tail"]["cache_bytes_per_sample_float32"] == 4 * v["feature_size"]
+    q = v["cache_quantization"]
+    assert q["scale"] > 0 and -128 <= q["zero_point"] <= 127
     assert v["tail"]["train_ms_per_sample"] > 0 and v["tail"]["train_ms_per_epoch"] > 0
     assert 0.0 <= v["accuracy_int8"] <= 1.0
     build = json.loads((tiny_tail_bundle / "manifest.json").read_text())["build"]
@@ -116,6 +119,8 @@ def test_training_the_tail_changes_predictions_and_the_stem_not_at_all(tail_svc,
     # the cached activation at the cut is the stem's own output for that file
     key = eng.features.key(hashlib.sha256(paths[0].read_bytes()).hexdigest())
     np.testing.assert_array_equal(eng.cache.get_many([key])[key], stem_before[0])
+    dtype, nbytes = eng.cache.db.execute("SELECT dtype, bytes FROM features WHERE key=?", (key,)).fetchone()
+    assert (dtype, nbytes) == ("i8", variant.feature_size)  # stored as the stem's int8 values: 1 byte each
 
     head = eng.learner.new_head()
     active = eng.learner.active()
