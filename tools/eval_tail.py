@@ -135,15 +135,16 @@ def board_round(data, user: dict, bundle: Path, work: Path, float_cache: bool = 
 
 
 def cache_size(b) -> dict:
-    """The feature cache after the round: entries, the bytes of their vectors, and of the SQLite file (with WAL)."""
-    b.eng.cache.close()
-    path = b.svc.paths.feature_cache
-    disk = sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+    """The feature cache after the round: entries, the bytes of their vectors, and of the SQLite file (the
+    write-ahead log checkpointed into it first)."""
     from autlearn.learning.featcache import FeatureCache
 
+    b.eng.cache.close()
+    path = b.svc.paths.feature_cache
     c = FeatureCache(path)
     try:
-        return {"cache_entries": c.count(), "cache_bytes": c.size_bytes(), "cache_file_bytes": disk}
+        c.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return {"cache_entries": c.count(), "cache_bytes": c.size_bytes(), "cache_file_bytes": path.stat().st_size}
     finally:
         c.close()
 

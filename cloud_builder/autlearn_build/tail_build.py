@@ -164,10 +164,11 @@ def output_quantization(model: bytes) -> dict:
 def finish_backbone_tail(user, train, val, active: np.ndarray, opts, progress: Callable[[str], None], quiet_call,
                          predict) -> Variant:
     """A backbone cut at its feature layer (model_import.UserModel) → int8 stem below `opts.tail` (the activation
-    at the cut, e.g. MobileNetV2's 5x5x320 before Conv_1) + the builtin-only tail (that 1x1 convolution, ReLU6,
-    pool, softmax head) → Variant. The convolution ships as pretrained; the head starts from the model's own
-    last layer when it fits the labels, else is trained `opts.head_epochs` epochs on the tail's pooled features
-    of the stem's int8 activations (the convolution then trains on the board)."""
+    at the cut, e.g. MobileNetV2's 5x5x320 before Conv_1, or 5x5x160 before block_16) + the builtin-only tail
+    (block_16 for `last_block`, the last 1x1 convolution, ReLU6, pool, softmax head) → Variant. The convolutions
+    ship as pretrained; the head starts from the model's own last layer when it fits the labels, else is
+    trained `opts.head_epochs` epochs on the tail's pooled features of the stem's int8 activations (the
+    convolutions then train on the board)."""
     from . import tail_module as tm
     from .convert import convert_base_int8, convert_head
     from .evaluate import BaseRunner, accuracy, head_probs
@@ -185,14 +186,15 @@ def finish_backbone_tail(user, train, val, active: np.ndarray, opts, progress: C
     runner = BaseRunner(stem_model)
     latency = runner.latency_ms(val.x if len(val) else train.x, repeats=20, warmup=3)
     a_train, a_val = runner.features(train.x), runner.features(val.x)
-    conv_w, conv_b = tm.backbone_tail_conv(user.model, cut)
-    zero_head = {"w0": np.zeros((conv_w.shape[1], capacity), np.float32), "b0": np.zeros(capacity, np.float32)}
+    convs = tm.backbone_tail_convs(user.model, cut)
+    width = int(convs["conv_w"].shape[1])
+    zero_head = {"w0": np.zeros((width, capacity), np.float32), "b0": np.zeros(capacity, np.float32)}
 
     def module(weights):
         return tm.BackboneTail(weights, cut, shape, opts.train_batch, l2=opts.tail_l2,
                                conv_lr_scale=opts.tail_lr_scale)
 
-    probe = module({"conv_w": conv_w, "conv_b": conv_b, **zero_head})
+    probe = module({**convs, **zero_head})
     if len(val):  # the tail's math must reproduce the backbone's pooled features on the same (float) activations
         diff = float(np.max(np.abs(probe.numpy_features(predict(stem, val.x)) - predict(user.base, val.x))))
         if diff > 1e-3:
@@ -208,7 +210,7 @@ def finish_backbone_tail(user, train, val, active: np.ndarray, opts, progress: C
         head = train_head(SoftmaxHead(init, opts.train_batch), f_train, train.y.astype(np.int32), active,
                           epochs=opts.head_epochs, lr=opts.head_learning_rate, seed=opts.seed)
         head_source = f"trained {opts.head_epochs} epochs on the tail's features of the stem's int8 activations"
-    weights = {"conv_w": conv_w, "conv_b": conv_b, "w0": head["w0"], "b0": head["b0"]}
+    weights = {**convs, "w0": head["w0"], "b0": head["b0"]}
     tail = module(weights)
     tail_model = quiet_call(convert_head, tail, SIGNATURES)  # ConversionError (exit 3) naming a non-builtin op
     probs_int8 = head_probs(tail_model, a_val, active)
@@ -222,11 +224,10 @@ def finish_backbone_tail(user, train, val, active: np.ndarray, opts, progress: C
     accuracy_float = accuracy(float_probs, val.y)
     step_ms = train_step_ms(tail_model, feature_size, capacity, opts.train_batch)
     head_model = quiet_call(convert_head, SoftmaxHead(head, opts.train_batch), SIGNATURES)
-    head_step_ms = train_step_ms(head_model, conv_w.shape[1], capacity, opts.train_batch)
+    head_step_ms = train_step_ms(head_model, width, capacity, opts.train_batch)
     batches = -(-EPOCH_SAMPLES // opts.train_batch)
     tail_params = int(sum(np.prod(w.shape) for w in weights.values()))
-    h, w, c = shape
-    flops_tail = int(2 * h * w * c * conv_w.shape[1] + h * w * conv_w.shape[1] + 2 * head["w0"].size)
+    flops_tail = tm.backbone_tail_flops(shape, weights)
     from .image_model import count_flops
     from .model_build import _flops
 
@@ -234,7 +235,7 @@ def finish_backbone_tail(user, train, val, active: np.ndarray, opts, progress: C
     cost = {
         "cut": cut, "cut_layer": tm.BACKBONE_CUTS[cut][0], "cut_shape": list(shape),
         "trainable": list(tail.names), "trainable_params": tail_params,
-        "conv_params": int(conv_w.size + conv_b.size),
+        "conv_params": int(sum(v.size for v in convs.values())),
         "train_ms_per_step": round(step_ms, 4),
         "train_ms_per_sample": round(step_ms / opts.train_batch, 5),
         "train_ms_per_epoch": round(step_ms * batches, 3),

