@@ -10,6 +10,12 @@ local-only (the same CNN from scratch on the user's own images, Keras), for two 
                board puts into free class slots.
 
 Writes <out>/tail.json and <out>/tail.md. Bundles are built once under <work> with the real builder.
+
+Two smaller measurements on bundles given with --bundles CUT=DIR,… (written into <out>/tail.json only):
+  cache        the int8 feature cache against the float32 one it replaced: one UCI user's round at each cut with
+               each (bytes per cached sample, of the SQLite file too, and the user's test accuracy)
+  camera       bench_camera's photos on MobileNetV2 bundles (head-only, --tail last_conv, --tail last_block):
+               one user's round at each cut (tools/eval_tail_camera.py)
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def build_model_bundle(opts: ModelBuildOptions, progress: Callable[[str], None] 
                        keras_model=None) -> ModelBuildResult:
     """Build a bundle from a pretrained classifier (`keras_model`, when given, instead of loading opts.model)."""
     from .image_build import _predict, _quiet_call
-    from .model_import import PREPROCESSING, cut_model, detect_preprocessing, head_from_dense, load_keras_model
+    from .model_import import PREPROCESSING, cut_model, detect_preprocessing, load_keras_model
 
     start = time.perf_counter()
     opts.validate()
@@ -181,13 +181,13 @@ def _head_variant(user, model, train, val, active: np.ndarray, opts: ModelBuildO
                   feature_size: int, notes: list[str], progress: Callable[[str], None]) -> Variant:
     """The int8 base below the feature layer + the softmax head after it (from the model's own last layer when
     it fits the labels, else trained on --data)."""
-    from .image_build import _predict, _quiet_call
-
-    n_classes = int(active.sum())
     from .convert import convert_base_int8, convert_head
     from .evaluate import BaseRunner, accuracy, head_probs
     from .head_module import SIGNATURES, SOFTMAX_WEIGHT_NAMES, SoftmaxHead, train_head
-    from .model_import import blame_layer
+    from .image_build import _predict, _quiet_call
+    from .model_import import blame_layer, head_from_dense
+
+    n_classes = int(active.sum())
 
     t0 = time.perf_counter()
     try:
