@@ -295,3 +295,32 @@ def test_a_backbone_tail_with_tf_nn_relu6_is_refused_naming_the_gradient_op():
 
     with pytest.raises(ConversionError, match="Relu6Grad"):
         convert_head(Relu6Tail(weights, "last_conv", (5, 5, 12), 4), SIGNATURES)
+
+
+@pytest.mark.slow
+def test_a_backbone_tail_bundle_builds_and_the_board_caches_its_int8_activation(tmp_path):
+    from PIL import Image
+
+    from autlearn.learning.features import FeatureExtractor
+    from autlearn.runtime import bundle as bundle_mod
+    from autlearn_build.model_build import ModelBuildOptions, build_model_bundle
+
+    rng = np.random.default_rng(0)
+    for c in range(3):  # three colours of noisy photos
+        (tmp_path / "data" / f"c{c}").mkdir(parents=True)
+        for i in range(16):
+            px = np.clip(rng.normal(60 + 70 * c, 40, (24, 24, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(px, "RGB").save(tmp_path / "data" / f"c{c}" / f"{i}.png")
+    opts = ModelBuildOptions(data=str(tmp_path / "data"), out=tmp_path / "b", model="tiny", tail="last_block",
+                             head_epochs=2, calibration=20, class_capacity=8, train_batch=8)
+    build_model_bundle(opts, progress=lambda s: None, keras_model=_tiny_mobilenet_like(n_classes=7))
+    b = bundle_mod.load(tmp_path / "b")
+    v = b.variant()
+    assert v.info["cut"] == "last_block" and v.feature_size == 5 * 5 * 10
+    assert list(v.head_weights) == [f"block_16_{p}_{k}" for p in ("expand", "depthwise", "project") for k in "wb"] \
+        + ["conv_w", "conv_b", "w0", "b0"]
+    assert v.info["tail"]["cache_bytes_per_sample"] == v.feature_size and b.manifest["build"]["tail"] == "last_block"
+    quant = FeatureExtractor(v, 1).cache_quant  # the declaration agrees with the stem's output tensor
+    assert quant == (pytest.approx(v.info["cache_quantization"]["scale"]), v.info["cache_quantization"]["zero_point"])
+    with pytest.raises(Exception, match="not a cut of a backbone"):
+        ModelBuildOptions(data="x", out=tmp_path / "c", model="m", tail="last2_blocks").validate()
