@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from autlearn.learning.kbpredict import KeyboardPredictor
 from eval_board import open_board, prequential_curve
 from partition import train_test_split_user
 
@@ -128,74 +129,21 @@ def truth_of(sentences: list[list[str]]) -> list[str | None]:
 
 
 def _board_topk(board, version: int, sentences: list[list[str]]) -> list[list[str | None]]:
-    kl = board.eng.learner
-    slots = board.slots()
-    names = {s: n for n, s in slots.items()}
-    model = kl.model(version, kl.active())
-    x, y = kl.encode(sentences, slots)
-    f, _, _ = kl.features(x)
-    keep = (y != kl.tok.pad) & (y != kl.tok.bos)
-    out = []
-    fk = f[keep]
-    for i in range(0, len(fk), 1024):
-        p = model.probs(fk[i:i + 1024])
-        p[:, :SPECIAL_COUNT] = -1.0  # suggestions are words (as KeyboardPredictor)
-        top = np.argsort(-p, axis=1)[:, :3]
-        out.extend([[names.get(int(j)) for j in row] for row in top])
-    return out
-
-
-def words_only_topk_hits(probs: np.ndarray, y: np.ndarray) -> tuple[int, int]:
-    """autlearn.learning.keyboard.topk_hits as it would be if the board scored its holdout the way it suggests
-    (special tokens never suggested, as KeyboardPredictor does). Used only by the clearly labelled
-    `autlearn_offline_aug_wordsonly` run: a proposed daemon fix, measured."""
-    from autlearn.learning import keyboard
-
-    p = np.array(probs, copy=True)
-    p[:, :SPECIAL_COUNT] = -1.0
-    return _ORIGINAL_TOPK_HITS[0](p, y) if _ORIGINAL_TOPK_HITS else keyboard.topk_hits(p, y)
-
-
-_ORIGINAL_TOPK_HITS: list = []
-
-
-class _WordsOnlyScoring:
-    def __enter__(self):
-        from autlearn.learning import keyboard
-
-        _ORIGINAL_TOPK_HITS[:] = [keyboard.topk_hits]
-        keyboard.topk_hits = words_only_topk_hits
-
-    def __exit__(self, *exc):
-        from autlearn.learning import keyboard
-
-        keyboard.topk_hits = _ORIGINAL_TOPK_HITS[0]
+    """Top-3 suggestions of head `version` at every position (as KeyboardPredictor suggests: words only)."""
+    return KeyboardPredictor(board.eng.learner).top_words(sentences, version, 3)
 
 
 def pretrained_stream(b) -> dict:
     """After an online round: the same stream (same chunks, same counted targets, the daemon's own hit count
-    `autlearn.learning.keyboard.topk_hits`) predicted by the cloud head, which never learns."""
-    from autlearn.learning import keyboard
-
-    kl = b.eng.learner
-    train = [w for w, h, _ in kl.user_sentences() if not h]
-    f, y, _, _ = kl.positions(train, b.slots())
-    cloud = kl.model(b.initial_version(), kl.active())
-    bt = b.eng.bundle.train_batch
-    chunks = []
-    for i in range(0, len(y), bt):
-        w = y[i:i + bt] >= SPECIAL_COUNT
-        h1, _ = keyboard.topk_hits(cloud.probs(f[i:i + bt][w]), y[i:i + bt][w])
-        chunks.append((h1, int(w.sum())))
-    return prequential_curve(chunks)
+    `autlearn.learning.knn.topk_hits`) predicted by the cloud head, which never learns."""
+    return prequential_curve(KeyboardPredictor(b.eng.learner).stream_hits(b.initial_version()))
 
 
 def board_user(user: dict, bundle: Path, work: Path, epochs: int, augment_copies: int,
                words_only_variant: bool = False) -> dict:
     """One typist on the board: pretrained, offline without/with synonym augmentation, online (and, with
-    `words_only_variant`, offline + augmentation with the proposed words-only holdout scoring)."""
-    import contextlib
-
+    `words_only_variant`, `autlearn_offline_aug_wordsonly`: once a proposed fix, the words-only holdout scoring
+    is now the daemon's own (knn.topk_hits never counts a special token), so that run repeats offline + aug.)."""
     res: dict = {"name": user["name"], "group": user["group"]}
     safe = user["name"].replace("/", "_").replace(" ", "_")
     runs = [("autlearn_offline", {"training.augment_copies": 0}),
@@ -206,7 +154,6 @@ def board_user(user: dict, bundle: Path, work: Path, epochs: int, augment_copies
     for method, overrides in runs:
         b = open_board(work / f"{safe}-{method}", bundle,
                        **{"training.epochs": epochs, "training.seed": 0, **overrides})
-        patch = _WordsOnlyScoring() if method.endswith("_wordsonly") else contextlib.nullcontext()
         try:
             (b.inbox / "notes.txt").write_text("\n\n".join(user["train"]) + "\n", encoding="utf-8")
             b.scan()
@@ -217,14 +164,13 @@ def board_user(user: dict, bundle: Path, work: Path, epochs: int, augment_copies
                 res["pretrained"] = score_words(_board_topk(b, b.initial_version(), test), truth)
                 res["n_train_words"] = sum(len(s) for u in user["train"] for s in kl.tok.sentences(u))
                 res["n_test_words"] = res["pretrained"]["words"]
-            with patch:
-                r = b.round()
+            r = b.round()
             res[method] = score_words(_board_topk(b, b.version(), test), truth)
-            kb = getattr(r, "keyboard", {}) or {}
-            res[method + "_round"] = {"outcome": r.outcome, "personal_words": len(kb.get("personal_words", [])),
-                                      "augmented_positions": kb.get("augmented_positions"),
-                                      "interpolation": (kb.get("fine_tuned") or {}).get("interpolation"),
-                                      "mix": (kb.get("with_memory") or {}).get("mix")}
+            kb = r.extras
+            res[method + "_round"] = {"outcome": r.outcome, "personal_words": len(kb.personal_words),
+                                      "augmented_positions": kb.augmented_positions,
+                                      "interpolation": (kb.fine_tuned or {}).get("interpolation"),
+                                      "mix": (kb.with_memory or {}).get("mix")}
             if method == "autlearn_online":
                 res["online_prequential"] = prequential_curve(r.prequential or [])
                 res["pretrained_stream"] = pretrained_stream(b)
@@ -243,13 +189,13 @@ class KerasLM:
         self.index = {w: i for i, w in enumerate(vocabulary)}
 
     def encode(self, sentences: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
-        """Windows as the board cuts them (autlearn.learning.keyboard._windows): <bos> w1 … per sentence, T per row."""
-        from autlearn.learning.keyboard import _windows
+        """Windows as the board cuts them (autlearn.learning.kbcollect.windows): <bos> w1 … a sentence, T a row."""
+        from autlearn.learning.kbcollect import windows
 
         xs, ms = [], []
         for words in sentences:
             ids = [2] + [self.index.get(w, 1) for w in words]
-            x, m = _windows(ids, [1] * len(ids), self.t, 0)
+            x, m = windows(ids, [1] * len(ids), self.t, 0)
             xs.append(x)
             ms.append(m)
         return np.concatenate(xs), np.concatenate(ms)

@@ -1,4 +1,6 @@
-"""Writes a bundle directory (docs/bundle-format.md, format_version 1): the .tflite files, manifest.json
+"""Writes a bundle directory, complete or not at all (docs/bundle-format.md).
+
+Writes a bundle directory (docs/bundle-format.md, format_version 1): the .tflite files, manifest.json
 with the sha256 and size of every file, and manifest.sha256 with the sha256 of manifest.json itself (a
 `sha256sum` line). The directory appears complete or not at all (written beside the target, then renamed)."""
 
@@ -13,11 +15,12 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError
+# The board's names and digest line: autlearn.runtime.bundle reads and verifies what is written here.
+from autlearn.runtime.bundle import FORMAT_VERSION, manifest_digest_line
+from autlearn.runtime.bundle import MANIFEST as MANIFEST_NAME
+from autlearn.runtime.bundle import MANIFEST_DIGEST as MANIFEST_DIGEST_NAME
 
-FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-MANIFEST_DIGEST_NAME = "manifest.sha256"  # covers manifest.json's exact bytes; the daemon checks it first
+from .errors import InputError
 
 
 @dataclass
@@ -55,24 +58,20 @@ class Variant:
             "flops": int(self.flops),
             "size_bytes": len(self.base_model),
             "latency_ms": round(float(self.latency_ms), 4),
-            "accuracy_int8": _metric(self.accuracy_int8),
-            "accuracy_float": _metric(self.accuracy_float),
+            "accuracy_int8": metric(self.accuracy_int8),
+            "accuracy_float": metric(self.accuracy_float),
             **self.extra,
         }
 
 
-def _metric(value: float):
+def metric(value: float):
+    """A measured share for the manifest: rounded to 4 places, NaN (nothing to measure on) as null."""
     value = float(value)
     return None if value != value else round(value, 4)  # NaN (no validation images) → null
 
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def manifest_digest_line(manifest_bytes: bytes) -> str:
-    """manifest.sha256's content: `<sha256 of manifest.json's bytes>  manifest.json` (sha256sum's format)."""
-    return f"{sha256_bytes(manifest_bytes)}  {MANIFEST_NAME}\n"
 
 
 def created_timestamp() -> str:
@@ -161,18 +160,4 @@ def write_bundle(out: str | Path, *, task: str, input_spec: dict, labels: list[s
             raise
     except OSError as exc:
         raise InputError(f"cannot write bundle to {out}: {exc}") from exc
-    return manifest
-
-
-def verify_bundle(out: str | Path) -> dict:
-    """Re-read a written bundle and check every file against the manifest (used after writing)."""
-    out = Path(out)
-    raw = (out / MANIFEST_NAME).read_bytes()
-    if (out / MANIFEST_DIGEST_NAME).read_text(encoding="ascii") != manifest_digest_line(raw):
-        raise RuntimeError(f"{MANIFEST_NAME} does not match {MANIFEST_DIGEST_NAME}")
-    manifest = json.loads(raw.decode("utf-8"))
-    for name, entry in manifest["files"].items():
-        data = (out / name).read_bytes()
-        if len(data) != entry["bytes"] or sha256_bytes(data) != entry["sha256"]:
-            raise RuntimeError(f"bundle file {name} does not match its manifest entry")
     return manifest

@@ -1,4 +1,6 @@
-"""Measurements on converted models with the LiteRT interpreter (what the board runs): per-sample latency
+"""Measurements on converted models with the LiteRT interpreter, as the board runs them.
+
+Measurements on converted models with the LiteRT interpreter (what the board runs): per-sample latency
 of the int8 base, base features, head predictions and accuracy."""
 
 from __future__ import annotations

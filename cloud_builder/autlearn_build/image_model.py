@@ -1,4 +1,6 @@
-"""The image model pretrained in the cloud: a small MobileNet-style CNN base plus a classifier whose
+"""The image model pretrained in the cloud: a small MobileNet-style CNN base and its classifier.
+
+The image model pretrained in the cloud: a small MobileNet-style CNN base plus a classifier whose
 architecture equals the trainable head (dense hidden → ReLU → class_capacity logits, unused classes masked).
 
 The base is frozen on the board (int8); the classifier's weights initialise the head.
@@ -192,7 +194,7 @@ def recalibrate_batchnorm(model, x: np.ndarray, max_images: int = 1024) -> None:
     """
     import tensorflow as tf
 
-    norms = [layer for layer in _all_layers(model) if isinstance(layer, tf.keras.layers.BatchNormalization)]
+    norms = [layer for layer in all_layers(model) if isinstance(layer, tf.keras.layers.BatchNormalization)]
     if not norms or len(x) == 0:
         return
     saved = [layer.momentum for layer in norms]
@@ -205,10 +207,11 @@ def recalibrate_batchnorm(model, x: np.ndarray, max_images: int = 1024) -> None:
             layer.momentum = momentum
 
 
-def _all_layers(model):
+def all_layers(model):
+    """Every leaf layer, nested models flattened, in order."""
     for layer in model.layers:
         if hasattr(layer, "layers"):
-            yield from _all_layers(layer)
+            yield from all_layers(layer)
         else:
             yield layer
 

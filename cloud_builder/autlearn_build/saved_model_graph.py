@@ -1,4 +1,6 @@
-"""A SavedModel directory as a Keras classifier the builder can cut: Keras 3 cannot rebuild layers from a
+"""A SavedModel directory as a Keras classifier the builder can cut.
+
+A SavedModel directory as a Keras classifier the builder can cut: Keras 3 cannot rebuild layers from a
 SavedModel, so its serving graph is cut at the input of its last MatMul (the classifier's Dense layer) and
 re-wrapped as `features layer → Dense` with that layer's weights read from the graph's variables."""
 

@@ -1,4 +1,6 @@
-"""The synonym table for text augmentation on the board (the paper's synonym replacement), derived from the
+"""The synonym table for text augmentation on the board, from the model's own embeddings.
+
+The synonym table for text augmentation on the board (the paper's synonym replacement), derived from the
 pretrained model's own embedding matrices: for every vocabulary word, the other words whose vector has a
 cosine similarity ≥ threshold, most similar first (at most `max_per_word`). No word list is downloaded.
 

@@ -1,5 +1,7 @@
-"""Builder step for a bundle cut below the head (`autlearn-build image --tail last_block|last2_blocks`):
-a pretrained classifier → int8 stem (the base: activation at the cut, flattened) + builtin-only tail, measured.
+"""Builder step for a bundle cut below the head (`autlearn-build image --tail …`, docs/tail.md).
+
+A pretrained classifier (the built-in CNN: `--tail last_block|last2_blocks`; a --model/--backbone: `--tail
+last_conv|last_block`) → int8 stem (the base: activation at the cut, flattened) + builtin-only tail, measured.
 
 What is measured per cut and written into the variant (docs/bundle-format.md, "Cut below the head"): the
 public-validation accuracy of int8 stem + shipped tail, the tail's train step through the LiteRT interpreter

@@ -254,7 +254,8 @@ def backbone_names(cut: str) -> tuple[str, ...]:
 def _folded(model, conv: str, bn: str) -> tuple[np.ndarray, np.ndarray]:
     kernel = np.asarray(backbone_layer(model, conv).get_weights()[0])
     layer = backbone_layer(model, bn)
-    k, b = fold_bn(kernel, [np.asarray(a) for a in layer.get_weights()], float(getattr(layer, "epsilon", BN_EPS_DEFAULT)))
+    eps = float(getattr(layer, "epsilon", BN_EPS_DEFAULT))
+    k, b = fold_bn(kernel, [np.asarray(a) for a in layer.get_weights()], eps)
     return (k if k.shape[-1] == 1 and k.ndim == 4 and kernel.shape[0] == 3 else k.reshape(k.shape[-2], k.shape[-1])), b
 
 

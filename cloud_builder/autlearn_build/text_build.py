@@ -1,93 +1,28 @@
-"""The keyboard pipeline: public text → word tokenizer + vocabulary → pretrain embedding + LSTM + softmax →
+"""The keyboard pipeline: public text → pretrained LSTM → int8 base + trainable head → bundle.
+
+The keyboard pipeline: public text → word tokenizer + vocabulary → pretrain embedding + LSTM + softmax →
 int8 base (converted in a child process) + builtin-only softmax head with spare slots → synonym table →
 measure top-1/top-3 next-word accuracy on held-out documents → bundle (task `next_word`)."""
 
 from __future__ import annotations
 
-import platform
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from . import __version__
 from . import text_data as td
-from .bundle_writer import Variant, check_output_dir, created_timestamp, verify_bundle, write_bundle
+from .build_steps import (BuildResult, active_mask, build_record, chief_copy, latency_record, prepare, quiet_call,
+                          write_verified)
+from .bundle_writer import Variant, metric
 from .errors import InputError
+from .text_options import TextOptions
 
 TASK = "next_word"
 VARIANT_NAME = "full"
 SYNONYM_FILE = "synonyms.json"
 LATENCY_BATCH = 32
 PREPROCESSING_VERSION = 1
-
-
-@dataclass
-class TextBuildOptions:
-    data: str
-    out: Path
-    epochs: int = 2
-    limit: int | None = None
-    seed: int = 0
-    vocab: int = 5000
-    seq_len: int = 20
-    spare_slots: int = 500
-    embed: int = 96
-    hidden: int = 192
-    train_batch: int = 32
-    val_fraction: float = 0.1
-    batch_size: int = 64
-    learning_rate: float = 2e-3
-    head_learning_rate: float = 1e-3
-    head_epochs: int = 0
-    head_positions: int = 100_000
-    synonym_threshold: float = 0.75
-    synonyms_per_word: int = 5
-    synonym_source: str = "both"
-    strategy: str = "default"
-    tokenizer: str = "auto"
-    max_unk: float = 0.5
-    force: bool = False
-
-    def validate(self) -> None:
-        checks = [
-            (self.epochs >= 1, "--epochs must be at least 1"),
-            (self.limit is None or self.limit >= 50, "--limit must be at least 50 tokens"),
-            (self.seed >= 0, "--seed must not be negative"),
-            (1 <= self.vocab <= 200_000, "--vocab must be between 1 and 200000"),
-            (2 <= self.seq_len <= 200, "--seq-len must be between 2 and 200"),
-            (0 <= self.spare_slots <= 100_000, "--spare-slots must be between 0 and 100000"),
-            (2 <= self.embed <= 2048, "--embed must be between 2 and 2048"),
-            (2 <= self.hidden <= 4096, "--hidden must be between 2 and 4096"),
-            (1 <= self.train_batch <= 4096, "--train-batch must be between 1 and 4096"),
-            (0.0 < self.val_fraction <= 0.5, "--val-fraction must be in (0, 0.5]"),
-            (1 <= self.batch_size <= 65536, "--batch-size must be between 1 and 65536"),
-            (0.0 < self.learning_rate < 1.0, "--learning-rate must be in (0, 1)"),
-            (0.0 < self.head_learning_rate < 1.0, "--head-lr must be in (0, 1)"),
-            (0 <= self.head_epochs <= 1000, "--head-epochs must be between 0 and 1000"),
-            (self.head_positions >= 1, "--head-positions must be at least 1"),
-            (-1.0 <= self.synonym_threshold <= 1.0, "--synonym-threshold must be a cosine in [-1, 1]"),
-            (1 <= self.synonyms_per_word <= 100, "--synonyms-per-word must be between 1 and 100"),
-            (self.synonym_source in ("input", "output", "both"), "--synonym-source must be input, output or both"),
-            (self.tokenizer in ("auto", *td.TOKENIZERS), f"--tokenizer must be auto, {', '.join(td.TOKENIZERS)}"),
-            (0.0 < self.max_unk <= 1.0, "--max-unk must be in (0, 1]"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(message)
-
-
-@dataclass
-class TextBuildResult:
-    out: Path | None  # None on a multi-worker process that is not the chief
-    manifest: dict
-    seconds: float
-    pretrain_seconds: float
-    train_tokens: int
-    val_tokens: int
-    notes: list[str] = field(default_factory=list)
 
 
 def _hits(scores: np.ndarray, targets: np.ndarray, excluded: list[int]) -> tuple[int, int]:
@@ -111,16 +46,11 @@ def check_unknown(unk_rate: float, limit: float, corpus: td.TextCorpus, val_docs
                      f"{limit:g}): {hint}")
 
 
-def build_text_bundle(opts: TextBuildOptions, progress: Callable[[str], None] = print) -> TextBuildResult:
+def build_text_bundle(opts: TextOptions, progress: Callable[[str], None] = print) -> BuildResult:
     start = time.perf_counter()
-    opts.validate()
-    out = Path(opts.out)
-    from .distribute import make_distribution, parse_tf_config
+    out = prepare(opts)
+    from .distribute import make_distribution
 
-    if opts.strategy == "multi-worker":
-        parse_tf_config()  # a clear error before any work
-    # Every multi-worker process checks the output; only the chief will write it.
-    check_output_dir(out, opts.force)
     dist = make_distribution(opts.strategy)
 
     progress(f"loading {opts.data} …")
@@ -147,8 +77,6 @@ def build_text_bundle(opts: TextBuildOptions, progress: Callable[[str], None] = 
              f"{len(train_stream)} training / {len(val_stream)} held-out tokens; <unk> {unk_rate * 100:.1f}% of "
              f"held-out tokens")
 
-    import tensorflow as tf
-
     from . import text_model
     from .image_model import set_seed
 
@@ -167,14 +95,9 @@ def build_text_bundle(opts: TextBuildOptions, progress: Callable[[str], None] = 
     pre = text_model.pretrain_text(classifier, x_train, y_train, w_train, x_val, y_val, w_val, epochs=opts.epochs,
                                    batch_size=opts.batch_size, learning_rate=opts.learning_rate,
                                    progress=progress, strategy=dist.strategy)
-    if not dist.is_chief:
-        progress(f"pretraining done on {dist.task}; the chief writes the bundle")
-        return TextBuildResult(None, {}, time.perf_counter() - start, pre.seconds, len(train_stream),
-                               len(val_stream))
-    if dist.strategy is not None:
-        from .distribute import local_copy
-
-        classifier = local_copy(classifier, make_classifier)
+    classifier = chief_copy(dist, classifier, make_classifier, progress)
+    if classifier is None:
+        return BuildResult(None, {}, time.perf_counter() - start, pre.seconds, len(train_stream), len(val_stream))
 
     from .convert import convert_head, convert_int8_in_subprocess
     from .evaluate import BaseRunner
@@ -190,8 +113,7 @@ def build_text_bundle(opts: TextBuildOptions, progress: Callable[[str], None] = 
     latency = runner.latency_ms(x_val if len(x_val) else x_train)
     progress(f"  int8 base {len(base_model)} bytes, {latency:.4f} ms per sequence  {time.perf_counter() - t0:.1f}s")
 
-    active = np.zeros(capacity, np.float32)
-    active[:n_vocab] = 1.0
+    active = active_mask(capacity, n_vocab)
     weights = text_model.softmax_weights(classifier, n_vocab)
     if opts.head_epochs > 0:
         pos = np.flatnonzero(w_train.reshape(-1) > 0)
@@ -204,7 +126,7 @@ def build_text_bundle(opts: TextBuildOptions, progress: Callable[[str], None] = 
                              active, epochs=opts.head_epochs, lr=opts.head_learning_rate, seed=opts.seed)
     head = SoftmaxHead(weights, opts.train_batch)
     progress("converting the softmax head (builtin operators only) …")
-    head_model = _quiet(convert_head, head, SIGNATURES)
+    head_model = quiet_call(convert_head, head, SIGNATURES)
 
     progress("measuring next-word accuracy on the held-out documents …")
     t0 = time.perf_counter()
@@ -229,11 +151,9 @@ def build_text_bundle(opts: TextBuildOptions, progress: Callable[[str], None] = 
                       head_weights=list(SOFTMAX_WEIGHT_NAMES), feature_size=opts.hidden, params=cost["params"],
                       flops=cost["flops"], latency_ms=latency, accuracy_int8=metrics["top1_int8"],
                       accuracy_float=metrics["top1_float"],
-                      extra={"top3_int8": _round(metrics["top3_int8"]), "top3_float": _round(metrics["top3_float"]),
+                      extra={"top3_int8": metric(metrics["top3_int8"]), "top3_float": metric(metrics["top3_float"]),
                              "features": "per_position", "head_params": head_params,
                              "head_flops": int(2 * weights["w0"].size)})
-    from ai_edge_litert import __version__ as litert_version  # noqa: N813
-
     fields = {
         "vocabulary": vocabulary,
         "tokenizer": td.tokenizer_manifest(corpus.tokenizer),
@@ -244,9 +164,9 @@ def build_text_bundle(opts: TextBuildOptions, progress: Callable[[str], None] = 
         "metrics": {
             "held_out_documents": [d.name for d in val_docs],
             "positions": metrics["positions"],
-            "top1_float": _round(metrics["top1_float"]), "top1_int8": _round(metrics["top1_int8"]),
-            "top3_float": _round(metrics["top3_float"]), "top3_int8": _round(metrics["top3_int8"]),
-            "unk_rate": _round(unk_rate),
+            "top1_float": metric(metrics["top1_float"]), "top1_int8": metric(metrics["top1_int8"]),
+            "top3_float": metric(metrics["top3_float"]), "top3_int8": metric(metrics["top3_int8"]),
+            "unk_rate": metric(unk_rate),
             "definition": "next-word accuracy on the held-out documents at every position whose next token is a "
                           "vocabulary word (targets <unk>, <bos>, <eos>, <pad> not counted); predictions among "
                           "vocabulary words (special tokens inactive), int8 = int8 base + converted head",
@@ -254,42 +174,19 @@ def build_text_bundle(opts: TextBuildOptions, progress: Callable[[str], None] = 
     }
     input_spec = {"kind": "tokens", "dtype": "int32", "seq_len": opts.seq_len, "pad_id": td.PAD_ID,
                   "features": "per_position", "preprocessing_version": PREPROCESSING_VERSION}
-    build = {
-        "builder_version": __version__,
-        "tensorflow": tf.__version__,
-        "seed": opts.seed,
-        "data": corpus.description,
-        "created": created_timestamp(),
-        "litert": litert_version,
-        "python": platform.python_version(),
-        "documents": len(corpus.documents),
-        "train_tokens": int(len(train_stream)),
-        "val_tokens": int(len(val_stream)),
-        "limit": opts.limit,
-        "epochs": opts.epochs,
-        "embed": opts.embed,
-        "hidden": opts.hidden,
-        "batch_size": opts.batch_size,
-        "pretrain_seconds": round(pre.seconds, 2),
-        "pretrain_loss": _round(pre.train_loss),
-        "val_loss": _round(pre.val_loss),
-        "head_epochs": opts.head_epochs,
-        "distribution": dist.describe(),
-        "latency": {"threads": 2, "batch": LATENCY_BATCH, "per": f"sequence of {opts.seq_len} tokens",
-                    "interpreter": "ai_edge_litert"},
-    }
-    manifest = write_bundle(out, task=TASK, input_spec=input_spec, labels=vocabulary, class_capacity=capacity,
-                            train_batch=opts.train_batch,
-                            optimizer={"name": "adam", "learning_rate": opts.head_learning_rate},
-                            variants=[variant], build=build, force=opts.force,
-                            extra_files={SYNONYM_FILE: synonyms}, fields=fields)
-    verify_bundle(out)
-    return TextBuildResult(out, manifest, time.perf_counter() - start, pre.seconds, len(train_stream),
-                           len(val_stream))
+    build = build_record(
+        opts, corpus.description, documents=len(corpus.documents), train_tokens=int(len(train_stream)),
+        val_tokens=int(len(val_stream)), limit=opts.limit, epochs=opts.epochs, embed=opts.embed, hidden=opts.hidden,
+        batch_size=opts.batch_size, pretrain_seconds=round(pre.seconds, 2), pretrain_loss=metric(pre.train_loss),
+        val_loss=metric(pre.val_loss), head_epochs=opts.head_epochs, distribution=dist.describe(),
+        latency=latency_record(2, LATENCY_BATCH, f"sequence of {opts.seq_len} tokens"))
+    manifest = write_verified(out, opts, task=TASK, input_spec=input_spec, labels=vocabulary, class_capacity=capacity,
+                              variants=[variant], build=build, extra_files={SYNONYM_FILE: synonyms}, fields=fields)
+    return BuildResult(out, manifest, time.perf_counter() - start, pre.seconds, len(train_stream), len(val_stream))
 
 
 def _evaluate(classifier, runner, head_model: bytes, x_val: np.ndarray, y_val: np.ndarray, active: np.ndarray,
-              opts: TextBuildOptions, chunk: int = 128) -> dict:
+              opts: TextOptions, chunk: int = 128) -> dict:
     """Top-1/top-3 of the float classifier and of int8 base + converted head (its `infer` top_ids)."""
     import tensorflow as tf
 
@@ -318,16 +215,5 @@ def _evaluate(classifier, runner, head_model: bytes, x_val: np.ndarray, y_val: n
             "top1_int8": q1 / n if n else nan, "top3_int8": q3 / n if n else nan, "positions": n}
 
 
-def _quiet(fn, *args, **kwargs):
-    from .image_build import quiet_output
-
-    with quiet_output():
-        return fn(*args, **kwargs)
-
-
 def _pct(value: float) -> str:
     return "n/a" if value != value else f"{value * 100:.2f}%"
-
-
-def _round(value: float):
-    return None if value != value else round(float(value), 4)

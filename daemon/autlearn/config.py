@@ -68,6 +68,30 @@ def _tcp_endpoint(v: Any) -> str:
     return v
 
 
+_WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+
+
+def parse_window(window: str) -> tuple[int, int] | None:
+    """``""`` -> None (always); ``"HH:MM-HH:MM"`` -> (start, end) in minutes after midnight; ValueError otherwise."""
+    if window.strip() == "":
+        return None
+    m = _WINDOW.match(window)
+    if not m:
+        raise ValueError("expected an empty string or HH:MM-HH:MM, e.g. 22:00-06:00")
+    h1, m1, h2, m2 = (int(g) for g in m.groups())
+    if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59:
+        raise ValueError("expected times between 00:00 and 23:59")
+    start, end = h1 * 60 + m1, h2 * 60 + m2
+    if start == end:
+        raise ValueError("expected different start and end times (use an empty string for always)")
+    return start, end
+
+
+def _window(v: Any) -> str:
+    parse_window(_string(v))
+    return v
+
+
 def _choice(*options: str) -> Callable[[Any], str]:
     def check(v: Any) -> str:
         if v not in options:
@@ -147,7 +171,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Train only while the 1-minute load average is at or below this; 0 = no limit."),
     Setting("policy", "gpu_max_util", 100, _number(0, 100, integer=True),
             "Train only while every NVIDIA GPU is at most this busy (%, through NVML); 100 = no limit."),
-    Setting("policy", "window", "", _string,
+    Setting("policy", "window", "", _window,
             "Train only inside this daily window, HH:MM-HH:MM (may wrap midnight); empty = any time."),
     Setting("policy", "sysfs", "/sys", _string,
             "Where power supplies and thermal zones are read (a test can point this at a fake tree)."),
@@ -240,17 +264,7 @@ def parse(text: str, source: str) -> Config:
                 cfg.values[name] = setting.check(value)
             except ValueError as e:
                 raise AutlearnError("bad_config", f"{source}: {name} = {value!r}: {e}") from None
-    _cross_check(cfg)
     return cfg
-
-
-def _cross_check(cfg: Config) -> None:
-    """Checks that need the policy module's own validation (the time window's syntax)."""
-    from .service.policy import parse_window
-    try:
-        parse_window(cfg["policy.window"])
-    except ValueError as e:
-        raise AutlearnError("bad_config", f"{cfg.source}: policy.window = {cfg['policy.window']!r}: {e}") from None
 
 
 def load(path: str | Path) -> Config:

@@ -12,23 +12,23 @@ class ErrorKind:
     exit_code: int
 
 
-CATALOGUE: dict[str, ErrorKind] = {
-    k.code: k
-    for k in (
-        ErrorKind("bad_request", "the request is not a valid AutLearn control message", 2),
-        ErrorKind("protocol_version", "the client and the daemon speak different protocol versions", 3),
-        ErrorKind("unknown_command", "the daemon does not know this command", 2),
-        ErrorKind("bad_argument", "an argument of the command is missing or has the wrong type", 2),
-        ErrorKind("not_found", "the named file, sample or version does not exist", 4),
-        ErrorKind("bad_input", "the input file cannot be used", 5),
-        ErrorKind("busy", "the daemon cannot do this while a round is running", 6),
-        ErrorKind("no_bundle", "no verified model bundle is installed", 7),
-        ErrorKind("bad_bundle", "the model bundle failed verification", 7),
-        ErrorKind("bad_config", "the configuration is invalid", 8),
-        ErrorKind("not_running", "the daemon is not running or its control socket cannot be reached", 9),
-        ErrorKind("internal", "the daemon hit an unexpected error; see its log", 10),
-    )
+# autlearnctl's exit code -> the errors that end with it, each with a phrase for people.
+_BY_EXIT_CODE: dict[int, dict[str, str]] = {
+    2: {"bad_request": "the request is not a valid AutLearn control message",
+        "unknown_command": "the daemon does not know this command",
+        "bad_argument": "an argument of the command is missing or has the wrong type"},
+    3: {"protocol_version": "the client and the daemon speak different protocol versions"},
+    4: {"not_found": "the named file, sample or version does not exist"},
+    5: {"bad_input": "the input file cannot be used"},
+    6: {"busy": "the daemon cannot do this while a round is running"},
+    7: {"no_bundle": "no verified model bundle is installed",
+        "bad_bundle": "the model bundle failed verification"},
+    8: {"bad_config": "the configuration is invalid"},
+    9: {"not_running": "the daemon is not running or its control socket cannot be reached"},
+    10: {"internal": "the daemon hit an unexpected error; see its log"},
 }
+CATALOGUE: dict[str, ErrorKind] = {code: ErrorKind(code, phrase, exit_code)
+                                   for exit_code, kinds in _BY_EXIT_CODE.items() for code, phrase in kinds.items()}
 
 
 class AutlearnError(Exception):

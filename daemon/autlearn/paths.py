@@ -6,6 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def _below(root: str, name: str) -> property:
+    return property(lambda self: getattr(self, root) / name, doc=f"{root}/{name}")
+
+
+def _socket(name: str) -> property:
+    return property(lambda self: f"ipc://{self.run / name}", doc=f"the ipc endpoint of run/{name}")
+
+
 @dataclass(frozen=True)
 class Paths:
     state: Path  # SQLite state, head versions, quarantine, the installed bundle
@@ -21,37 +29,14 @@ class Paths:
         root = Path(root).absolute()
         return cls(root / "state", root / "cache", root / "run")
 
-    @property
-    def db(self) -> Path:
-        return self.state / "autlearn.sqlite"
-
-    @property
-    def heads(self) -> Path:
-        return self.state / "heads"
-
-    @property
-    def quarantine(self) -> Path:
-        return self.state / "quarantine"
-
-    @property
-    def imported(self) -> Path:
-        return self.state / "imported"
-
-    @property
-    def bundle(self) -> Path:
-        return self.state / "bundle"
-
-    @property
-    def feature_cache(self) -> Path:
-        return self.cache / "features.sqlite"
-
-    @property
-    def control_endpoint(self) -> str:
-        return f"ipc://{self.run / 'control.sock'}"
-
-    @property
-    def events_endpoint(self) -> str:
-        return f"ipc://{self.run / 'events.sock'}"
+    db = _below("state", "autlearn.sqlite")
+    heads = _below("state", "heads")  # head versions, one weights file each
+    quarantine = _below("state", "quarantine")
+    imported = _below("state", "imported")  # samples copied from removable media
+    bundle = _below("state", "bundle")  # the installed, verified bundle
+    feature_cache = _below("cache", "features.sqlite")
+    control_endpoint = _socket("control.sock")
+    events_endpoint = _socket("events.sock")
 
     def create(self) -> None:
         for d in (self.state, self.cache, self.run, self.heads, self.quarantine, self.imported):

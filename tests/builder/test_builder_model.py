@@ -93,13 +93,14 @@ def _board_probs(bundle_dir, files_root):
     """What the board answers before any learning: its decoding, its int8 base, its head interpreter."""
     from autlearn.runtime import bundle as bundle_mod
     from autlearn.learning.features import FeatureExtractor
-    from autlearn.learning.head import Head
+    from autlearn.learning.head import Head, active_mask
 
     b = bundle_mod.load(bundle_dir)
     x, y = _inputs(files_root, b.input)
     variant = b.variant()
     head = Head(variant, b.class_capacity, b.train_batch, threads=1)
-    probs = head.predict(FeatureExtractor(variant, threads=1)(x), head.active_mask(len(b.labels)))
+    probs = head.predict(FeatureExtractor(variant, threads=1)(x),
+                         active_mask(b.class_capacity, range(len(b.labels))))
     return b, x, y, probs
 
 
@@ -127,12 +128,13 @@ def test_a_model_bundle_answers_as_the_users_model_before_any_learning(fmt, phot
 
 
 def test_a_last_layer_that_does_not_fit_the_labels_gets_a_head_trained_on_the_data(photos, tmp_path):
-    from autlearn_build.model_build import ModelBuildOptions, build_model_bundle
+    from autlearn_build.image_options import ImageOptions
+    from autlearn_build.model_build import build_model_bundle
 
     model = _mobilenet_shaped(5, activation="linear")  # 5 outputs, the data has 3 classes
     out = tmp_path / "bundle"
-    result = build_model_bundle(ModelBuildOptions(data=str(photos), out=out, model="in-memory", head_epochs=60,
-                                                  resize_policy="centre_crop", calibration=40),
+    result = build_model_bundle(ImageOptions(data=str(photos), out=out, model="in-memory", head_epochs=60,
+                                             resize_policy="centre_crop", calibration=40),
                                 progress=lambda line: None, keras_model=model)
     v = result.manifest["variants"][0]
     assert v["head_source"].startswith("trained") and any("5 outputs" in n for n in result.notes)

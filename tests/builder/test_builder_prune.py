@@ -157,7 +157,7 @@ def test_pruned_model_converts_builtin_only_and_is_cheaper():
 
 
 def test_search_meets_budgets_in_order():
-    from autlearn_build import prune
+    from autlearn_build import prune, prune_search
 
     model, factory = _tiny_classifier()
     rng = np.random.default_rng(0)
@@ -167,9 +167,10 @@ def test_search_meets_budgets_in_order():
     budgets = prune.parse_budgets(f"params={int(full['params'] * 0.8)},flops={int(full['flops'] * 0.7)},"
                                   f"params={full['params'] * 2}")
     lines: list[str] = []
-    result = prune.search(model, factory, x[:48], y[:48], x[48:], y[48:], budgets,
-                          prune.SearchOptions(step_fraction=0.15, retrain_fraction=0.5, finetune_epochs=0),
-                          progress=lines.append)
+    result = prune_search.search(model, factory, x[:48], y[:48], x[48:], y[48:], budgets,
+                                 prune_search.SearchOptions(step_fraction=0.15, retrain_fraction=0.5,
+                                                            finetune_epochs=0),
+                                 progress=lines.append)
     assert [b.text for b in result.met_by_full] == [str(full["params"] * 2)]
     assert not result.unmet
     assert {e.budget.metric for e in result.emitted} == {"params", "flops"}

@@ -119,7 +119,7 @@ def test_every_emitted_event_is_documented():
     text = DOC.read_text()
     events = set(re.findall(r"^\| `([a-z_]+)` \| ", text[text.index("## Events"):], re.M))
     emitted = set()
-    for path in (ROOT / "daemon" / "autlearn").glob("*.py"):
+    for path in (ROOT / "daemon" / "autlearn").rglob("*.py"):
         src = path.read_text()
         emitted |= set(re.findall(r"""(?:emit|progress)\(\s*["']([a-z_]*[a-z])["']""", src))
         emitted |= {"version_" + s for s in ("promoted", "rejected") if '"version_" + status' in src}

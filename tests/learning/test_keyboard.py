@@ -37,12 +37,12 @@ def test_keyboard_round_learns_personal_words_and_phrasing(tmp_path, text_bundle
     rep = eng.scan()
     assert rep.added == 1 and rep.quarantined == 1
     r = eng.round("test", no_progress, never)
-    kb = r.keyboard
-    assert set(NAMES) <= set(kb["personal_words"])  # the user's own words claimed spare slots
+    kb = r.extras
+    assert set(NAMES) <= set(kb.personal_words)  # the user's own words claimed spare slots
     assert r.outcome == "promoted"
-    assert kb["with_memory"]["top3"] >= kb["pretrained"]["top3"] + 0.10  # the user's phrasing is learnt
-    assert kb["fine_tuned"]["top1"] >= kb["pretrained"]["top1"]
-    assert kb["augmented_positions"] > 0  # synonym replacement from the bundle's table added training text
+    assert kb.with_memory["top3"] >= kb.pretrained["top3"] + 0.10  # the user's phrasing is learnt
+    assert kb.fine_tuned["top1"] >= kb.pretrained["top1"]
+    assert kb.augmented_positions > 0  # synonym replacement from the bundle's table added training text
     s = svc.predict({"text": "Lunch was fine. Then I met"})
     assert s["context"] == ["then", "i", "met"]  # the sentence being typed
     assert len(s["suggestions"]) == 3
@@ -117,7 +117,7 @@ def test_daemon_keyboard_end_to_end_with_autlearnctl(tmp_path, text_bundle):
 
 
 def test_holdout_hits_are_counted_as_suggested_never_a_special_token():
-    from autlearn.learning.keyboard import SPECIAL_COUNT, topk_hits
+    from autlearn.learning.knn import SPECIAL_COUNT, topk_hits
 
     probs = np.full((2, SPECIAL_COUNT + 4), 0.01, np.float32)
     probs[:, 1] = 0.9  # <unk> is the model's favourite, but it is never shown to the user

@@ -113,8 +113,8 @@ def test_a_growing_file_costs_base_features_only_for_its_new_part(tmp_path, text
     assert 0 < expected < r1.features_computed
     assert r2.features_computed == expected  # windows of the appended sentences only
     assert r2.features_cached >= len(_rows(eng.learner, old))
-    assert r2.keyboard["new_sentences"] == sum(1 for _ in eng.learner.tok.sentences(new)) - \
-        r2.keyboard["holdout_sentences"] + r1.keyboard["holdout_sentences"]
+    assert r2.extras.new_sentences == sum(1 for _ in eng.learner.tok.sentences(new)) - \
+        r2.extras.holdout_sentences + r1.extras.holdout_sentences
     svc.stop()
     eng.close()
 
@@ -141,7 +141,7 @@ def test_an_edited_file_replaces_what_was_learnt_from_its_old_content(tmp_path, 
     assert r2.outcome == "promoted"
     after = memory_targets(r2.version)
     assert slots["quilla"] in after and slots["zorbek"] not in after
-    assert r2.keyboard["new_sentences"] == r2.keyboard["sentences"]  # every sentence of the new content is new
+    assert r2.extras.new_sentences == r2.extras.sentences  # every sentence of the new content is new
     svc.stop()
     eng.close()
 
@@ -166,7 +166,7 @@ def test_bad_text_input_is_learnt_or_refused_with_its_reason(tmp_path, text_bund
     assert "over the limit" in problems["huge.txt"]
     r = eng.round("test", no_progress, never)  # the UTF-16 and GB18030 files are read as the text they are
     assert r.outcome in ("promoted", "rejected")
-    assert r.keyboard["sentences"] + r.keyboard["holdout_sentences"] == 3 * 30 + 1
+    assert r.extras.sentences + r.extras.holdout_sentences == 3 * 30 + 1
     svc.stop()
     eng.close()
 

@@ -40,8 +40,8 @@ def test_round_improves_holdout_and_second_round_reuses_cache(svc, user_digits, 
     new_share = (r2.n_train - r1.n_train) / r2.n_train
     assert e2 == max(1, int(np.ceil(full * new_share))) and e2 < e1 / 4
     # one augmented copy per training image (the paper's cap), cached under its own key like the originals
-    assert r1.n_augmented == r1.n_train and r1.augmented_computed == r1.n_train
-    assert r2.augmented_cached == r1.n_train and r2.augmented_computed == r2.n_train - r1.n_train
+    assert r1.extras.n_augmented == r1.n_train and r1.extras.augmented_computed == r1.n_train
+    assert r2.extras.augmented_cached == r1.n_train and r2.extras.augmented_computed == r2.n_train - r1.n_train
     eng.close()
 
 
@@ -141,7 +141,7 @@ def test_online_mode_predicts_each_chunk_before_training_on_it(tmp_path, tiny_bu
 
 def test_a_long_round_publishes_at_most_a_hundred_epoch_events_and_always_the_last(tmp_path, tiny_bundle,
                                                                                     user_digits, write_user):
-    from autlearn.learning.learner import MAX_EPOCH_EVENTS
+    from autlearn.learning.round import MAX_EPOCH_EVENTS
 
     svc = make_service(tmp_path / "root", tiny_bundle, **{"training.epochs": 250, "training.min_steps": 0})
     images, labels = user_digits

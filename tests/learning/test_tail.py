@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from autlearn.learning.head import Head, load_weights
+from autlearn.learning.head import Head, active_mask, load_weights
 from engine_helpers import engine_of, make_service, never, no_progress
 
 TAIL_NAMES = ["dw3_w", "dw3_b", "pw3_w", "pw3_b", "w0", "b0", "w1", "b1"]
@@ -179,7 +179,7 @@ def test_tail_weights_round_trip_and_set_weights_resets_the_optimiser(tiny_tail_
     x = rng.random((b.train_batch, variant.feature_size), np.float32)
     y = (np.arange(b.train_batch) % 10).astype(np.int32)
     mask = np.ones(b.train_batch, np.float32)
-    active = a.active_mask(10)
+    active = active_mask(b.class_capacity, range(10))
     for _ in range(3):
         a.step(x, y, mask, active, 1e-3)
     a.set_weights(shipped)  # back to the shipped weights with a fresh Adam state
@@ -303,7 +303,8 @@ def test_a_backbone_tail_bundle_builds_and_the_board_caches_its_int8_activation(
 
     from autlearn.learning.features import FeatureExtractor
     from autlearn.runtime import bundle as bundle_mod
-    from autlearn_build.model_build import ModelBuildOptions, build_model_bundle
+    from autlearn_build.image_options import ImageOptions
+    from autlearn_build.model_build import build_model_bundle
 
     rng = np.random.default_rng(0)
     for c in range(3):  # three colours of noisy photos
@@ -311,8 +312,8 @@ def test_a_backbone_tail_bundle_builds_and_the_board_caches_its_int8_activation(
         for i in range(16):
             px = np.clip(rng.normal(60 + 70 * c, 40, (24, 24, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(px, "RGB").save(tmp_path / "data" / f"c{c}" / f"{i}.png")
-    opts = ModelBuildOptions(data=str(tmp_path / "data"), out=tmp_path / "b", model="tiny", tail="last_block",
-                             head_epochs=2, calibration=20, class_capacity=8, train_batch=8)
+    opts = ImageOptions(data=str(tmp_path / "data"), out=tmp_path / "b", model="tiny", tail="last_block",
+                        head_epochs=2, calibration=20, class_capacity=8, train_batch=8)
     build_model_bundle(opts, progress=lambda s: None, keras_model=_tiny_mobilenet_like(n_classes=7))
     b = bundle_mod.load(tmp_path / "b")
     v = b.variant()
@@ -322,5 +323,7 @@ def test_a_backbone_tail_bundle_builds_and_the_board_caches_its_int8_activation(
     assert v.info["tail"]["cache_bytes_per_sample"] == v.feature_size and b.manifest["build"]["tail"] == "last_block"
     quant = FeatureExtractor(v, 1).cache_quant  # the declaration agrees with the stem's output tensor
     assert quant == (pytest.approx(v.info["cache_quantization"]["scale"]), v.info["cache_quantization"]["zero_point"])
-    with pytest.raises(Exception, match="not a cut of a backbone"):
-        ModelBuildOptions(data="x", out=tmp_path / "c", model="m", tail="last2_blocks").validate()
+    with pytest.raises(Exception, match="not a cut of a --model/--backbone"):
+        ImageOptions(data="x", out=tmp_path / "c", model="m", tail="last2_blocks").validate()
+    with pytest.raises(Exception, match="not a cut of the built-in CNN"):
+        ImageOptions(data="x", out=tmp_path / "c", tail="last_conv").validate()

@@ -18,7 +18,8 @@ import pytest
 
 from autlearn.runtime import bundle as bundle_mod
 from autlearn.runtime import interpreter as runtime
-from autlearn.runtime import variants as V
+from autlearn.runtime import measure as M, variants as V
+from autlearn.runtime.variant_table import format_table
 from autlearn.errors import AutlearnError
 
 BIN = Path(sys.executable).parent
@@ -74,8 +75,8 @@ def bundle(two_variant_bundle):
 
 
 @pytest.fixture(scope="module")
-def measured(bundle) -> list[V.Measurement]:
-    return V.measure_variants(bundle, threads=2, delegate="cpu", **FAST)
+def measured(bundle) -> list[M.Measurement]:
+    return M.measure_variants(bundle, threads=2, delegate="cpu", **FAST)
 
 
 class Counter:
@@ -86,11 +87,11 @@ class Counter:
 
     def __call__(self, bundle, threads, delegate, **kw):
         self.calls.append(delegate)
-        return V.measure_variants(bundle, threads, delegate, **kw)
+        return M.measure_variants(bundle, threads, delegate, **kw)
 
 
-def _m(name: str, ms: float, mem: int) -> V.Measurement:
-    return V.Measurement(name, ms, ms / 2, 32, mem, mem // 3, mem // 2, mem, None, 2, "xnnpack", "cpu", "", 5, 5)
+def _m(name: str, ms: float, mem: int) -> M.Measurement:
+    return M.Measurement(name, ms, ms / 2, 32, mem, mem // 3, mem // 2, mem, None, 2, "xnnpack", "cpu", "", 5, 5)
 
 
 # -------------------------------------------------------------------------------------------- measuring
@@ -110,15 +111,15 @@ def test_measure_times_every_variant_at_both_batches(bundle, measured):
     # deterministic, order-independent memory figure: the half-width model is the smaller one
     assert half.memory_bytes < full.memory_bytes
     # a second measurement gives the same memory figures, whatever ran before
-    again = V.measure_variants(bundle, 2, "cpu", **FAST)
+    again = M.measure_variants(bundle, 2, "cpu", **FAST)
     assert [m.memory_bytes for m in again] == [m.memory_bytes for m in measured]
 
 
 def test_measurement_round_trips_through_a_dict(measured):
     for m in measured:
-        assert V.Measurement.from_dict(json.loads(json.dumps(m.as_dict()))) == m
+        assert M.Measurement.from_dict(json.loads(json.dumps(m.as_dict()))) == m
     with pytest.raises(ValueError):
-        V.Measurement.from_dict({"name": "x"})
+        M.Measurement.from_dict({"name": "x"})
 
 
 def test_a_variant_that_cannot_be_timed_is_recorded_and_never_chosen(bundle, monkeypatch):
@@ -130,13 +131,13 @@ def test_a_variant_that_cannot_be_timed_is_recorded_and_never_chosen(bundle, mon
         return real(model, *a, **kw)
 
     monkeypatch.setattr(runtime, "time_model", broken)
-    ms = V.measure_variants(bundle, 2, "cpu", **FAST)
+    ms = M.measure_variants(bundle, 2, "cpu", **FAST)
     assert ms[0].error is None and "simulated" in ms[1].error
     c = V.choose(bundle, ms, V.Budget(max_latency_ms=1e-9))  # nothing fits: the fastest *usable* one
     assert c.name == "full"
     row = [r for r in c.table if r["variant"] == "half"][0]
     assert row["error"] and not row["within_budget"] and not row["chosen"]
-    assert "simulated" in V.format_table(c)
+    assert "simulated" in format_table(c)
 
 
 def test_measure_raises_when_no_variant_can_be_timed(bundle, monkeypatch):
@@ -145,13 +146,13 @@ def test_measure_raises_when_no_variant_can_be_timed(bundle, monkeypatch):
 
     monkeypatch.setattr(runtime, "time_model", broken)
     with pytest.raises(AutlearnError) as e:
-        V.measure_variants(bundle, 2, "cpu", **FAST)
+        M.measure_variants(bundle, 2, "cpu", **FAST)
     assert e.value.code == "bad_bundle"
 
 
 def test_bad_delegate_spec_is_the_callers_error(bundle):
     with pytest.raises(ValueError):
-        V.measure_variants(bundle, 2, "warp-drive", **FAST)
+        M.measure_variants(bundle, 2, "warp-drive", **FAST)
 
 
 # --------------------------------------------------------------------------------------------- choosing
@@ -241,7 +242,7 @@ def test_record_is_reused_across_restarts_and_invalidated_by_delegate(bundle, tm
     budget = V.Budget(max_latency_ms=1e6)
     c1 = V.choose_variant(bundle, "b1", state, 2, "cpu", budget, measure=count, **FAST)
     assert len(count.calls) == 1 and not c1.from_record and c1.name == "full"
-    record = state / V.STORE_FILE
+    record = state / M.STORE_FILE
     mtime = record.stat().st_mtime_ns
     # a "restart": new call, new store object, same state directory -> no measurement
     c2 = V.choose_variant(bundle, "b1", state, 2, "xnnpack", budget, measure=count, **FAST)  # xnnpack == cpu
@@ -261,7 +262,7 @@ def test_record_is_reused_across_restarts_and_invalidated_by_delegate(bundle, tm
     # force measures again even with a record
     c4 = V.choose_variant(bundle, "b1", state, 2, "cpu", budget, force=True, measure=count, **FAST)
     assert len(count.calls) == 4 and not c4.from_record
-    assert [p.name for p in state.iterdir()] == [V.STORE_FILE]  # no temporary files left behind
+    assert [p.name for p in state.iterdir()] == [M.STORE_FILE]  # no temporary files left behind
 
 
 def test_a_different_bundle_measures_again(two_variant_bundle, tmp_path):
@@ -288,16 +289,16 @@ def test_a_different_bundle_measures_again(two_variant_bundle, tmp_path):
 def test_corrupt_record_is_treated_as_absent(bundle, tmp_path, caplog, content):
     state = tmp_path / "state"
     state.mkdir()
-    record = state / V.STORE_FILE
+    record = state / M.STORE_FILE
     record.write_bytes(content)
     count = Counter()
-    with caplog.at_level(logging.WARNING, logger="autlearn.runtime.variants"):
+    with caplog.at_level(logging.WARNING, logger="autlearn.runtime.measure"):
         c = V.choose_variant(bundle, "b1", state, 2, "cpu", V.Budget(), measure=count, **FAST)
     assert len(count.calls) == 1 and c.name == "full"
     if b'"x": 1' not in content:  # every mangled file warns (an entry of the wrong type is just skipped)
         assert any("measurements" in r.getMessage() for r in caplog.records)
     data = json.loads(record.read_text())  # replaced by a valid record
-    assert data["format"] == V.STORE_FORMAT and len(data["records"]) == 1
+    assert data["format"] == M.STORE_FORMAT and len(data["records"]) == 1
     V.choose_variant(bundle, "b1", state, 2, "cpu", V.Budget(), measure=count, **FAST)
     assert len(count.calls) == 1
 
@@ -306,12 +307,12 @@ def test_a_damaged_record_entry_is_measured_again(bundle, tmp_path, caplog):
     state = tmp_path / "state"
     count = Counter()
     V.choose_variant(bundle, "b1", state, 2, "cpu", V.Budget(), measure=count, **FAST)
-    record = state / V.STORE_FILE
+    record = state / M.STORE_FILE
     data = json.loads(record.read_text())
     entry = next(iter(data["records"].values()))
     del entry["measurements"][0]["ms_per_sample"]
     record.write_text(json.dumps(data))
-    with caplog.at_level(logging.WARNING, logger="autlearn.runtime.variants"):
+    with caplog.at_level(logging.WARNING, logger="autlearn.runtime.measure"):
         V.choose_variant(bundle, "b1", state, 2, "cpu", V.Budget(), measure=count, **FAST)
     assert len(count.calls) == 2
     assert any("damaged" in r.getMessage() for r in caplog.records)
@@ -319,10 +320,10 @@ def test_a_damaged_record_entry_is_measured_again(bundle, tmp_path, caplog):
 
 def test_record_write_is_atomic(tmp_path, monkeypatch, measured):
     """A crash in the middle of writing leaves the previous record intact and no temporary file."""
-    store = V.MeasurementStore(tmp_path / V.STORE_FILE)
+    store = M.MeasurementStore(tmp_path / M.STORE_FILE)
     key = {"manifest_sha256": "a" * 64, "delegate": "cpu", "threads": 2}
     store.put(key, measured)
-    before = (tmp_path / V.STORE_FILE).read_bytes()
+    before = (tmp_path / M.STORE_FILE).read_bytes()
 
     def crash(*a, **kw):
         raise OSError("simulated crash before the rename")
@@ -330,28 +331,28 @@ def test_record_write_is_atomic(tmp_path, monkeypatch, measured):
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError):
         store.put({**key, "threads": 1}, measured)
-    assert (tmp_path / V.STORE_FILE).read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == [V.STORE_FILE]
+    assert (tmp_path / M.STORE_FILE).read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [M.STORE_FILE]
     monkeypatch.undo()
-    got = V.MeasurementStore(tmp_path / V.STORE_FILE).get(key)
+    got = M.MeasurementStore(tmp_path / M.STORE_FILE).get(key)
     assert got is not None and got[0] == measured
 
 
 def test_record_keeps_a_bounded_number_of_entries(tmp_path, measured):
-    store = V.MeasurementStore(tmp_path / V.STORE_FILE)
-    for i in range(V.MAX_RECORDS + 5):
+    store = M.MeasurementStore(tmp_path / M.STORE_FILE)
+    for i in range(M.MAX_RECORDS + 5):
         store.put({"manifest_sha256": f"{i:064x}"}, measured)
-    data = json.loads((tmp_path / V.STORE_FILE).read_text())
-    assert len(data["records"]) == V.MAX_RECORDS
+    data = json.loads((tmp_path / M.STORE_FILE).read_text())
+    assert len(data["records"]) == M.MAX_RECORDS
     assert store.get({"manifest_sha256": f"{0:064x}"}) is None  # the oldest went first
-    assert store.get({"manifest_sha256": f"{V.MAX_RECORDS + 4:064x}"}) is not None
+    assert store.get({"manifest_sha256": f"{M.MAX_RECORDS + 4:064x}"}) is not None
 
 
 # ---------------------------------------------------------------------------------------------- table
 
 def test_format_table_lists_every_variant_and_marks_the_choice(bundle, tmp_path):
     c = V.choose_variant(bundle, "b1", tmp_path, 2, "cpu", V.Budget(max_latency_ms=1e-9), **FAST)
-    text = V.format_table(c)
+    text = format_table(c)
     lines = text.splitlines()
     header = lines[0]
     for col in ("variant", "params", "MFLOPs", "ms/sample b1", "ms/sample b32", "memory", "acc int8",

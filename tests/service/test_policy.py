@@ -12,7 +12,9 @@ import pytest
 
 from autlearn import config
 from autlearn.errors import AutlearnError
-from autlearn.service.policy import PolicyConfig, SystemProbe, evaluate, in_window, parse_window
+from autlearn.config import parse_window
+from autlearn.service.policy import PolicyConfig, evaluate, in_window
+from autlearn.service.probe import SystemProbe
 
 AFTERNOON = datetime(2024, 5, 17, 14, 5)
 
@@ -146,7 +148,7 @@ def test_unreadable_battery_state_is_unknown_and_does_not_block(tmp_path, caplog
     sysfs, probe = probe_for(tmp_path)
     add_battery(sysfs, "BAT0", "Unknown", None)
     add_supply(sysfs, "AC", "Mains", online="garbage")
-    with caplog.at_level(logging.DEBUG, logger="autlearn.service.policy"):
+    with caplog.at_level(logging.DEBUG, logger="autlearn.service.probe"):
         v = evaluate(PolicyConfig(require_mains=True), probe, AFTERNOON)
         evaluate(PolicyConfig(require_mains=True), probe, AFTERNOON)
     assert v.allowed
@@ -365,3 +367,27 @@ def test_real_system_reads_without_raising():
     assert isinstance(v.readings["load1"], float) and v.readings["load1"] >= 0
     assert v.readings["on_battery"] in (True, False, None)
     probe.close()
+
+
+# ------------------------------------------------------------------------------------ the gate
+
+def test_gate_judges_at_most_once_a_second_and_at_once_after_a_reload(tmp_path):
+    from autlearn.service import policy
+    sysfs, probe = probe_for(tmp_path)
+    add_battery(sysfs, "BAT0", "Discharging", 30)
+    clock = [1000.0]
+    cfg = [config.parse("[policy]\nrequire_mains = true\n", "t.toml")]
+    gate = policy.Gate(lambda: cfg[0], probe, clock=lambda: clock[0])
+    assert gate.readings == {}  # nothing judged yet
+    assert any("on battery" in r for r in gate.reasons())
+    assert gate.readings["on_battery"] is True and gate.readings["battery_percent"] == 30
+
+    add_supply(sysfs, "AC", "Mains", online=1)  # plugged in: the cached verdict stands within the second
+    clock[0] += 0.5
+    assert any("on battery" in r for r in gate.reasons())
+    clock[0] += 0.5
+    assert gate.reasons() == [] and gate.readings["on_battery"] is False
+
+    _write(sysfs / "class" / "power_supply" / "AC" / "online", "0")  # unplugged, then a reload: judged at once
+    cfg[0] = config.parse("[policy]\nrequire_mains = false\nmax_load = 0.1\n", "t.toml")
+    assert gate.reasons() == ["load average 0.42 is above the limit 0.10"]

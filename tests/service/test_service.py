@@ -82,7 +82,7 @@ def test_pause_holds_a_round_at_a_step_boundary_and_resume_finishes_it(tmp_path,
         ctl(d.root, "train")
         wait_until(lambda: d.status()["activity"] == "training", 30, "the round")
         assert ctl(d.root, "pause")["paused"] is True
-        st = wait_until(lambda: (s := d.status())["activity"] == "paused" and s, 30, "the paused round")
+        st = wait_until(lambda: (s := d.status())["activity"] == "paused" and s, 90, "the paused round")
         assert "autlearnctl pause" in st["why_not_training"] and st["last_round"] is None
         ctl(d.root, "resume")
         st = d.wait_round()

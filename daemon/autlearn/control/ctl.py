@@ -116,12 +116,21 @@ def _n(count: int, word: str) -> str:
     return f"{count} {word}" + ("" if count == 1 else "s")
 
 
+# Events whose line is a template over their data; the others are composed in _event_text.
+_EVENT_LINES = {
+    "round_finished": "round #{round_id} {outcome} in {seconds:.2f}s: {detail}",
+    "round_started": "round #{round_id} started ({trigger})",
+    "round_resumed": "round continues", "paused": "training paused", "resumed": "training allowed",
+    "rollback": "head v{from} → v{to}",
+    "delegate": "base model on {in_use} ({reason})",
+    "error": "{where}: {message}",
+}
+
+
 def _event_text(name: str, d: dict) -> str:
     """One readable line per documented event (docs/protocol.md); others as key=value."""
-    if name == "round_finished":
-        return f"round #{d['round_id']} {d['outcome']} in {d['seconds']:.2f}s: {d['detail']}"
-    if name == "round_started":
-        return f"round #{d['round_id']} started ({d['trigger']})"
+    if name in _EVENT_LINES:
+        return _EVENT_LINES[name].format_map(d)
     if name == "trained":
         return f"trained {_n(d['epochs'], 'epoch')}, loss {d['loss_first']:.3f} → {d['loss_last']:.3f}"
     if name in ("features", "augmented"):
@@ -139,20 +148,11 @@ def _event_text(name: str, d: dict) -> str:
                 f"{d['removed']} removed, {d['waiting']} waiting for a class slot")
     if name == "round_paused":
         return "round paused: " + "; ".join(d["reasons"])
-    if name in ("round_resumed", "paused", "resumed"):
-        return {"round_resumed": "round continues", "paused": "training paused",
-                "resumed": "training allowed"}[name]
-    if name == "rollback":
-        return f"head v{d['from']} → v{d['to']}"
     if name == "config_reloaded":
         return (f"configuration reloaded: {', '.join(d['changed']) or 'nothing'} changed"
                 + (f"; after a restart: {', '.join(d['needs_restart'])}" if d["needs_restart"] else ""))
     if name == "media_import":
         return f"{d['mount']}: {d['copied']} copied, {d['already']} already there, {len(d['skipped'])} skipped"
-    if name == "delegate":
-        return f"base model on {d['in_use']} ({d['reason']})"
-    if name == "error":
-        return f"{d['where']}: {d['message']}"
     return ", ".join(f"{k}={v}" for k, v in d.items()) or "—"
 
 

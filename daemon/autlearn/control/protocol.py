@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .. import PROTOCOL_VERSION
 from ..errors import AutlearnError
 
-PROTOCOL_VERSION = 2
 MAX_MESSAGE_BYTES = 1 << 20
 # The transport's bound on one frame (ZMQ_MAXMSGSIZE): a request between MAX_MESSAGE_BYTES and this gets a
 # bad_request reply; past it ZeroMQ itself drops the connection (no reply can be sent: the frame never arrives).

@@ -52,7 +52,6 @@ class ControlServer:
         self.notifier = notifier
         self.events = event_queue
         self.watcher = watcher
-        self.group = group
         self.media = media
         self.ctx = zmq.Context.instance()
         self.router = self._router()
@@ -70,8 +69,8 @@ class ControlServer:
         self._retry_at: dict[str, float] = {}
         self._ipc_files: list[Path] = []
         try:
-            self._bind(self.router, control)
-            self._bind(self.pub, events)
+            self._bind(self.router, control, group)
+            self._bind(self.pub, events, group)
             if tcp:
                 self._listen_tcp(tcp, curve_keys, authorized_keys)
         except BaseException:
@@ -101,19 +100,20 @@ class ControlServer:
         r.bind(endpoint)
         log.info("TCP control listener on %s (CURVE; authorized keys in %s)", endpoint, authorized_keys)
 
-    def _bind(self, sock: zmq.Socket, endpoint: str) -> None:
+    def _bind(self, sock: zmq.Socket, endpoint: str, group: str) -> None:
+        """Bind; an ipc socket file is made the owner's and `group`'s only (empty: the owner's)."""
         sock.bind(endpoint)
         if endpoint.startswith("ipc://"):
             path = Path(endpoint[len("ipc://"):])
             self._ipc_files.append(path)
             os.chmod(path, 0o660)  # owner and group only
-            if self.group:
+            if group:
                 try:
-                    os.chown(path, -1, grp.getgrnam(self.group).gr_gid)
+                    os.chown(path, -1, grp.getgrnam(group).gr_gid)
                 except KeyError:
-                    log.info("group %r does not exist: only the daemon's own user can use %s", self.group, path)
+                    log.info("group %r does not exist: only the daemon's own user can use %s", group, path)
                 except PermissionError as e:
-                    log.warning("cannot give %s to group %r: %s", path, self.group, e)
+                    log.warning("cannot give %s to group %r: %s", path, group, e)
 
     def handle_message(self, frames: list[zmq.Frame], sock: zmq.Socket | None = None) -> list[bytes] | None:
         """One message as received (frames not copied). One with too many or too large envelope frames, or a

@@ -1,5 +1,8 @@
-"""Image decoding and validation with Pillow, and preprocessing to the base model's input (docs/bundle-format.md,
-`input`): EXIF orientation, JPEG draft decoding, colour mode, resize policy or MNIST framing, scale and offset."""
+"""Image decoding and validation with Pillow, and preprocessing to the base model's input.
+
+What the bundle's `input` declares (docs/bundle-format.md): EXIF orientation, JPEG draft decoding, colour mode,
+resize policy or MNIST framing, scale and offset.
+"""
 
 from __future__ import annotations
 

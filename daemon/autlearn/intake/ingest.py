@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -125,22 +125,26 @@ def holdout_of(sha256: str, fraction: float) -> bool:
     return int(sha256[:8], 16) / 0x100000000 < fraction
 
 
+@dataclass(eq=False)
 class Ingestor:
-    def __init__(self, store: Store, quarantine_dir: Path, bundle_id: str, labels: list[str], capacity: int,
-                 holdout_fraction: float, max_file_bytes: int, max_pixels: int, input_spec: dict,
-                 task: str = "image_classification"):
-        self.store = store
-        self.quarantine_dir = quarantine_dir
-        self.bundle_id = bundle_id
-        self.capacity = capacity
-        self.holdout_fraction = holdout_fraction
-        self.max_file_bytes = max_file_bytes
-        self.max_pixels = max_pixels
-        self.input_spec = input_spec
-        self._quarantine_used: int | None = None
-        self._records = 0
-        self.text = task == "next_word"  # a keyboard bundle learns from text files
-        store.ensure_public_classes(bundle_id, labels)
+    """Turns the watched directories' files into the store's samples (one scan at a time, on the worker)."""
+    store: Store
+    quarantine_dir: Path
+    bundle_id: str
+    labels: InitVar[list[str]]  # the bundle's public classes, given their slots at once
+    capacity: int
+    holdout_fraction: float
+    max_file_bytes: int
+    max_pixels: int
+    input_spec: dict
+    task: InitVar[str] = "image_classification"
+    text: bool = field(init=False)  # a keyboard bundle learns from text files
+    _quarantine_used: int | None = field(default=None, init=False)
+    _records: int = field(default=0, init=False)
+
+    def __post_init__(self, labels: list[str], task: str) -> None:
+        self.text = task == "next_word"
+        self.store.ensure_public_classes(self.bundle_id, labels)
 
     # --- walking ---
     def scan(self, roots: list[str]) -> IngestReport:

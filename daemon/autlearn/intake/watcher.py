@@ -1,5 +1,6 @@
-"""inotify with a debounce: a burst of file events becomes one scan after a quiet time; the watch thread is
-supervised, its death shown in ``status`` and the thread started again.
+"""inotify with a debounce: a burst of file events becomes one scan after a quiet time.
+
+The watch thread is supervised: its death is shown in ``status`` and the thread started again.
 
 One inotify descriptor watches every directory below the watched roots down to ``ingest.MAX_DEPTH`` levels
 (deeper folders are not read by the scan either, which records them with a reason). Directories are found

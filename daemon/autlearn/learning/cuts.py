@@ -1,5 +1,7 @@
-"""Which cut a round trains and which it keeps (issue 14): a deeper tail only within the board's budget, promoted
-only when it beats the shallower cut on the user's holdout; the reason in words for `status` and `versions`."""
+"""Which cut a round trains and which it keeps (issue 14, docs/tail.md "Choosing the cut by holdout").
+
+A deeper tail trains only within the board's budget and is kept only when it beats the shallower cut on the
+user's holdout; the reason in words is for `status` and `versions`."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ Head weights live inside the interpreter; versions are persisted as .npz files w
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -36,13 +37,6 @@ class Head:
     def set_weights(self, weights: Weights) -> None:
         self._set(**{k: np.asarray(weights[k], np.float32) for k in self.variant.head_weights})
 
-    def active_mask(self, n_active: int | None = None, active: np.ndarray | None = None) -> np.ndarray:
-        if active is not None:
-            return active.astype(np.float32)
-        m = np.zeros(self.capacity, np.float32)
-        m[:n_active] = 1.0
-        return m
-
     def step(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, active: np.ndarray, lr: float) -> float:
         out = self._train(x=x.astype(np.float32), y=y.astype(np.int32), mask=mask.astype(np.float32),
                           active=active, lr=np.array(lr, np.float32))
@@ -55,8 +49,9 @@ class Head:
         return max(epochs, -(-min_steps // batches)) if batches else epochs
 
     def fit(self, x: np.ndarray, y: np.ndarray, active: np.ndarray, epochs: int, lr: float,
-            seed: int, should_stop=lambda: False, on_epoch=lambda epoch, epochs, loss: None) -> list[float]:
-        """Mini-batch training over cached features; the last batch is padded and masked."""
+            seed: int, checkpoint=lambda: False, on_epoch=lambda epoch, epochs, loss: None) -> list[float]:
+        """Mini-batch training over cached features; the last batch is padded and masked. `checkpoint` is
+        called after each epoch (it may block while training must pause); True stops the training."""
         rng = np.random.default_rng(seed)
         n, b = len(x), self.batch
         losses: list[float] = []
@@ -76,7 +71,7 @@ class Head:
                 count += real
             losses.append(total / count)
             on_epoch(len(losses), epochs, losses[-1])
-            if should_stop():
+            if checkpoint():
                 break
         return losses
 
@@ -84,6 +79,15 @@ class Head:
         if len(x) == 0:
             return np.zeros((0, self.capacity), np.float32)
         return np.array(self._infer(x=x.astype(np.float32), active=active)["probs"], copy=True)
+
+
+def active_mask(capacity: int, slots: Iterable[int], never: Iterable[int] = ()) -> np.ndarray:
+    """The `active` input of `train` and `infer`: 1 for the output slots in use (`slots`), 0 for the spare ones
+    and for `never` (the keyboard's <pad> and <bos>: never suggested, never a target)."""
+    m = np.zeros(capacity, np.float32)
+    m[list(slots)] = 1.0
+    m[list(never)] = 0.0
+    return m
 
 
 def save_weights(weights: Weights, path: Path) -> None:

@@ -1,4 +1,6 @@
-"""What a keyboard round keeps of the user's text and when one is due: the limits that bound a round, the
+"""What a keyboard round keeps of the user's text, and when one is due.
+
+What a keyboard round keeps of the user's text and when one is due: the limits that bound a round, the
 bounded samples one pass over the text leaves, sentence hashes (what earlier rounds learnt), the new-words
 count that triggers a round, and the step-bounded fine-tuning loop."""
 
@@ -70,7 +72,7 @@ class Collected:
 
 
 def fit_steps(head, f: np.ndarray, y: np.ndarray, active: np.ndarray, steps: int, lr: float, seed: int,
-              should_stop, progress, round_id: int) -> None:
+              checkpoint, progress, round_id: int) -> None:
     """`steps` optimiser steps over shuffled passes of the training sample; `epoch` events per pass."""
     rng = np.random.default_rng(seed)
     b, n, done, passes = head.batch, len(y), 0, -(-steps * head.batch // max(1, len(y)))
@@ -86,7 +88,7 @@ def fit_steps(head, f: np.ndarray, y: np.ndarray, active: np.ndarray, steps: int
             total += head.step(xb, yb, mb, active, lr) * len(idx)
             count += len(idx)
             done += 1
-            if done % 100 == 0 and should_stop():
+            if done % 100 == 0 and checkpoint():
                 return
         if count:
             progress("epoch", {"round_id": round_id, "epoch": e, "epochs": passes, "loss": total / count})

@@ -10,7 +10,7 @@ Head fine-tuning alone does not personalise a keyboard (docs/architecture.md), s
 The tokenizer follows the rules the bundle's manifest records, so the board splits text as the cloud did.
 
 A round's memory is bounded by configuration (`KeyboardLimits`), not by the amount of text: files are streamed
-sentence by sentence (kbtext), their windows' base features come from the cache in chunks of CHUNK_SENTENCES,
+sentence by sentence (kbtext), their windows' base features come from the cache in chunks (kbcollect),
 and only bounded samples are kept (knn): a uniform sample of the new training positions, one of the positions
 learnt before (replayed), one of the holdout, and the most recent contexts for the memory. The optimiser makes
 at most `max_steps` steps. A sentence learnt by an earlier round is recognised by its hash, so a growing notes
@@ -20,66 +20,44 @@ from the text, are gone from what the next round learns.
 
 from __future__ import annotations
 
-import array
 import hashlib
 import json
 import logging
 import os
-import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from ..intake import augment
+from ..intake.ingest import holdout_of
+from ..intake.kbtext import Tokenizer, read_pieces
 from ..runtime.bundle import Bundle, Variant
 from .featcache import FeatureCache, feature_key
 from .features import FeatureExtractor
-from .head import Head, Weights, load_weights, save_weights
-from ..intake.ingest import holdout_of
-from ..intake.kbtext import Tokenizer, read_pieces
-from .kbsample import (BYTES_PER_WORD_KEY, LEARNT_BYTES_KEY, Collected, KeyboardLimits, fit_steps, is_in,
-                       limits_of, pending_words, sentence_hash)
+from .head import Head, Weights, active_mask, load_weights, save_weights
+from .kbcollect import collect, survey, windows
+from .kbpredict import KeyboardModel, KeyboardPredictor
+from .kbsample import (BYTES_PER_WORD_KEY, LEARNT_BYTES_KEY, Collected, KeyboardLimits, fit_steps, is_in, limits_of,
+                       pending_words, sentence_hash)
 from .knn import SPECIAL_COUNT, Memory, score, topk_hits, unit
-from .learner import Progress, RoundResult
+from .round import (Checkpoint, KeyboardExtras, Prepared, Progress, RoundContext, RoundResult, RoundScenario, Skip,
+                    run_round)
 from .store import Store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KeyboardLearner", "KeyboardPredictor", "KeyboardLimits", "Tokenizer", "topk_hits", "pending_words",
-           "limits_of", "score", "SPECIAL_COUNT", "Memory", "unit"]
-CHUNK_SENTENCES = 96  # sentences whose windows' features are fetched (or computed) together
-MAX_COUNTED_WORDS = 200_000  # distinct out-of-vocabulary words counted at once (then words seen once are dropped)
+# what callers import from here (the service, tools)
+__all__ = ["KeyboardLearner", "KeyboardRound", "KeyboardPredictor", "KeyboardLimits", "Tokenizer", "limits_of",
+           "pending_words", "load_synonyms", "memory_file"]
 LEARNT_FILE = "keyboard-learnt.npy"  # hashes of the sentences earlier rounds learnt from
 MIX_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7)
 INTERP_GRID = (0.25, 0.5, 0.75, 1.0)
 
 
-def _windows(ids_in: list[int], ids_out: list[int], t: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
-    n = max(1, -(-len(ids_in) // t))
-    x = np.full((n, t), pad, np.int32)
-    y = np.full((n, t), pad, np.int32)
-    for i in range(n):
-        a, b = ids_in[i * t:(i + 1) * t], ids_out[i * t:(i + 1) * t]
-        x[i, :len(a)], y[i, :len(b)] = a, b
-    return x, y
-
-
-class KeyboardModel:
-    """A head version plus its context memory: what answers `predict --text`."""
-
-    def __init__(self, head: Head, memory: Memory, active: np.ndarray):
-        self.head, self.memory, self.active = head, memory, active
-
-    def probs(self, f: np.ndarray) -> np.ndarray:
-        p = self.head.predict(f, self.active)
-        if self.memory.mix > 0 and len(self.memory.keys):
-            p = (1 - self.memory.mix) * p + self.memory.mix * self.memory.probs(f, p.shape[1])
-        return p
-
-
 class KeyboardLearner:
-    """Same contract as learner.Learner.run: one round, candidate head, holdout gate, promote or keep."""
+    """The keyboard scenario's learner: the user's text, its encoding and features, personal words, head versions
+    with their memories; `run` plays one round of the template (round.run_round) with a KeyboardRound."""
 
     def __init__(self, bundle: Bundle, bundle_id: str, variant: Variant, store: Store, extractor: FeatureExtractor,
                  cache: FeatureCache, heads_dir: Path, threads: int, holdout_fraction: float,
@@ -112,11 +90,8 @@ class KeyboardLearner:
 
     # --- pieces ---------------------------------------------------------------------------------------
     def active(self) -> np.ndarray:
-        m = np.zeros(self.bundle.class_capacity, np.float32)
-        for slot in self.store.classes(self.bundle_id).values():
-            m[slot] = 1.0
-        m[[self.tok.pad, self.tok.bos]] = 0.0  # never suggested, never a target
-        return m
+        return active_mask(self.bundle.class_capacity, self.store.classes(self.bundle_id).values(),
+                           never=(self.tok.pad, self.tok.bos))  # never suggested, never a target
 
     def new_head(self) -> Head:
         return Head(self.variant, self.bundle.class_capacity, self.bundle.train_batch, self.threads)
@@ -142,7 +117,7 @@ class KeyboardLearner:
         for words in sentences:
             ids_in = [self.tok.bos] + [self.base_index.get(w, self.tok.unk) for w in words]
             ids_out = [slots.get(w, self.tok.unk) for w in words] + [self.tok.eos]
-            x, y = _windows(ids_in, ids_out, self.t, self.tok.pad)
+            x, y = windows(ids_in, ids_out, self.t, self.tok.pad)
             xs.append(x)
             ys.append(y)
         if not xs:
@@ -151,7 +126,7 @@ class KeyboardLearner:
 
     def positions(self, sentences, slots) -> tuple[np.ndarray, np.ndarray, int, int]:
         """Flattened features and targets of every position whose target is learnt (not <pad>/<bos>).
-        Holds all of them: for tools and small texts; a round streams instead (`_collect`)."""
+        Holds all of them: for tools and small texts; a round streams instead (kbcollect.collect)."""
         x, y = self.encode(sentences, slots)
         f, computed, cached = self.features(x)
         keep = (y != self.tok.pad) & (y != self.tok.bos)
@@ -200,238 +175,152 @@ class KeyboardLearner:
         initial = [h for h in self.store.heads(self.bundle_id) if h["status"] == "initial"]
         return load_weights(self.heads_dir / initial[0]["file"])
 
-    # --- the two passes over the text -----------------------------------------------------------------
-    def _survey(self, samples) -> tuple[Counter, dict]:
-        """Pass 1: out-of-vocabulary word counts of the training text; sentence and position counts (held out,
-        new, learnt before), hashes, file sizes."""
-        counts: Counter = Counter()
-        learnt = self.learnt()
-        hashes = array.array("Q")
-        info = {"sentences": 0, "holdout_sentences": 0, "new_sentences": 0, "words": 0, "bytes": {},
-                "positions": {"hold": 0, "new": 0, "old": 0}}
-        for s in samples:
-            try:
-                info["bytes"][s.path] = os.stat(s.path).st_size
-            except OSError:
-                pass
-        pos = info["positions"]
-        for _, words in self.stream_sentences(samples):
-            info["words"] += len(words)
-            if holdout_of(hashlib.sha256(" ".join(words).encode()).hexdigest(), self.holdout_fraction):
-                info["holdout_sentences"] += 1
-                pos["hold"] += len(words) + 1
-                continue
-            info["sentences"] += 1
-            h = sentence_hash(words)
-            hashes.append(h)
-            new = not is_in(learnt, h)
-            info["new_sentences"] += new
-            pos["new" if new else "old"] += len(words) + 1
-            counts.update(w for w in words if w not in self.base_index)
-            if len(counts) > MAX_COUNTED_WORDS:
-                counts = Counter({w: n for w, n in counts.items() if n > 1})
-        info["hashes"] = np.unique(np.frombuffer(hashes, np.uint64)) if hashes else np.zeros(0, np.uint64)
-        info["learnt"] = learnt
-        return counts, info
-
-    def _collect(self, samples, slots: dict, info: dict, col: Collected, augment_copies: int, seed: int) -> None:
-        """Pass 2: windows → base features (cache first) → the bounded samples, CHUNK_SENTENCES at a time.
-
-        Only the sentences a sample can use are fetched: each kind (held out, new, learnt before) is drawn
-        with the probability that fills its sample twice over (the position-level reservoir then trims it),
-        plus the training text's tail that the memory keeps; the rest costs no features at all."""
-        lim, learnt, pos = self.limits, info["learnt"], info["positions"]
-        new_expected = min(pos["new"], lim.positions)
-        replay = min(pos["old"], max(0, lim.positions - new_expected), max(new_expected, lim.positions // 4))
-        p = {"hold": min(1.0, 2 * lim.holdout_positions / max(1, pos["hold"])),
-             "new": min(1.0, 2 * lim.positions / max(1, pos["new"])),
-             "old": min(1.0, 2 * replay / max(1, pos["old"]))}
-        tail_from = pos["new"] + pos["old"] - col.recent.capacity
-        rng = np.random.default_rng(seed)
-        batch: list[tuple[list[str], bool, bool, bool]] = []  # (words, held out, new, sampled)
-
-        def flush() -> None:
-            x, y = self.encode([w for w, _, _, _ in batch], slots)
-            rows = np.repeat(np.arange(len(batch)), [max(1, -(-(len(w) + 1) // self.t)) for w, _, _, _ in batch])
-            f, c, k = self.features(x)
-            col.computed, col.cached = col.computed + c, col.cached + k
-            flags = np.array([(h, n, s) for _, h, n, s in batch], bool).reshape(-1, 3)[rows]
-            keep = (y != self.tok.pad) & (y != self.tok.bos)
-            hold, new, sel = (flags[:, i:i + 1] & keep for i in range(3))
-            new &= ~hold
-            words_hold = hold & sel & (y >= SPECIAL_COUNT)  # accuracy counts real words (vocabulary or personal)
-            col.hold.add(f[words_hold], y[words_hold])
-            train = keep & ~hold  # positions in arrival order: the memory keeps the most recent
-            col.recent.add(f[train], y[train])
-            col.new.add(f[new & sel], y[new & sel])
-            col.old.add(f[train & ~new & sel], y[train & ~new & sel])
-            if col.stream is not None:
-                col.stream.add(f[new & sel], y[new & sel])
-            fresh = [w for w, h, n, s in batch if n and s and not h]
-            if augment_copies > 0 and fresh and self.synonyms and col.stream is None:
-                fa, ya, c2, k2 = self.positions(self.augmented(fresh, augment_copies, seed), slots)
-                col.computed, col.cached = col.computed + c2, col.cached + k2
-                col.aug.add(fa, ya)
-            batch.clear()
-
-        at = 0  # training positions so far
-        for _, words in self.stream_sentences(samples):
-            hold = holdout_of(hashlib.sha256(" ".join(words).encode()).hexdigest(), self.holdout_fraction)
-            new = not hold and not is_in(learnt, sentence_hash(words))
-            sel = bool(rng.random() < p["hold" if hold else "new" if new else "old"])
-            tail = False
-            if not hold:
-                at += len(words) + 1
-                tail = at > tail_from
-            if sel or tail:
-                batch.append((words, hold, new, sel))
-            if len(batch) >= CHUNK_SENTENCES:
-                flush()
-        if batch:
-            flush()
-        col.train_positions = at
-
-    # --- the round ------------------------------------------------------------------------------------
-    def run(self, version: int, trigger: str, epochs: int, lr: float, tolerance: float, seed: int,
-            progress: Progress, should_stop, augment_copies: int = 0, mode: str = "offline",
+    def run(self, version: int, trigger: str, epochs: int, learning_rate: float, tolerance: float, seed: int,
+            progress: Progress, checkpoint: Checkpoint, augment_copies: int = 0, mode: str = "offline",
             online_steps: int = 3, min_steps: int = 0) -> RoundResult:
         """One keyboard round. `min_steps` is not applied here: a text gives hundreds of positions an epoch,
         and with it (1000) the test user of tests/learning/test_keyboard.py no longer saw a personal word suggested;
-        `limits.max_steps` caps the optimiser steps instead."""
-        t0 = time.monotonic()
-        round_id = self.store.start_round(trigger)
-        progress("round_started", {"round_id": round_id, "trigger": trigger})
-        h, lim, b = self.variant.feature_size, self.limits, self.bundle.train_batch
-        samples = self.text_files()
-        counts, info = self._survey(samples)
-        personal = self.claim_personal_words(counts)
+        `limits.max_steps` caps the optimiser steps instead. `checkpoint` is called at step boundaries and may
+        block while training must pause (round.Checkpoint)."""
+        sc = KeyboardRound(self, epochs, learning_rate, seed, augment_copies, mode, online_steps)
+        return run_round(sc, version, trigger, tolerance, progress, checkpoint)
+
+
+class KeyboardRound(RoundScenario):
+    """The keyboard scenario's steps of one round: personal words, the bounded samples of the user's text, the
+    candidate head fine-tuned (offline, step-bounded) or online, interpolated toward the cloud head and paired
+    with the memory of the user's contexts, both chosen on the holdout (top-1 over held-out words)."""
+
+    def __init__(self, learner: KeyboardLearner, epochs: int, learning_rate: float, seed: int, augment_copies: int,
+                 mode: str, online_steps: int):
+        super().__init__(learner.store, learner.bundle_id, learner.variant.name, learner.heads_dir, mode)
+        self.learner, self.epochs, self.learning_rate, self.seed = learner, epochs, learning_rate, seed
+        self.augment_copies, self.online_steps = augment_copies, online_steps
+
+    def prepare(self, ctx: RoundContext):
+        kl, lim, round_id = self.learner, self.learner.limits, ctx.round_id
+        self.samples = kl.text_files()
+        counts, self.info = survey(kl, self.samples)
+        personal = kl.claim_personal_words(counts)
         del counts
-        slots = self.store.classes(self.bundle_id)
-        active = self.active()
-        col = Collected(lim, h, seed + round_id, mode == "online")
-        self._collect(samples, slots, info, col, augment_copies if mode == "offline" else 0, seed)
+        self.active = kl.active()
+        col = Collected(lim, kl.variant.feature_size, self.seed + round_id, self.mode == "online")
+        collect(kl, self.samples, kl.store.classes(kl.bundle_id), self.info, col,
+                self.augment_copies if self.mode == "offline" else 0, self.seed)
         computed, cached = col.computed, col.cached
-        progress("features", {"round_id": round_id, "computed": computed, "cached": cached,
-                              "personal_words": personal})
+        ctx.progress("features", {"round_id": round_id, "computed": computed, "cached": cached,
+                                  "personal_words": personal})
         fnew, ynew = col.new.sample()
         replay = min(len(col.old), max(0, lim.positions - len(ynew)), max(len(ynew), lim.positions // 4))
         fold, yold = col.old.sample(replay)
         faug, yaug = col.aug.sample()
-        ftr, ytr = np.concatenate([fnew, fold, faug]), np.concatenate([ynew, yold, yaug])
-        n_new = len(ynew) + len(yaug)
-        report_sampled = {"new": len(ynew), "replayed": len(yold), "augmented": len(yaug)}
+        self.ftr, self.ytr = np.concatenate([fnew, fold, faug]), np.concatenate([ynew, yold, yaug])
+        self.n_new = len(ynew) + len(yaug)
+        sampled = {"new": len(ynew), "replayed": len(yold), "augmented": len(yaug)}
         aug_seen = col.aug.seen
         del fnew, fold, faug, ynew, yold, yaug
         col.new = col.old = col.aug = None  # their sample is in ftr now
-        fhw, yhw = col.hold.sample()
-        stopping = should_stop()
-        report: dict = {"personal_words": personal, "sentences": info["sentences"],
-                        "holdout_sentences": info["holdout_sentences"], "new_sentences": info["new_sentences"],
-                        "words": info["words"], "train_positions": col.train_positions,
-                        "sampled": {**report_sampled, "holdout": len(yhw), "holdout_seen": col.hold.seen},
-                        "augmented_positions": aug_seen,
-                        "memory_entries": min(col.recent.seen, col.recent.capacity)}
-        prequential: list[tuple[int, int]] = []
+        self.fhw, self.yhw = col.hold.sample()
+        info = self.info
+        self.report = KeyboardExtras(personal, info["sentences"], info["holdout_sentences"], info["new_sentences"],
+                                     info["words"], col.train_positions,
+                                     {**sampled, "holdout": len(self.yhw), "holdout_seen": col.hold.seen}, aug_seen,
+                                     min(col.recent.seen, col.recent.capacity))
+        self.col = col
+        yield None  # waits here while training must pause
+        yield Prepared(len(self.ytr), len(self.yhw), computed, cached)
 
-        def finish(outcome, detail, before=None, after=None, new_version=None) -> RoundResult:
-            secs = time.monotonic() - t0
-            self.store.finish_round(round_id, n_train=len(ytr), n_holdout=len(yhw), features_computed=computed,
-                                    features_cached=cached, accuracy_before=before, accuracy_after=after,
-                                    outcome=outcome, detail=detail, seconds=secs)
-            if outcome in ("promoted", "rejected"):
-                self._remember_learnt(samples, info, round_id)
-            res = RoundResult(round_id, outcome, detail, len(ytr), len(yhw), computed, cached, before, after,
-                              new_version, secs, mode=mode, prequential=prequential or None)
-            res.keyboard = report  # type: ignore[attr-defined]
-            progress("round_finished", {**res.as_dict(), "keyboard": report})
-            log.info("round %d %s: %s (%.2fs)", round_id, outcome, detail, secs)
-            return res
+    def not_ready(self) -> str | None:
+        if len(self.ytr) == 0 or len(self.yhw) == 0:
+            return "not enough text yet (need sentences for training and for the holdout)"
+        return None
 
-        if stopping:
-            return finish("stopped", "the daemon is stopping")
-        if len(ytr) == 0 or len(yhw) == 0:
-            return finish("skipped", "not enough text yet (need sentences for training and for the holdout)")
-
+    def score_current(self, ctx: RoundContext) -> float | None:
+        kl, rep = self.learner, self.report
         # one head interpreter for the whole round (each holds its weights, optimiser slots and arenas)
-        head = self.new_head()
-        row = self.store.head(version)
-        current_w = load_weights(self.heads_dir / row["file"])
-        current_mem = Memory.load(self.heads_dir / memory_file(row["file"]), h)
-        head.set_weights(current_w)
-        before1, before3 = score(head, active, fhw, yhw, current_mem, (current_mem.mix,))[0]
-        cloud_w = self.cloud_weights()
-        head.set_weights(cloud_w)
-        report["pretrained"] = dict(zip(("top1", "top3"), score(head, active, fhw, yhw)[0]))
-        report["current"] = {"top1": before1, "top3": before3}
+        self.head = head = kl.new_head()
+        row = self.store.head(ctx.version)
+        self.current_w = load_weights(self.heads_dir / row["file"])
+        self.current_mem = Memory.load(self.heads_dir / memory_file(row["file"]), kl.variant.feature_size)
+        head.set_weights(self.current_w)
+        before1, self.before3 = score(head, self.active, self.fhw, self.yhw, self.current_mem,
+                                      (self.current_mem.mix,))[0]
+        self.cloud_w = kl.cloud_weights()
+        head.set_weights(self.cloud_w)
+        rep.pretrained = dict(zip(("top1", "top3"), score(head, self.active, self.fhw, self.yhw)[0]))
+        rep.current = {"top1": before1, "top3": self.before3}
+        head.set_weights(self.current_w)  # scoring ran no optimiser step: its state is still fresh
+        if self.mode != "online":
+            self.current_mem = None  # only online mode starts from the current memory
+        return before1
 
-        head.set_weights(current_w)  # scoring ran no optimiser step: its state is still fresh
-        if mode != "online":
-            del current_mem  # only online mode starts from the current memory
-        if mode == "online":
-            fs, ys = col.stream.raw()
-            memory = current_mem
+    def train(self, ctx: RoundContext) -> Skip | None:
+        head, active, rep, b = self.head, self.active, self.report, self.learner.bundle.train_batch
+        if self.mode == "online":
+            fs, ys = self.col.stream.raw()
+            memory = self.current_mem
             online = KeyboardModel(head, memory, active)
-            cap = col.recent.capacity
+            cap = self.col.recent.capacity
             for i in range(0, len(ys), b):  # predict first, then learn
                 fb, yb = fs[i:i + b].astype(np.float32), ys[i:i + b]
                 w = yb >= SPECIAL_COUNT
                 h1, h3 = topk_hits(online.probs(fb[w]), yb[w])
-                prequential.append((h1, int(w.sum())))
-                report["prequential_top3_hits"] = report.get("prequential_top3_hits", 0) + h3
+                ctx.prequential.append((h1, int(w.sum())))
+                rep.prequential_top3_hits = (rep.prequential_top3_hits or 0) + h3
                 memory.keys = np.concatenate([memory.keys, unit(fb)])[-cap:]
                 memory.targets = np.concatenate([memory.targets, yb])[-cap:]
                 if memory.mix == 0:
                     memory.mix = 0.3
-                for _ in range(online_steps):
-                    head.fit(fb, yb, active, 1, lr, seed + i)
-            if not prequential:
-                return finish("skipped", "no new sentences to learn from online")
+                for _ in range(self.online_steps):
+                    head.fit(fb, yb, active, 1, self.learning_rate, self.seed + i)
+            if not ctx.prequential:
+                return Skip("no new sentences to learn from online", judged=False)
         else:
-            steps = min(lim.max_steps, max(1, epochs * -(-n_new // b)))
-            report["steps"] = steps
-            fit_steps(head, ftr, ytr, active, steps, lr, seed + round_id, should_stop, progress, round_id)
-        if should_stop():
-            return finish("stopped", "the daemon is stopping; the candidate was discarded", before1)
+            rep.steps = min(self.learner.limits.max_steps, max(1, self.epochs * -(-self.n_new // b)))
+            fit_steps(head, self.ftr, self.ytr, active, rep.steps, self.learning_rate, self.seed + ctx.round_id,
+                      ctx.checkpoint, ctx.progress, ctx.round_id)
+        return None
+
+    def score_candidate(self, ctx: RoundContext) -> float | None:
+        head, active, rep, cloud_w = self.head, self.active, self.report, self.cloud_w
         tuned = head.get_weights()
         # regularise toward the cloud head: interpolate, choose on the holdout
-        del current_w
+        self.current_w = self.current_mem = None
         best = None
         for a in INTERP_GRID:
             head.set_weights({k: cloud_w[k] + a * (tuned[k] - cloud_w[k]) for k in tuned})
-            sc = score(head, active, fhw, yhw)[0]
+            sc = score(head, active, self.fhw, self.yhw)[0]
             if best is None or sc > best[0]:
                 best = (sc, a)
-        (ft1, ft3), interp = best
-        weights = {k: cloud_w[k] + interp * (tuned[k] - cloud_w[k]) for k in tuned}
+        (ft1, ft3), self.interp = best
+        self.weights = {k: cloud_w[k] + self.interp * (tuned[k] - cloud_w[k]) for k in tuned}
         del tuned, cloud_w
-        head.set_weights(weights)
-        report["fine_tuned"] = {"top1": ft1, "top3": ft3, "interpolation": interp}
+        self.cloud_w = None
+        head.set_weights(self.weights)
+        rep.fine_tuned = {"top1": ft1, "top3": ft3, "interpolation": self.interp}
         # the memory of the user's contexts (the most recent ones), mixed in with a weight chosen on the holdout
-        del ftr
-        memory = col.recent.memory()
-        del col
-        scores = score(head, active, fhw, yhw, memory, MIX_GRID)
-        (after1, after3), memory.mix = max(zip(scores, MIX_GRID), key=lambda sm: sm[0])
-        report["with_memory"] = {"top1": after1, "top3": after3, "mix": memory.mix}
-        new_version = self.store.next_head_version()
-        fname = f"head-v{new_version}.npz"
-        save_weights(weights, self.heads_dir / fname)
-        memory.save(self.heads_dir / memory_file(fname), {"interpolation": interp})
-        promote = after1 >= before1 - tolerance
-        status = "promoted" if promote else "rejected"
-        self.store.add_head(self.bundle_id, self.variant.name, status, fname, after1, before1, len(ytr), len(yhw),
-                            round_id)
-        detail = (f"next-word top-1 {before1:.3f} → {after1:.3f}, top-3 {before3:.3f} → {after3:.3f} on "
-                  f"{len(yhw)} held-out words (pretrained {report['pretrained']['top1']:.3f}/"
-                  f"{report['pretrained']['top3']:.3f}); {len(personal)} new personal words; "
-                  + (f"promoted (v{new_version})" if promote else
-                     f"candidate v{new_version} rejected, kept the current head (v{version})"))
-        progress("version_" + status, {"version": new_version, "accuracy": after1, "previous_accuracy": before1})
-        return finish(status, detail, before1, after1, new_version)
+        self.ftr = None
+        self.memory = self.col.recent.memory()
+        self.col = None
+        scores = score(head, active, self.fhw, self.yhw, self.memory, MIX_GRID)
+        (after1, self.after3), self.memory.mix = max(zip(scores, MIX_GRID), key=lambda sm: sm[0])
+        rep.with_memory = {"top1": after1, "top3": self.after3, "mix": self.memory.mix}
+        return after1
 
-    def _remember_learnt(self, samples, info: dict, round_id: int) -> None:
+    def save(self, path: Path) -> None:
+        save_weights(self.weights, path)
+        self.memory.save(path.parent / memory_file(path.name), {"interpolation": self.interp})
+
+    def describe(self, ctx: RoundContext, before: float | None, after: float | None) -> str:
+        pre = self.report.pretrained
+        return (f"next-word top-1 {before:.3f} → {after:.3f}, top-3 {self.before3:.3f} → {self.after3:.3f} on "
+                f"{len(self.yhw)} held-out words (pretrained {pre['top1']:.3f}/{pre['top3']:.3f}); "
+                f"{len(self.report.personal_words)} new personal words; ")
+
+    def learnt(self, round_id: int) -> None:
         """After a round that learnt: the sentences it learnt (by hash) and each file's size then, what the next
         round's `pending_words` and novelty are measured against; the text's bytes per word."""
+        info = self.info
         tmp = self.heads_dir / (LEARNT_FILE + ".tmp.npy")
         np.save(tmp, info["hashes"])
         os.replace(tmp, self.heads_dir / LEARNT_FILE)
@@ -439,7 +328,10 @@ class KeyboardLearner:
         if info["words"]:
             self.store.set_meta(BYTES_PER_WORD_KEY, repr(max(1.0, total / info["words"])))
         self.store.set_meta(LEARNT_BYTES_KEY, json.dumps(info["bytes"]))
-        self.store.mark_trained([s.id for s in samples], round_id)
+        self.store.mark_trained([s.id for s in self.samples], round_id)
+
+    def extras(self) -> KeyboardExtras:
+        return self.report
 
 
 def load_synonyms(bundle: Bundle) -> dict[str, list[str]]:
@@ -463,27 +355,3 @@ def load_synonyms(bundle: Bundle) -> dict[str, list[str]]:
 
 def memory_file(head_file: str) -> str:
     return head_file.replace("head-", "memory-")
-
-
-class KeyboardPredictor:
-    """`predict --text`: the next three words after what was typed."""
-
-    def __init__(self, learner: KeyboardLearner):
-        self.learner = learner
-        self._cached: tuple[int, KeyboardModel] | None = None
-
-    def suggest(self, text: str, version: int, top: int = 3) -> dict:
-        lr = self.learner
-        if self._cached is None or self._cached[0] != version:
-            self._cached = (version, lr.model(version, lr.active()))
-        model = self._cached[1]
-        words = lr.tok.context(text)
-        ids = ([lr.tok.bos] + [lr.base_index.get(w, lr.tok.unk) for w in words])[-lr.t:]
-        x = np.full((1, lr.t), lr.tok.pad, np.int32)
-        x[0, :len(ids)] = ids
-        f = lr.extractor(x).reshape(1, lr.t, -1)[:, len(ids) - 1]
-        p = model.probs(f)[0]
-        p[:SPECIAL_COUNT] = 0.0  # suggestions are words
-        names = {slot: name for name, slot in lr.store.classes(lr.bundle_id).items()}
-        order = [int(i) for i in np.argsort(-p) if int(i) in names][:top]
-        return {"context": words, "suggestions": [{"word": names[i], "p": round(float(p[i]), 6)} for i in order]}

@@ -1,4 +1,6 @@
-"""The keyboard's bounded parts: the context memory (capped, float16 keys), bounded samples of a text stream,
+"""The keyboard's bounded parts: the context memory, bounded stream samples, chunked holdout scoring.
+
+The keyboard's bounded parts: the context memory (capped, float16 keys), bounded samples of a text stream,
 and holdout scoring in chunks.
 
 Nothing here grows with the amount of text: the memory keeps at most `capacity` entries (policy: the most

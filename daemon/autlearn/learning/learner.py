@@ -1,5 +1,7 @@
-"""One training round, in the order data flows: samples → features (cache first) → head training →
-holdout evaluation → promote the candidate head or keep the current one.
+"""The image learner: features of stored samples (cache first) and the image scenario's steps of a round.
+
+A round, in the order data flows: samples → features (cache first) → head training → holdout evaluation →
+promote the candidate head or keep the current one (the template: round.run_round).
 
 Runs in the worker thread; everything it touches (interpreters, SQLite handles) belongs to that thread.
 """
@@ -10,10 +12,7 @@ import contextlib
 import hashlib
 import logging
 import math
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -23,14 +22,14 @@ from ..durable import read_regular_file
 from ..errors import AutlearnError
 from .featcache import FeatureCache, feature_key
 from .features import FeatureExtractor
-from .head import Head, Weights, load_weights, save_weights
+from .head import Head, Weights, active_mask, load_weights, save_weights
 from ..intake.ingest import shown
+from .round import (Checkpoint, ImageExtras, Prepared, Progress, RoundContext, RoundResult, RoundScenario, Skip,
+                    epoch_events, run_round)
 from .store import Sample, Store
 
 log = logging.getLogger(__name__)
 
-# `epoch` events per round at most: every epoch up to this many, then every k-th and the last.
-MAX_EPOCH_EVENTS = 100
 # A round from a head that has learnt from the store replays at most REPLAY_MAX of the training samples it learnt
 # (a random draw, new each round) next to all the new ones, and judges on a stable sample of at most HOLDOUT_MAX
 # holdout samples plus the new holdout ones: its cost follows the new files, not how many the board holds.
@@ -38,20 +37,6 @@ REPLAY_MAX = 2048
 HOLDOUT_MAX = 2048
 # Inputs decoded and run through the base at a time when features are missing (memory: 1,024 28×28 inputs ≈ 3 MB).
 FEATURE_CHUNK = 1024
-
-
-def epoch_events(progress: Progress, round_id: int, epochs: int) -> Callable[[int, int, float], None]:
-    """Head.fit's on_epoch callback that publishes `epoch` events, thinned so that a long round cannot flood
-    the PUB socket's queue (past it, later events — the round's outcome — would be dropped)."""
-    every = -(-epochs // MAX_EPOCH_EVENTS)
-
-    def on_epoch(e: int, n: int, loss: float) -> None:
-        if e % every == 0 or e == n:
-            progress("epoch", {"round_id": round_id, "epoch": e, "epochs": n, "loss": loss})
-
-    return on_epoch
-
-Progress = Callable[[str, dict], None]
 
 
 def read_sample(path: str, max_bytes: int) -> bytes | None:
@@ -70,34 +55,6 @@ def read_sample(path: str, max_bytes: int) -> bytes | None:
     return data
 
 
-@dataclass
-class RoundResult:
-    round_id: int
-    outcome: str
-    detail: str
-    n_train: int
-    n_holdout: int
-    features_computed: int
-    features_cached: int
-    accuracy_before: float | None
-    accuracy_after: float | None
-    version: int | None
-    seconds: float
-    n_augmented: int = 0
-    augmented_computed: int = 0
-    augmented_cached: int = 0
-    mode: str = "offline"
-    prequential: list[tuple[int, int]] | None = None  # online mode: (hits, seen) per chunk, predicted before training
-
-    @property
-    def prequential_accuracy(self) -> float | None:
-        seen = sum(n for _, n in self.prequential or [])
-        return sum(h for h, _ in self.prequential) / seen if seen else None
-
-    def as_dict(self) -> dict:
-        return {**self.__dict__, "prequential_accuracy": self.prequential_accuracy}
-
-
 def accuracy(probs: np.ndarray, y: np.ndarray) -> float | None:
     if len(y) == 0:
         return None
@@ -114,12 +71,8 @@ class FeatureSource:
 
     def __init__(self, bundle: Bundle, variant: Variant, extractor: FeatureExtractor, cache: FeatureCache,
                  max_pixels: int, max_file_bytes: int = 64 << 20):
-        self.bundle = bundle
-        self.variant = variant
-        self.extractor = extractor
-        self.cache = cache
-        self.max_pixels = max_pixels
-        self.max_file_bytes = max_file_bytes
+        self.bundle, self.variant, self.extractor, self.cache = bundle, variant, extractor, cache
+        self.max_pixels, self.max_file_bytes = max_pixels, max_file_bytes
         self.prep_version = int(bundle.input.get("preprocessing_version", 1))
         self._shared: dict[str, np.ndarray] | None = None
         self._shared_bytes = 0
@@ -218,24 +171,19 @@ class FeatureSource:
 
 
 class Learner:
+    """The image scenario's learner: the samples a round reads, the head it starts from; `run` plays one round
+    of the template (round.run_round) with an ImageRound."""
+
     def __init__(self, bundle: Bundle, bundle_id: str, variant: Variant, store: Store, features: FeatureSource,
                  heads_dir: Path, threads: int):
-        self.bundle = bundle
-        self.bundle_id = bundle_id
-        self.variant = variant
-        self.store = store
-        self.features = features
-        self.heads_dir = heads_dir
-        self.threads = threads
+        self.bundle, self.bundle_id, self.variant, self.store = bundle, bundle_id, variant, store
+        self.features, self.heads_dir, self.threads = features, heads_dir, threads
 
     def new_head(self) -> Head:
         return Head(self.variant, self.bundle.class_capacity, self.bundle.train_batch, self.threads)
 
     def active(self) -> np.ndarray:
-        m = np.zeros(self.bundle.class_capacity, np.float32)
-        for slot in self.store.classes(self.bundle_id).values():
-            m[slot] = 1.0
-        return m
+        return active_mask(self.bundle.class_capacity, self.store.classes(self.bundle_id).values())
 
     def unlearnt_share(self, version: int, kept: list, hold: np.ndarray) -> float:
         """The share of this round's training samples the current head has not learnt yet. A round trains its
@@ -281,16 +229,93 @@ class Learner:
             raise AutlearnError("not_found", f"head version {version} is not recorded")
         return load_weights(self.heads_dir / row["file"])
 
-    def _online(self, head: Head, xs: np.ndarray, ys: np.ndarray, active: np.ndarray, lr: float, steps: int,
-                min_steps: int, seed: int, prequential: list[tuple[int, int]], should_stop) -> list[float]:
+    def run(self, version: int, trigger: str, epochs: int, learning_rate: float, tolerance: float, seed: int,
+            progress: Progress, checkpoint: Checkpoint, augment_copies: int = 0, mode: str = "offline",
+            online_steps: int = 3, min_steps: int = 0, holdout: bool = True) -> RoundResult:
+        """One round. With `holdout` false (training.holdout_fraction = 0) there is no holdout gate: every
+        sample trains and the candidate is promoted without a holdout check (its accuracy is not measured).
+        `checkpoint` is called at step boundaries and may block while training must pause (round.Checkpoint)."""
+        sc = ImageRound(self, epochs, learning_rate, seed, augment_copies, mode, online_steps, min_steps, holdout)
+        return run_round(sc, version, trigger, tolerance, progress, checkpoint)
+
+
+class ImageRound(RoundScenario):
+    """The image scenario's steps of one round: features of the chosen samples (cache first) and their
+    augmented copies, the candidate head trained offline (epochs) or online (predict each chunk, then learn it),
+    holdout accuracy before and after."""
+
+    def __init__(self, learner: Learner, epochs: int, learning_rate: float, seed: int, augment_copies: int,
+                 mode: str, online_steps: int, min_steps: int, holdout: bool):
+        super().__init__(learner.store, learner.bundle_id, learner.variant.name, learner.heads_dir, mode)
+        self.learner, self.epochs, self.learning_rate, self.seed = learner, epochs, learning_rate, seed
+        self.augment_copies, self.online_steps, self.min_steps = augment_copies, online_steps, min_steps
+        self.gated = holdout
+        self.bounded = ""
+        self.aug = ImageExtras()
+
+    def prepare(self, ctx: RoundContext):
+        learner, round_id = self.learner, ctx.round_id
+        slots = self.store.classes(self.bundle_id)
+        chosen, self.bounded = learner.round_samples(ctx.version, self.seed + round_id)
+        samples = [s for s in chosen if s.label in slots]
+        augmenting = self.augment_copies > 0 and self.mode == "offline"
+        with learner.features.sharing_inputs() if augmenting else contextlib.nullcontext():
+            x, kept, computed, cached = learner.features.for_samples(samples)
+            ctx.progress("features", {"round_id": round_id, "computed": computed, "cached": cached})
+            yield None  # waits here while training must pause: before the augmented copies' features
+            y = np.array([slots[s.label] for s in kept], np.int32)
+            hold = np.array([s.holdout and self.gated for s in kept], bool)
+            xtr, ytr, self.xho, self.yho = x[~hold], y[~hold], x[hold], y[hold]
+            if augmenting and len(ytr):  # training samples only: the holdout judges real data
+                train_samples = [s for s, h in zip(kept, hold) if not h]
+                xa, kept_a, self.aug.augmented_computed, self.aug.augmented_cached = learner.features.augmented(
+                    train_samples, self.augment_copies, self.seed)
+                if len(kept_a):
+                    xtr = np.concatenate([xtr, xa])
+                    ytr = np.concatenate([ytr, np.array([slots[s.label] for s in kept_a], np.int32)])
+                ctx.progress("augmented", {"round_id": round_id, "computed": self.aug.augmented_computed,
+                                           "cached": self.aug.augmented_cached})
+        n_original = int((~hold).sum())
+        self.aug.n_augmented = len(ytr) - n_original
+        self.x, self.y, self.kept, self.hold, self.xtr, self.ytr = x, y, kept, hold, xtr, ytr
+        self.active = learner.active()
+        yield Prepared(n_original, len(self.yho), computed, cached)
+
+    def not_ready(self) -> str | None:
+        if len(self.ytr) == 0:
+            return "no training samples yet"
+        if len(self.yho) == 0 and self.gated:
+            return "no holdout samples yet: a candidate could not be judged"
+        return None
+
+    def score_current(self, ctx: RoundContext) -> float | None:
+        self.head = self.learner.new_head()
+        self.head.set_weights(self.learner.current_weights(ctx.version))
+        return accuracy(self.head.predict(self.xho, self.active), self.yho)
+
+    def train(self, ctx: RoundContext) -> Skip | None:
+        head, round_id = self.head, ctx.round_id
+        if self.mode == "online":
+            stream = [i for i, s in enumerate(self.kept) if not s.holdout and not s.trained]
+            self.losses = self._online(self.x[stream], self.y[stream], self.seed + round_id, ctx)
+        else:
+            epochs = head.epochs_for(len(self.xtr), self.epochs, self.min_steps)
+            share = self.learner.unlearnt_share(ctx.version, self.kept, self.hold)
+            if share < 1.0:  # the incremental round: the head continues from what it already knows
+                epochs = max(1, math.ceil(epochs * share))
+            self.losses = head.fit(self.xtr, self.ytr, self.active, epochs, self.learning_rate, self.seed + round_id,
+                                   ctx.checkpoint, epoch_events(ctx.progress, round_id, epochs))
+        return None if self.losses else Skip("no new samples to learn from online")
+
+    def _online(self, xs: np.ndarray, ys: np.ndarray, seed: int, ctx: RoundContext) -> list[float]:
         """The paper's online mode: each chunk of new samples (in arrival order) is first predicted with the
         head as it stands — that is the prequential score — and only then learnt: one step on the chunk, the
         rest on batches replayed from everything the stream has brought so far (the samples stay on the board,
         so revisiting them costs only time, and a chunk alone would pull the head toward its few labels).
-        `steps` per chunk, raised so that the round makes `min_steps` in all."""
-        b = head.batch
+        `online_steps` per chunk, raised so that the round makes `min_steps` in all."""
+        head, active, b = self.head, self.active, self.head.batch
         chunks = -(-len(xs) // b)
-        per_chunk = max(steps, -(-min_steps // chunks)) if chunks else steps
+        per_chunk = max(self.online_steps, -(-self.min_steps // chunks)) if chunks else self.online_steps
         rng = np.random.default_rng(seed)
         losses = []
         xb = np.zeros((b, xs.shape[1]), np.float32)
@@ -299,107 +324,39 @@ class Learner:
         for i in range(0, len(xs), b):
             xc, yc = xs[i:i + b], ys[i:i + b]
             hits = int(np.sum(np.argmax(head.predict(xc, active), axis=1) == yc))
-            prequential.append((hits, len(yc)))
+            ctx.prequential.append((hits, len(yc)))
             seen = i + len(yc)
             for k in range(per_chunk):
                 rows = np.arange(i, seen) if k == 0 else rng.choice(seen, size=min(b, seen), replace=False)
                 xb[:], yb[:], mb[:] = 0.0, 0, 0.0
                 xb[:len(rows)], yb[:len(rows)], mb[:len(rows)] = xs[rows], ys[rows], 1.0
-                losses.append(head.step(xb, yb, mb, active, lr))
-            if should_stop():
+                losses.append(head.step(xb, yb, mb, active, self.learning_rate))
+            if ctx.checkpoint():
                 break
         return losses
 
-    def run(self, version: int, trigger: str, epochs: int, lr: float, tolerance: float, seed: int,
-            progress: Progress, should_stop: Callable[[], bool], augment_copies: int = 0, mode: str = "offline",
-            online_steps: int = 3, min_steps: int = 0, holdout: bool = True) -> RoundResult:
-        """One round. With `holdout` false (training.holdout_fraction = 0) there is no holdout gate: every
-        sample trains and the candidate is promoted without a holdout check (its accuracy is not measured)."""
-        t0 = time.monotonic()
-        round_id = self.store.start_round(trigger)
-        progress("round_started", {"round_id": round_id, "trigger": trigger})
-        slots = self.store.classes(self.bundle_id)
-        chosen, bounded = self.round_samples(version, seed + round_id)
-        samples = [s for s in chosen if s.label in slots]
-        augmenting = augment_copies > 0 and mode == "offline"
-        with self.features.sharing_inputs() if augmenting else contextlib.nullcontext():
-            x, kept, computed, cached = self.features.for_samples(samples)
-            progress("features", {"round_id": round_id, "computed": computed, "cached": cached})
-            stopping = should_stop()  # a step boundary: waits here while training must pause
-            y = np.array([slots[s.label] for s in kept], np.int32)
-            hold = np.array([s.holdout and holdout for s in kept], bool)
-            xtr, ytr, xho, yho = x[~hold], y[~hold], x[hold], y[hold]
-            aug_computed = aug_cached = 0
-            if augmenting and len(ytr):  # training samples only: the holdout judges real data
-                train_samples = [s for s, h in zip(kept, hold) if not h]
-                xa, kept_a, aug_computed, aug_cached = self.features.augmented(train_samples, augment_copies, seed)
-                if len(kept_a):
-                    xtr = np.concatenate([xtr, xa])
-                    ytr = np.concatenate([ytr, np.array([slots[s.label] for s in kept_a], np.int32)])
-                progress("augmented", {"round_id": round_id, "computed": aug_computed, "cached": aug_cached})
-        n_original = int((~hold).sum())
-        active = self.active()
-        prequential: list[tuple[int, int]] = []
+    def score_candidate(self, ctx: RoundContext) -> float | None:
+        ctx.progress("trained", {"round_id": ctx.round_id, "epochs": len(self.losses),
+                                 "loss_first": self.losses[0], "loss_last": self.losses[-1]})
+        return accuracy(self.head.predict(self.xho, self.active), self.yho)
 
-        def finish(outcome: str, detail: str, before=None, after=None, new_version=None) -> RoundResult:
-            secs = time.monotonic() - t0
-            self.store.finish_round(round_id, n_train=n_original, n_holdout=len(yho), features_computed=computed,
-                                    features_cached=cached, accuracy_before=before, accuracy_after=after,
-                                    outcome=outcome, detail=detail, seconds=secs)
-            if outcome in ("promoted", "rejected"):
-                self.store.mark_trained([s.id for s in kept], round_id)
-            res = RoundResult(round_id, outcome, detail, n_original, len(yho), computed, cached, before, after,
-                              new_version, secs, len(ytr) - n_original, aug_computed, aug_cached, mode,
-                              prequential)
-            progress("round_finished", res.as_dict())
-            log.info("round %d %s: %s (%.2fs)", round_id, outcome, detail, secs)
-            return res
+    def save(self, path: Path) -> None:
+        save_weights(self.head.get_weights(), path)
 
-        if stopping:
-            return finish("stopped", "the daemon is stopping")
-        if len(ytr) == 0:
-            return finish("skipped", "no training samples yet")
-        if len(yho) == 0 and holdout:
-            return finish("skipped", "no holdout samples yet: a candidate could not be judged")
-        base_w = self.current_weights(version)
-        head = self.new_head()
-        head.set_weights(base_w)
-        before = accuracy(head.predict(xho, active), yho)
-        if mode == "online":
-            stream = [i for i, s in enumerate(kept) if not s.holdout and not s.trained]
-            losses = self._online(head, x[stream], y[stream], active, lr, online_steps, min_steps, seed + round_id,
-                                  prequential, should_stop)
-        else:
-            epochs = head.epochs_for(len(xtr), epochs, min_steps)
-            share = self.unlearnt_share(version, kept, hold)
-            if share < 1.0:  # the incremental round: the head continues from what it already knows
-                epochs = max(1, math.ceil(epochs * share))
-            losses = head.fit(xtr, ytr, active, epochs, lr, seed + round_id, should_stop,
-                              epoch_events(progress, round_id, epochs))
-        if not losses:
-            return finish("skipped", "no new samples to learn from online", before)
-        if should_stop():
-            return finish("stopped", "the daemon is stopping; the candidate was discarded", before)
-        progress("trained", {"round_id": round_id, "epochs": len(losses), "loss_first": losses[0],
-                             "loss_last": losses[-1]})
-        after = accuracy(head.predict(xho, active), yho)
-        cand = head.get_weights()
-        new_version = self.store.next_head_version()
-        fname = f"head-v{new_version}.npz"
-        save_weights(cand, self.heads_dir / fname)
-        promote = not holdout or after >= before - tolerance
-        status = "promoted" if promote else "rejected"
-        self.store.add_head(self.bundle_id, self.variant.name, status, fname, after, before, n_original, len(yho),
-                            round_id)
+    def describe(self, ctx: RoundContext, before: float | None, after: float | None) -> str:
         online = ""
-        if prequential:
-            seen = sum(n for _, n in prequential)
-            online = f"online: {sum(h for h, _ in prequential) / seen:.3f} predicted right before learning {seen}; "
-        if not holdout:
-            detail = online + bounded + f"promoted without a holdout check (training.holdout_fraction = 0) (v{new_version})"
-        else:
-            detail = (online + bounded + f"holdout accuracy {before:.3f} → {after:.3f} on {len(yho)} samples; "
-                      + (f"promoted (v{new_version})" if promote else
-                         f"candidate v{new_version} rejected, kept the current head (v{version})"))
-        progress("version_" + status, {"version": new_version, "accuracy": after, "previous_accuracy": before})
-        return finish(status, detail, before, after, new_version)
+        if ctx.prequential:
+            seen = sum(n for _, n in ctx.prequential)
+            online = f"online: {sum(h for h, _ in ctx.prequential) / seen:.3f} predicted right before learning {seen}; "
+        if not self.gated:
+            return online + self.bounded
+        return online + self.bounded + f"holdout accuracy {before:.3f} → {after:.3f} on {len(self.yho)} samples; "
+
+    def learnt(self, round_id: int) -> None:
+        self.store.mark_trained([s.id for s in self.kept], round_id)
+
+    def extras(self) -> ImageExtras:
+        return self.aug
+
+    def reported_prequential(self, chunks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        return chunks  # an image round that predicted no chunk answers [] (as it always did)

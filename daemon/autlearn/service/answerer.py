@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import AutlearnError
 from ..learning.featcache import FeatureCache
 from ..learning.features import FeatureExtractor
-from ..learning.head import Head, load_weights
+from ..learning.head import Head, active_mask, load_weights
 from ..learning.learner import FeatureSource
 from ..learning.store import Store
 
@@ -187,9 +187,7 @@ class Answerer:
             cached.append(hit)
         slots = self.store.classes(svc.bundle_id)
         names = {slot: name for name, slot in slots.items()}
-        active = np.zeros(svc.bundle.class_capacity, np.float32)
-        active[list(names)] = 1.0
-        probs = head.predict(np.stack(feats), active)
+        probs = head.predict(np.stack(feats), active_mask(svc.bundle.class_capacity, names))
         out = []
         for f, p, hit in zip(files, probs, cached):
             order = np.argsort(-p)[:min(top, len(names))]
@@ -208,7 +206,8 @@ class Answerer:
             raise AutlearnError("bad_argument", "'version' and 'top' must be positive integers")
         self._row(version)
         if self._keyboard is None:
-            from ..learning.keyboard import KeyboardLearner, KeyboardPredictor
+            from ..learning.kbpredict import KeyboardPredictor
+            from ..learning.keyboard import KeyboardLearner
             self._keyboard = KeyboardPredictor(KeyboardLearner(
                 svc.bundle, svc.bundle_id, svc.variant, self.store, self._extractor, self.cache, svc.paths.heads,
                 svc.config["model.threads"], svc.config["training.holdout_fraction"]))

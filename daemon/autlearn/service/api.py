@@ -1,26 +1,22 @@
-"""The daemon's API in one object over bootstrap (start-up), the worker (worker.py), the answerer (answerer.py)
-and the scheduling below. Transports (the ZeroMQ server, tests) are thin adapters over it.
+"""The daemon's API in one object, thin over bootstrap.py, scheduler.py, worker.py and answerer.py.
 
-Threads: the caller's thread answers requests (status never waits for training); one worker thread owns
-ingestion and training rounds; the answerer thread (answerer.py) runs predict and bench. Each thread has its own
-interpreters and SQLite handles.
-
-Cross-thread fields, each with one writer: the request thread writes `config` and `_paused_by_user`; the
-worker's and the answerer's own fields are listed in their modules; `_state`, `_rounds_queued` and
-`_round_requested` change only under `_lock`; the policy gate's cache is guarded by its own lock.
+Transports (the ZeroMQ server, tests) are thin adapters over it. Threads: the caller's thread answers requests
+(status never waits for training); one worker thread owns ingestion and training rounds; the answerer thread
+runs predict and bench; each has its own interpreters and SQLite handles. Cross-thread fields and their one
+owner: `config` is written only by the request thread (`reload`); `_state` (what `status` shows) changes only
+under `_lock`, from any thread; the scheduler's, the worker's and the answerer's fields are listed in their
+modules.
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
-import shutil
 import threading
 import time
 from typing import Any, Callable
 
-from .. import __version__
+from .. import PROTOCOL_VERSION, __version__
 from . import bootstrap
 from .answerer import Answerer
 from ..config import Config
@@ -28,8 +24,8 @@ from ..errors import AutlearnError
 from ..learning.featcache import Stats
 from .engine import current_key
 from ..paths import Paths
-from ..control.protocol import PROTOCOL_VERSION
 from ..runtime.interpreter import RUNTIME
+from .scheduler import Scheduler
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -43,20 +39,14 @@ class Service:
         self.paths = paths
         self._emit = emit or (lambda name, data: None)
         self._stop = threading.Event()
-        self.tick_soon = threading.Event()  # set when a scan ends: the server loop ticks at once, not in 0.5 s
         self._lock = threading.Lock()
         self._state = {"activity": "starting", "round": None, "last_round": None, "last_scan": None,
                        "last_error": None, "last_import": None}
         self._started = time.time()
         self.cache_stats = Stats()
         self.worker = Worker(self, self._stop)
+        self.scheduler = Scheduler(self, self.worker)
         self.answerer: Answerer | None = None
-        self._paused_by_user = False
-        self._rounds_queued = 0  # round jobs in the worker's queue (under _lock)
-        self._round_requested: str | None = None  # a round's trigger held while paused (under _lock)
-        # Conditions that forbid training now (battery, heat, load, time window…): sentences, empty = allowed.
-        self.gate: Callable[[], list[str]] = lambda: []
-        self.policy_readings: dict = {}
         self.watcher_state: Callable[[], dict | None] = lambda: None  # main wires the file watcher's state in
 
     # ------------------------------------------------------------------ lifecycle
@@ -115,20 +105,10 @@ class Service:
         self.update_state(last_error=f"{where}: {message}")
         self._emit("error", {"where": where, "message": message})
 
-    # ------------------------------------------------------------------ worker thread
+    # ------------------------------------------------------------------ for the worker and the watchers
     def request_scan(self, changes=None) -> None:
         """Scan what the watcher saw change (a watcher.Changes), or everything."""
         self.worker.put("scan", changes if changes is not None else "files changed")
-
-    def take_round(self, trigger: str) -> bool:
-        """A round job leaves the worker's queue (worker thread). Paused by the user, no round starts: it waits for
-        `resume`."""
-        with self._lock:
-            self._rounds_queued -= 1
-            if self._paused_by_user:
-                self._round_requested = self._round_requested or trigger
-                return False
-        return True
 
     def round_step(self, step: str, round_id: int | None) -> None:
         """The running round reached `step` (worker thread)."""
@@ -150,84 +130,18 @@ class Service:
 
     def use_policy(self) -> None:
         """Gate training on the board's real conditions (power, heat, load, GPU, time window)."""
-        from . import policy
-        probe = policy.SystemProbe(self.config["policy.sysfs"], self.config["policy.procfs"])
-        cache: dict = {"at": -1e9, "verdict": None, "config": None}
-        lock = threading.Lock()  # both the request thread (tick, status) and the worker (checkpoints) ask
+        from .policy import Gate
+        from .probe import SystemProbe
+        probe = SystemProbe(self.config["policy.sysfs"], self.config["policy.procfs"])
+        self.scheduler.gate = Gate(lambda: self.config, probe)
 
-        def gate() -> list[str]:
-            with lock:
-                return evaluate()
-
-        def evaluate() -> list[str]:
-            now = time.monotonic()
-            if now - cache["at"] >= 1.0 or cache["config"] is not self.config:
-                c = self.config
-                pc = policy.PolicyConfig.from_config(c)
-                cache.update(at=now, config=c, verdict=policy.evaluate(pc, probe, datetime.datetime.now()))
-            self.policy_readings = cache["verdict"].readings
-            return list(cache["verdict"].reasons)
-
-        self.gate = gate
-
-    def blocking_reasons(self) -> list[str]:
-        reasons = ["paused with 'autlearnctl pause'"] if self._paused_by_user else []
-        if self.answerer is not None and self.answerer.benching.is_set():
-            reasons.append("measuring the variants ('autlearnctl bench')")
-        return reasons + self._disk_reasons() + list(self.gate())
-
-    def _disk_reasons(self) -> list[str]:
-        """Learning writes head versions, rounds and cached features: it waits while space is short."""
-        need = self.config["data.min_free_mb"]
-        out = []
-        for where in {self.paths.state, self.paths.cache}:
-            try:
-                free = shutil.disk_usage(where).free / (1 << 20)
-            except OSError:
-                continue
-            if free < need:
-                out.append(f"only {free:.1f} MB free on {where} (learning needs {need:g} MB): waiting for space")
-        return out
-
-    # ------------------------------------------------------------------ scheduling (request thread, every tick)
     def tick(self) -> None:
-        """Start a round when one is due and the board can afford it; hand over a requested one unless paused."""
-        self.tick_soon.clear()
-        if self._stop.is_set():
-            return
-        with self._lock:
-            requested = None if self._paused_by_user else self._round_requested
-            if requested:
-                self._round_requested = None
-                self._rounds_queued += 1
-                self.worker.put("round", requested)
-            busy = self._rounds_queued > 0 or self._state["activity"] != "idle"
-        if busy:
-            return
-        if not self.config["training.auto"] or self.blocking_reasons() or time.monotonic() < self.worker.retry_at:
-            return
-        new, need, unit = self._pending()
-        interval = self.config["training.interval_s"]
-        if new >= need:
-            trigger = f"{new} new {unit}"
-        elif new and interval and time.monotonic() - self.worker.last_round_end >= interval:
-            trigger = f"interval of {interval:g}s passed with {new} new {unit}"
-        else:
-            return
-        self._queue_round(trigger)
+        """The control loop's periodic call (scheduler.py): a due or requested round starts."""
+        self.scheduler.tick()
 
-    def _queue_round(self, trigger: str) -> None:
-        with self._lock:
-            self._rounds_queued += 1
-        self.worker.put("round", trigger)
-
-    def _pending(self) -> tuple[int, int, str]:
-        """What the next round would learn from that no round has, what triggers one, and its unit: a keyboard
-        counts new words of text (a growing notes file is one sample), an image bundle new samples."""
-        if self.bundle.task == "next_word":
-            from ..learning.keyboard import pending_words
-            return pending_words(self.store), self.config["training.min_new_words"], "words"
-        return self.store.count_new(), self.config["training.min_new_samples"], "samples"
+    @property
+    def tick_soon(self) -> threading.Event:
+        return self.scheduler.tick_soon
 
     # ------------------------------------------------------------------ API (called from the request thread)
     def status(self, args: dict) -> dict:
@@ -239,7 +153,7 @@ class Service:
             "daemon": {"version": __version__, "protocol": PROTOCOL_VERSION, "pid": os.getpid(),
                        "uptime_s": round(time.time() - self._started, 3), "runtime": RUNTIME},
             "activity": st["activity"],
-            "why_not_training": self._why_not_training(st),
+            "why_not_training": self.scheduler.why_not_training(st),
             "round": st["round"],
             "last_round": st["last_round"],
             "last_scan": st["last_scan"],
@@ -258,8 +172,8 @@ class Service:
                      "previous_accuracy": head.get("previous_accuracy"),
                      "initial_version": initial},
             "cache": self.cache.summary(),
-            "paused_by_user": self._paused_by_user,
-            "conditions": self.policy_readings,
+            "paused_by_user": self.scheduler.paused_by_user,
+            "conditions": self.scheduler.readings(),
         }
 
     def _classes_summary(self) -> dict:
@@ -271,50 +185,24 @@ class Service:
             return {"classes_count": len(names), "personal_words": names[public:]}
         return {"classes_count": len(names), "classes": names}
 
-    def _why_not_training(self, st: dict) -> str:
-        if st["activity"] == "training":
-            return "training now"
-        reasons = self.blocking_reasons()
-        if reasons:
-            return ("round paused: " if st["activity"] == "paused" else "not training: ") + "; ".join(reasons)
-        new, need, unit = self._pending()
-        if not self.config["training.auto"]:
-            return "automatic rounds are off (training.auto = false); 'autlearnctl train' starts one"
-        if new < need and unit == "words":
-            return (f"waiting for new text: about {new} of {need} new words needed to start a round "
-                    f"(training.min_new_words; counted from what was added to the text files since the last round)")
-        if new < need:
-            return f"waiting for new samples: {new} of {need} needed to start a round"
-        wait = self.worker.retry_at - time.monotonic()
-        if wait > 0:
-            lr = st["last_round"]
-            why = (f"was skipped ({lr['detail']})" if lr and lr.get("outcome") == "skipped"
-                   else f"failed ({st['last_error']})")
-            return (f"the last round {why}; automatic rounds resume in {wait:.0f} s "
-                    "('autlearnctl train' starts one now)")
-        return "a round is about to start"
-
     def train(self, args: dict) -> dict:
         """A rescan now and a round after it; while paused by the user the round waits for `resume`."""
         if self._stop.is_set():
             raise AutlearnError("busy", "the daemon is stopping")
         running = self._get()["activity"] in ("training", "paused")
         self.worker.put("scan", "before a requested round")
-        with self._lock:
-            self._round_requested = "requested"
-        self.tick_soon.set()
-        return {"queued": True, "running_round": running, "blocked_by": self.blocking_reasons()}
+        self.scheduler.request_round()
+        return {"queued": True, "running_round": running, "blocked_by": self.scheduler.blocking_reasons()}
 
     def pause(self, args: dict) -> dict:
-        self._paused_by_user = True
+        self.scheduler.pause()
         self._emit("paused", {})
         return {"paused": True}
 
     def resume(self, args: dict) -> dict:
-        self._paused_by_user = False
-        self.tick_soon.set()  # a round requested while paused starts now
+        self.scheduler.resume()
         self._emit("resumed", {})
-        return {"paused": False, "blocked_by": self.blocking_reasons()}
+        return {"paused": False, "blocked_by": self.scheduler.blocking_reasons()}
 
     def rollback(self, args: dict) -> dict:
         """Make an earlier head version current (default: the one before the current)."""

@@ -59,7 +59,8 @@ def choose_variant(config: Config, bundle: Bundle, bundle_id: str, state_dir: Pa
                 "reason": "set in the configuration (model.variant)"}
     if len(bundle.variant_names) == 1 and not force:
         return {"name": bundle.variant_names[0], "reason": "the bundle has one variant"}
-    from ..runtime.variants import Budget, choose_variant as choose, format_table
+    from ..runtime.variant_table import format_table
+    from ..runtime.variants import Budget, choose_variant as choose
     budget = Budget(config["model.max_latency_ms"] or None, config["model.max_memory_mb"] or None)
     choice = choose(bundle, bundle_id, state_dir, config["model.threads"], config["model.delegate"], budget,
                     force=force)

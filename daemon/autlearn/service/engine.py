@@ -9,7 +9,8 @@ from ..config import Config
 from ..learning.featcache import FeatureCache, Stats
 from ..learning.features import FeatureExtractor
 from ..intake.ingest import IngestReport, Ingestor
-from ..learning.learner import FeatureSource, Learner, Progress, RoundResult
+from ..learning.learner import FeatureSource, Learner
+from ..learning.round import Checkpoint, Progress, RoundResult
 from ..paths import Paths
 from ..learning.store import Store
 from ..intake.watcher import Changes
@@ -36,7 +37,8 @@ class Engine:
         self.features = FeatureSource(bundle, variant, self.extractor, self.cache, config["data.max_pixels"],
                                       max_file_bytes)
         if bundle.task == "next_word":
-            from ..learning.keyboard import KeyboardLearner, limits_of
+            from ..learning.keyboard import KeyboardLearner
+            from ..learning.kbsample import limits_of
             self.learner = KeyboardLearner(bundle, bundle_id, variant, self.store, self.extractor, self.cache,
                                            paths.heads, config["model.threads"], config["training.holdout_fraction"],
                                            config["training.min_word_count"], max_file_bytes, limits_of(config))
@@ -71,14 +73,15 @@ class Engine:
         """Image rounds: training.holdout_fraction = 0 means no holdout gate (the keyboard always has one)."""
         return {} if self.bundle.task == "next_word" else {"holdout": self.config["training.holdout_fraction"] > 0}
 
-    def round(self, trigger: str, progress: Progress, should_stop) -> RoundResult:
-        lr = self.config["training.learning_rate"] or self.bundle.learning_rate
+    def round(self, trigger: str, progress: Progress, checkpoint: Checkpoint) -> RoundResult:
+        """One round of the bundle's scenario; `checkpoint` may block while training must pause (round.Checkpoint)."""
+        learning_rate = self.config["training.learning_rate"] or self.bundle.learning_rate
         if self.bundle.task == "next_word":
-            from ..learning.keyboard import limits_of
+            from ..learning.kbsample import limits_of
             self.learner.limits = limits_of(self.config)  # a reloaded configuration applies from this round on
-        result = self.learner.run(self.current_version(), trigger, self.config["training.epochs"], lr,
+        result = self.learner.run(self.current_version(), trigger, self.config["training.epochs"], learning_rate,
                                   self.config["training.promote_tolerance"], self.config["training.seed"],
-                                  progress, should_stop, self.config["training.augment_copies"],
+                                  progress, checkpoint, self.config["training.augment_copies"],
                                   self.config["training.mode"], self.config["training.online_steps"],
                                   self.config["training.min_steps"], **self._gate())
         if result.outcome == "promoted":

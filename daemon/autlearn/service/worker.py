@@ -68,7 +68,7 @@ class Worker:
                         self._import(trigger)
                         self._scan(engine)
                     elif kind == "round":
-                        if not svc.take_round(trigger):
+                        if not svc.scheduler.take_round(trigger):
                             continue
                         self._record_failure(engine)
                         if self._round(engine, trigger).outcome == "skipped":
@@ -136,7 +136,7 @@ class Worker:
         self.svc.update_state(activity="ingesting")
         report = engine.scan(changes)
         self.svc.update_state(activity="idle", last_scan={**report.as_dict(), "time": time.time()})
-        self.svc.tick_soon.set()
+        self.svc.scheduler.tick_soon.set()
         if report.added or report.quarantined or report.removed or report.waiting:
             self.svc.emit("import", report.as_dict())
 
@@ -159,7 +159,7 @@ class Worker:
         """Called between training steps: waits while training must pause; True means stop the round."""
         announced = False
         while not self._stop.is_set():
-            reasons = self.svc.blocking_reasons()
+            reasons = self.svc.scheduler.blocking_reasons()
             if not reasons:
                 if announced:
                     self.svc.update_state(activity="training")
