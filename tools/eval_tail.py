@@ -10,6 +10,12 @@ local-only (the same CNN from scratch on the user's own images, Keras), for two 
                board puts into free class slots.
 
 Writes <out>/tail.json and <out>/tail.md. Bundles are built once under <work> with the real builder.
+
+Two smaller measurements on bundles given with --bundles CUT=DIR,… (written into <out>/tail.json only):
+  cache        the int8 feature cache against the float32 one it replaced: one UCI user's round at each cut with
+               each (bytes per cached sample, of the SQLite file too, and the user's test accuracy)
+  camera       bench_camera's photos on MobileNetV2 bundles (head-only, --tail last_conv, --tail last_block):
+               one user's round at each cut (tools/eval_tail_camera.py)
 """
 
 from __future__ import annotations
@@ -106,14 +112,18 @@ def decode(data, spec: dict) -> None:
     data.x = x
 
 
-def board_round(data, user: dict, bundle: Path, work: Path) -> dict:
+def board_round(data, user: dict, bundle: Path, work: Path, float_cache: bool = False, **overrides) -> dict:
     """One user on the board at this bundle's cut: the daemon's defaults (offline, 1 augmented copy, 30 epochs,
-    min_steps 1000, holdout gate), then the served version scored on the user's test images."""
+    min_steps 1000, holdout gate), then the served version scored on the user's test images. `float_cache`:
+    the feature cache stores float32 as before the int8 cache (for the A/B of `--group cache`)."""
     from eval_board import open_board
     from eval_image import _head_predict, _write_inbox
 
-    b = open_board(work / f"{user['name']}-{bundle.name}", bundle, **{"training.seed": 0})
+    b = open_board(work / f"{user['name']}-{bundle.name}{'-f32' if float_cache else ''}", bundle,
+                   **{"training.seed": 0, **overrides})
     try:
+        if float_cache:
+            b.eng.extractor.cache_quant = None
         _write_inbox(b, data, user["train"])
         b.scan()
         test_y = data.labels[user["test"]]
@@ -125,9 +135,43 @@ def board_round(data, user: dict, bundle: Path, work: Path) -> dict:
                 "pretrained": float(np.mean(_head_predict(b, b.initial_version(), feats) == test_y)),
                 "outcome": r.outcome, "holdout_before": r.accuracy_before, "holdout_after": r.accuracy_after,
                 "n_train": r.n_train, "n_augmented": r.n_augmented, "n_holdout": r.n_holdout,
-                "round_seconds": round(secs, 2)}
+                "round_seconds": round(secs, 2), **cache_size(b)}
     finally:
         b.close()
+
+
+def cache_size(b) -> dict:
+    """The feature cache after the round: entries, the bytes of their vectors, and of the SQLite file (the
+    write-ahead log checkpointed into it first)."""
+    from autlearn.learning.featcache import FeatureCache
+
+    b.eng.cache.close()
+    path = b.svc.paths.feature_cache
+    c = FeatureCache(path)
+    try:
+        c.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return {"cache_entries": c.count(), "cache_bytes": c.size_bytes(), "cache_file_bytes": path.stat().st_size}
+    finally:
+        c.close()
+
+
+def cache_ab(data, user: dict, bundles: dict[str, Path], work: Path) -> dict:
+    """The int8 cache against the float32 one it replaced: the same user's round at each cut with each, its
+    accuracy (the int8 values dequantise to the very floats the extractor returns: it must not move) and the
+    cache's bytes per cached sample."""
+    out = {}
+    for cut, bundle in bundles.items():
+        row = {}
+        for name, flt in (("float32", True), ("int8", False)):
+            r = board_round(data, user, bundle, work / "boards", float_cache=flt)
+            row[name] = {k: r[k] for k in ("accuracy", "holdout_after", "cache_entries", "cache_bytes",
+                                           "cache_file_bytes", "round_seconds")}
+            row[name]["bytes_per_sample"] = round(r["cache_bytes"] / max(1, r["cache_entries"]), 1)
+            row[name]["file_bytes_per_sample"] = round(r["cache_file_bytes"] / max(1, r["cache_entries"]), 1)
+        log(f"   cache {cut}: " + "; ".join(f"{n} {v['bytes_per_sample']} B/sample ({v['file_bytes_per_sample']} on "
+                                            f"disk), accuracy {v['accuracy']:.4f}" for n, v in row.items()))
+        out[cut] = row
+    return out
 
 
 def local_only(x_tr, y_tr, x_te, y_te, n_classes: int, epochs: int, seed: int) -> float:
@@ -168,7 +212,7 @@ def cut_info(bundle: Path) -> dict:
     return {"feature_size": v["feature_size"], "accuracy_int8_public": v["accuracy_int8"],
             "trainable_params": t.get("trainable_params", v.get("head_params")),
             "train_ms_per_sample": t.get("train_ms_per_sample"), "train_ms_per_epoch": t.get("train_ms_per_epoch"),
-            "cache_bytes_per_sample": t.get("cache_bytes_per_sample", 4 * v["feature_size"]),
+            "cache_bytes_per_sample": t.get("cache_bytes_per_sample", v["feature_size"]),  # int8: 1 B/value
             "base_latency_ms": v["latency_ms"]}
 
 
@@ -218,7 +262,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("reports"))
     ap.add_argument("--work", type=Path, default=Path("build/tail"))
-    ap.add_argument("--group", choices=("uci", "new_classes", "all"), default="all")
+    ap.add_argument("--group", choices=("uci", "new_classes", "all", "cache", "camera"), default="all",
+                    help="cache: int8 against float32 feature cache for one UCI user at each cut (--bundles); "
+                         "camera: head-only against --tail last_conv on MobileNetV2 (--bundles: head,last_conv)")
+    ap.add_argument("--bundles", default="", help="with --group cache|camera: CUT=DIR,… bundles already built")
+    ap.add_argument("--camera-per-class", type=int, default=30, help="camera: user photos per class")
     ap.add_argument("--cuts", default=",".join(CUTS))
     ap.add_argument("--new-users", type=int, default=2)
     ap.add_argument("--per-class", type=int, default=200)
@@ -238,6 +286,18 @@ def main(argv=None) -> int:
     result = json.loads(out_json.read_text()) if out_json.exists() else {}
     t0 = time.monotonic()
     memo = Memo(args.work / "rounds.json")
+    given = dict(kv.split("=", 1) for kv in args.bundles.split(",") if kv)
+    if args.group == "cache":
+        import eval_image as ei
+
+        bundles = {c: Path(d) for c, d in given.items()}
+        spec = json.loads((next(iter(bundles.values())) / "manifest.json").read_text())["input"]
+        data = ei.load_users(args.work, spec, 10, 0.5, 0.3, 0)
+        result["cache_ab"] = {"user": data.users[0]["name"], "cuts": cache_ab(data, data.users[0], bundles, args.work)}
+    if args.group == "camera":
+        from eval_tail_camera import camera_group
+
+        result["camera"] = camera_group({c: Path(d) for c, d in given.items()}, args.work, args.camera_per_class)
     if args.group in ("uci", "all"):
         import eval_image as ei
 
@@ -266,6 +326,11 @@ def main(argv=None) -> int:
     for key in ("uci", "new_classes"):
         if key + args.variant in result and args.variant:
             result[key + args.variant]["tail_args"] = args.tail_args
+    if args.group in ("cache", "camera"):
+        args.out.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(result, indent=2) + "\n")
+        log(f"wrote {out_json}")
+        return 0
     result["whole_model_train_ms_per_sample"] = memo.get("whole_model_train_ms_per_sample",
                                                          lambda: round(whole_model_step_ms() / 32, 5))
     result["seconds_last_run"] = round(time.monotonic() - t0, 1)

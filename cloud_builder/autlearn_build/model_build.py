@@ -51,8 +51,9 @@ def backbone_path(name: str) -> Path:
 def build_model_bundle(opts: ImageOptions, progress: Callable[[str], None] = print,
                        keras_model=None) -> BuildResult:
     """Build a bundle from a pretrained classifier (`keras_model`, when given, instead of loading opts.model).
-    Of the image options, the pretraining ones (--epochs, --budget, --tail, --strategy …) do not apply."""
-    from .model_import import PREPROCESSING, cut_model, detect_preprocessing, head_from_dense, load_keras_model
+    Of the image options, the pretraining ones (--epochs, --budget, --strategy …) do not apply; --tail
+    last_conv|last_block cuts a backbone below its feature layer (tail_build.finish_backbone_tail)."""
+    from .model_import import PREPROCESSING, cut_model, detect_preprocessing, load_keras_model
 
     start = time.perf_counter()
     check_model_options(opts)
@@ -87,11 +88,35 @@ def build_model_bundle(opts: ImageOptions, progress: Callable[[str], None] = pri
     progress(f"  {len(data)} images, {n_classes} classes: {len(train)} for training (and calibration), "
              f"{len(val)} held out")
 
+    active = active_mask(opts.class_capacity, n_classes)
+    notes: list[str] = []
+    if opts.tail != "head":  # issue 14: a trainable tail below the feature layer (tail_build.py)
+        from .tail_build import finish_backbone_tail
+
+        variant = finish_backbone_tail(user, train, val, active, opts, progress, quiet_call, predict)
+    else:
+        variant = _head_variant(user, model, train, val, active, opts, source, feature_size, notes, progress)
+    source_model = source if opts.backbone is None else f"{source}: {BACKBONES[opts.backbone][2]}"
+    build = build_record(opts, data.description, source_model=source_model, images_used=len(data),
+                         train_images=len(train), val_images=len(val), tail=opts.tail,
+                         latency=latency_record(LATENCY_THREADS, LATENCY_BATCH))
+    manifest = write_verified(out, opts, task=TASK, input_spec={**spec.to_manifest(), "source_preprocessing": prep},
+                              labels=data.labels, class_capacity=opts.class_capacity, variants=[variant],
+                              build=build)
+    return BuildResult(out=out, manifest=manifest, seconds=time.perf_counter() - start, train_size=len(train),
+                       val_size=len(val), notes=notes)
+
+
+def _head_variant(user, model, train, val, active: np.ndarray, opts: ImageOptions, source: str,
+                  feature_size: int, notes: list[str], progress: Callable[[str], None]) -> Variant:
+    """The int8 base below the feature layer + the softmax head after it (from the model's own last layer when
+    it fits the labels, else trained on --data)."""
     from .convert import convert_base_int8, convert_head
     from .evaluate import BaseRunner, accuracy, head_probs
     from .head_module import SIGNATURES, SOFTMAX_WEIGHT_NAMES, SoftmaxHead, train_head
-    from .model_import import blame_layer
+    from .model_import import blame_layer, head_from_dense
 
+    n_classes = int(active.sum())
     t0 = time.perf_counter()
     try:
         base_model = quiet_call(convert_base_int8, user.base, train.x, max_calibration=opts.calibration)
@@ -104,9 +129,7 @@ def build_model_bundle(opts: ImageOptions, progress: Callable[[str], None] = pri
     runner = BaseRunner(base_model)
     latency = runner.latency_ms(val.x if len(val) else train.x, repeats=20, warmup=3)
     f_train, f_val = runner.features(train.x), runner.features(val.x)
-    active = active_mask(opts.class_capacity, n_classes)
     pretrained, why = head_from_dense(user, n_classes, opts.class_capacity)
-    notes: list[str] = []
     if pretrained is not None:
         weights, head_source = pretrained, f"the model's own {why}"
         logits_float = predict(model, val.x)
@@ -137,15 +160,7 @@ def build_model_bundle(opts: ImageOptions, progress: Callable[[str], None] = pri
                              "head_flops": int(2 * weights["w0"].size), "head_source": head_source,
                              "cut": user.cut, "quantization": "int8 post-training: per-channel weights, per-tensor "
                                                               "activations calibrated on --data"})
-    source_model = source if opts.backbone is None else f"{source}: {BACKBONES[opts.backbone][2]}"
-    build = build_record(opts, data.description, source_model=source_model, images_used=len(data),
-                         train_images=len(train), val_images=len(val),
-                         latency=latency_record(LATENCY_THREADS, LATENCY_BATCH))
-    manifest = write_verified(out, opts, task=TASK, input_spec={**spec.to_manifest(), "source_preprocessing": prep},
-                              labels=data.labels, class_capacity=opts.class_capacity, variants=[variant],
-                              build=build)
-    return BuildResult(out=out, manifest=manifest, seconds=time.perf_counter() - start, train_size=len(train),
-                       val_size=len(val), notes=notes)
+    return variant
 
 
 def _flops(base, count_flops) -> int:

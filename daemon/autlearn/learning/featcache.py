@@ -3,6 +3,11 @@
 Key = sha256(sample bytes) + base model sha256 + preprocessing version + augmentation variant, so a new base
 invalidates old entries by key. Each entry carries a checksum: a corrupt entry is dropped and recomputed,
 never trusted. Bounded in size with least-recently-used eviction. Deleting the file only costs time.
+
+Storage: an int8 base's output (the activation at the cut, docs/tail.md) is stored as the int8 values the base
+produced, with the base's own output scale and zero point, and dequantised when read: 1 byte per value instead of
+4, and the same float32 values the extractor returns (the round trip is exact). Each row says its `dtype`
+(`f32` rows, written before schema version 3 or for a float base, are read as they were written).
 """
 
 from __future__ import annotations
@@ -32,7 +37,14 @@ MIGRATIONS = (
         UPDATE totals SET entries = entries - 1, bytes = bytes - OLD.bytes WHERE id = 1; END;
     CREATE TRIGGER features_update AFTER UPDATE OF bytes ON features BEGIN
         UPDATE totals SET bytes = bytes - OLD.bytes + NEW.bytes WHERE id = 1; END;""",
+    # int8 entries (the base's quantised output, with its scale and zero point); older rows are float32
+    """ALTER TABLE features ADD COLUMN dtype TEXT NOT NULL DEFAULT 'f32';
+    ALTER TABLE features ADD COLUMN scale REAL NOT NULL DEFAULT 0;
+    ALTER TABLE features ADD COLUMN zero INTEGER NOT NULL DEFAULT 0;""",
 )
+
+# (scale, zero point) of an int8 base's output: entries are stored as those int8 values
+Quant = tuple[float, int]
 
 # Reading a round's features must not turn into one write per feature: the times of last use are kept in memory
 # and written when the cache must evict (where the order matters), at close, or once this many are pending.
@@ -44,8 +56,31 @@ def feature_key(sample_sha256: str, base_sha256: str, preprocessing_version: int
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def _checksum(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+def _checksum(data: bytes, dtype: str = "f32", scale: float = 0.0, zero: int = 0) -> str:
+    h = hashlib.blake2b(data, digest_size=16)
+    if dtype != "f32":  # the scale and zero point are part of the entry: a damaged one must not dequantise
+        h.update(f"|{dtype}|{scale!r}|{zero}".encode())
+    return h.hexdigest()
+
+
+def quantize(vec: np.ndarray, quant: Quant) -> np.ndarray:
+    """The int8 values an int8 base with output quantisation `quant` produced for its dequantised output `vec`."""
+    scale, zero = quant
+    return np.clip(np.round(np.asarray(vec, np.float32) / scale + zero), -128, 127).astype(np.int8)
+
+
+def dequantize(q: np.ndarray, quant: Quant) -> np.ndarray:
+    """As the extractor dequantises the base's output (features.FeatureExtractor): bit-identical float32."""
+    scale, zero = quant
+    return ((q.astype(np.float32) - zero) * scale).astype(np.float32)
+
+
+def _decode(dim: int, data: bytes, dtype: str, scale: float, zero: int) -> np.ndarray | None:
+    if dtype == "f32":
+        return np.frombuffer(data, dtype=np.float32).copy() if len(data) == 4 * dim else None
+    if dtype == "i8" and len(data) == dim and scale > 0:
+        return dequantize(np.frombuffer(data, dtype=np.int8), (scale, zero))
+    return None
 
 
 class Stats:
@@ -103,12 +138,15 @@ class FeatureCache:
         for i in range(0, len(keys), 500):
             chunk = keys[i:i + 500]
             marks = ",".join("?" * len(chunk))
-            for key, dim, data, checksum in self.db.execute(
-                    f"SELECT key, dim, data, checksum FROM features WHERE key IN ({marks})", chunk):
-                if _checksum(data) != checksum or len(data) != 4 * dim:
+            for key, dim, data, checksum, dtype, scale, zero in self.db.execute(
+                    f"SELECT key, dim, data, checksum, dtype, scale, zero FROM features WHERE key IN ({marks})",
+                    chunk):
+                vec = _decode(dim, data, dtype, scale, zero) if _checksum(data, dtype, scale, zero) == checksum \
+                    else None
+                if vec is None:
                     bad.append(key)
                     continue
-                found[key] = np.frombuffer(data, dtype=np.float32).copy()
+                found[key] = vec
                 self._touched[key] = now
         if bad:
             with self.db:
@@ -118,16 +156,25 @@ class FeatureCache:
         self.stats.add(hits=len(found), misses=len(keys) - len(found), corrupt=len(bad))
         return found
 
-    def put_many(self, items: dict[str, np.ndarray]) -> None:
+    def put_many(self, items: dict[str, np.ndarray], quant: Quant | None = None) -> None:
+        """Store float32 features; with `quant` (the int8 base's output scale and zero point) as int8."""
         now = time.time()
         rows = []
         for key, vec in items.items():
-            data = np.ascontiguousarray(vec, dtype=np.float32).tobytes()
-            rows.append((key, len(data) // 4, data, _checksum(data), len(data), now))
+            if quant is None:
+                data, dtype, scale, zero = np.ascontiguousarray(vec, dtype=np.float32).tobytes(), "f32", 0.0, 0
+                dim = len(data) // 4
+            else:
+                scale, zero, dtype = float(quant[0]), int(quant[1]), "i8"
+                data = quantize(vec, (scale, zero)).tobytes()
+                dim = len(data)
+            rows.append((key, dim, data, _checksum(data, dtype, scale, zero), len(data), now, dtype, scale, zero))
         with self.db:  # one transaction: a crash leaves all of it or none
-            self.db.executemany("INSERT INTO features(key, dim, data, checksum, bytes, last_used) VALUES(?,?,?,?,?,?) "
+            self.db.executemany("INSERT INTO features(key, dim, data, checksum, bytes, last_used, dtype, scale, zero) "
+                                "VALUES(?,?,?,?,?,?,?,?,?) "
                                 "ON CONFLICT(key) DO UPDATE SET dim=excluded.dim, data=excluded.data, "
-                                "checksum=excluded.checksum, bytes=excluded.bytes, last_used=excluded.last_used",
+                                "checksum=excluded.checksum, bytes=excluded.bytes, last_used=excluded.last_used, "
+                                "dtype=excluded.dtype, scale=excluded.scale, zero=excluded.zero",
                                 rows)
         self._evict()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import AutlearnError
 from ..runtime.bundle import Variant
 from ..runtime.interpreter import DelegateChoice, make_interpreter
 
@@ -20,6 +21,22 @@ class FeatureExtractor:
         self._out = self.interp.get_output_details()[0]
         self._batch = batch
         self._size = None
+        self.cache_quant = self._cache_quant()
+
+    def _cache_quant(self) -> tuple[float, int] | None:
+        """(scale, zero point) of an int8 base's output: the feature cache stores the activation at the cut as
+        those int8 values (featcache.py); None (a float output) stores float32. A variant may declare them
+        (`cache_quantization`, written by the builder); a declaration the base's tensor contradicts is refused."""
+        scale, zero = self._out["quantization"] if self._out["dtype"] == np.int8 else (0.0, 0)
+        quant = (float(scale), int(zero)) if scale else None
+        declared = self.variant.info.get("cache_quantization")
+        if declared is not None:
+            d_scale = declared.get("scale") if isinstance(declared, dict) else None
+            if quant is None or not isinstance(d_scale, (int, float)) or abs(d_scale - quant[0]) > 1e-6 * quant[0] \
+                    or declared.get("zero_point") != quant[1]:
+                raise AutlearnError("bad_bundle", f"variant {self.variant.name}: 'cache_quantization' {declared!r} "
+                                                  f"does not match the base's output quantisation {quant!r}")
+        return quant
 
     @property
     def choice(self) -> DelegateChoice:

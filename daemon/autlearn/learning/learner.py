@@ -109,7 +109,7 @@ class FeatureSource:
         def extract() -> None:  # a chunk at a time: 500 decoded photos at 160 px would be 150 MB of inputs
             if inputs:
                 chunk = dict(zip(todo_keys, self.extractor(np.stack(inputs))))
-                self.cache.put_many(chunk)
+                self.cache.put_many(chunk, self.extractor.cache_quant)  # cut: int8 cache
                 computed.update(chunk)
                 inputs.clear()
                 todo_keys.clear()
@@ -166,7 +166,7 @@ class FeatureSource:
             return found[key], True
         x = imaging.load_input(data, name, self.bundle.input, self.max_pixels)
         f = self.extractor(x[None])[0]
-        self.cache.put_many({key: f})
+        self.cache.put_many({key: f}, self.extractor.cache_quant)  # cut: int8 cache
         return f, False
 
 

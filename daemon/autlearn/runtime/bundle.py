@@ -87,21 +87,25 @@ class Bundle:
     def variant_names(self) -> list[str]:
         return [v["name"] for v in self.manifest["variants"]]
 
+    def _variant_of(self, name: str, v: dict) -> Variant:
+        return Variant(name=name, base_path=self.root / v["base"], head_path=self.root / v["head"],
+                       base_sha256=self.manifest["files"][v["base"]]["sha256"],
+                       head_weights=tuple(v["head_weights"]), feature_size=int(v["feature_size"]), info=v)
+
     def variant(self, name: str = "") -> Variant:
         name = name or self.manifest.get("default_variant") or self.variant_names[0]
         for v in self.manifest["variants"]:
             if v["name"] == name:
-                return Variant(
-                    name=name,
-                    base_path=self.root / v["base"],
-                    head_path=self.root / v["head"],
-                    base_sha256=self.manifest["files"][v["base"]]["sha256"],
-                    head_weights=tuple(v["head_weights"]),
-                    feature_size=int(v["feature_size"]),
-                    info=v,
-                )
+                return self._variant_of(name, v)
         raise AutlearnError("not_found", f"bundle {self.root} has no variant {name!r} "
                                          f"(it has: {', '.join(self.variant_names)})")
+
+    def cut_variants(self, name: str = "") -> list[Variant]:
+        """The trainable parts of variant `name`, shallowest first: the variant itself (its own `cut`, `head`
+        when absent), then each deeper cut it carries in `cuts` (docs/tail.md, "Choosing the cut"), named
+        `<variant>@<cut>`; each is a whole Variant (its own stem as base, its tail as head)."""
+        first = self.variant(name)
+        return [first] + [self._variant_of(f"{first.name}@{c['cut']}", c) for c in first.info.get("cuts", [])]
 
 
 def _require(m: dict, key: str, kind: type | tuple, where: str) -> Any:
@@ -110,6 +114,19 @@ def _require(m: dict, key: str, kind: type | tuple, where: str) -> Any:
     if not isinstance(m[key], kind):
         raise AutlearnError("bad_bundle", f"{where}: key '{key}' has the wrong type")
     return m[key]
+
+
+def _check_trainable_part(v: dict, files: dict, where: str) -> None:
+    """A variant, or one of its deeper `cuts`: base and head listed in 'files', head weight names, feature size."""
+    for key in ("base", "head"):
+        if v.get(key) not in files:
+            raise AutlearnError("bad_bundle", f"{where}: {key} file not listed in 'files'")
+    names = v.get("head_weights")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise AutlearnError("bad_bundle", f"{where}: key 'head_weights' is not a list of weight names")
+    size = v.get("feature_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise AutlearnError("bad_bundle", f"{where}: key 'feature_size' must be a positive integer")
 
 
 def _check_image_input(spec: dict, where: str) -> None:
@@ -184,9 +201,15 @@ def load(root: str | Path) -> Bundle:
     for v in variants:
         if not isinstance(v, dict):
             raise AutlearnError("bad_bundle", f"{mpath}: a variant is not a JSON object")
-        for key in ("base", "head"):
-            if v.get(key) not in files:
-                raise AutlearnError("bad_bundle", f"{mpath}: variant {v.get('name')!r}: {key} file not listed in 'files'")
+        _check_trainable_part(v, files, f"{mpath}: variant {v.get('name')!r}")
+        cuts = v.get("cuts", [])
+        if not isinstance(cuts, list):
+            raise AutlearnError("bad_bundle", f"{mpath}: variant {v.get('name')!r}: key 'cuts' is not a list")
+        for c in cuts:
+            where = f"{mpath}: variant {v.get('name')!r}, cut {c.get('cut') if isinstance(c, dict) else c!r}"
+            if not isinstance(c, dict) or not isinstance(c.get("cut"), str):
+                raise AutlearnError("bad_bundle", f"{where}: an entry of 'cuts' is not an object with a 'cut' name")
+            _check_trainable_part(c, files, where)
     for name, meta in files.items():
         path = root / name
         if Path(name).is_absolute() or ".." in Path(name).parts:

@@ -1,0 +1,85 @@
+"""The board choosing the cut (issue 14): deeper cuts within the budget, kept only when they win on the holdout."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from autlearn.errors import AutlearnError
+from autlearn.learning.cuts import Budget, Cut, Trained, choose, cuts_of, plan
+from autlearn.runtime import bundle as bundle_mod
+from autlearn.runtime.bundle import Variant
+
+
+def _cut(name: str, depth: int, ms: float | None, nbytes: int) -> Cut:
+    info = {"cut": name, "tail": {} if ms is None else {"train_ms_per_sample": ms, "cache_bytes_per_sample": nbytes}}
+    v = Variant(name=f"full@{name}", base_path=Path("b"), head_path=Path("h"), base_sha256="0" * 64,
+                head_weights=("w0", "b0"), feature_size=nbytes, info=info)
+    return Cut.of(v, depth)
+
+
+HEAD, TAIL = _cut("head", 0, 0.003, 64), _cut("last_block", 1, 0.5, 6272)
+
+
+def test_a_deeper_cut_trains_only_within_the_time_and_cache_budget():
+    assert [c.name for c in plan([HEAD, TAIL], 200, 30, Budget(60.0, 10 << 20)).train] == ["head", "last_block"]
+    slow = plan([HEAD, TAIL], 200, 30, Budget(1.0, 10 << 20))  # 200 x 30 x 0.5 ms = 3 s > 1 s
+    assert [c.name for c in slow.train] == ["head"] and "3 s, over the 1 s budget" in slow.describe()
+    big = plan([HEAD, TAIL], 200, 30, Budget(60.0, 1 << 20))  # 200 x 6272 B = 1.25 MB > 1.05 MB
+    assert [c.name for c in big.train] == ["head"] and "cached activations" in big.skipped[0][1]
+    unknown = plan([HEAD, _cut("last2_blocks", 1, None, 100)], 10, 1, Budget(1e9, 1 << 40))
+    assert [c.name for c in unknown.train] == ["head"] and "does not state" in unknown.skipped[0][1]
+
+
+def test_a_deeper_cut_that_loses_or_ties_on_the_holdout_is_not_promoted():
+    lost = choose([Trained(TAIL, 0.80), Trained(HEAD, 0.85)], 40)
+    assert lost.keep.cut is HEAD and "no deeper cut beat it on 40 holdout samples" in lost.reason
+    assert "last_block 0.800" in lost.reason and "head 0.850" in lost.reason
+    assert choose([Trained(HEAD, 0.85), Trained(TAIL, 0.85)], 40).keep.cut is HEAD  # a tie keeps the cheaper cut
+    won = choose([Trained(HEAD, 0.85), Trained(TAIL, 0.90)], 40)
+    assert won.keep.cut is TAIL and won.reason.startswith("last_block beat the shallower cuts")
+    blind = choose([Trained(HEAD, None), Trained(TAIL, None)], 0)
+    assert blind.keep.cut is HEAD and "no holdout" in blind.reason
+    assert choose([Trained(HEAD, 0.5)], 10).reason == "trained head only"
+
+
+def _merged(tmp_path: Path, head_dir: Path, tail_dir: Path) -> Path:
+    """One bundle carrying both trainable parts: the head-only variant, with the tail bundle's as its deeper cut."""
+    out = tmp_path / "multi"
+    shutil.copytree(head_dir, out)
+    m = json.loads((out / "manifest.json").read_text())
+    tm = json.loads((tail_dir / "manifest.json").read_text())
+    tv = tm["variants"][0]
+    cut = {k: tv[k] for k in ("cut", "feature_size", "head_weights", "tail", "cache_quantization")}
+    for key in ("base", "head"):
+        name = f"cut_{tv['cut']}_{tv[key]}"
+        shutil.copyfile(tail_dir / tv[key], out / name)
+        m["files"][name] = tm["files"][tv[key]]
+        cut[key] = name
+    m["variants"][0]["cuts"] = [cut]
+    raw = json.dumps(m, indent=2).encode()
+    (out / "manifest.json").write_bytes(raw)
+    (out / bundle_mod.MANIFEST_DIGEST).write_text(bundle_mod.manifest_digest_line(raw))
+    return out
+
+
+def test_a_bundle_carries_a_deeper_cut_per_variant_and_a_broken_one_is_refused_naming_it(tmp_path, tiny_bundle,
+                                                                                        tiny_tail_bundle):
+    b = bundle_mod.load(_merged(tmp_path, tiny_bundle, tiny_tail_bundle))
+    cuts = cuts_of(b)
+    assert [c.name for c in cuts] == ["head", "last_block"] and [c.depth for c in cuts] == [0, 1]
+    assert cuts[1].variant.feature_size == 7 * 7 * 128 and cuts[1].variant.base_path.is_file()
+    assert cuts[1].variant.base_sha256 != cuts[0].variant.base_sha256  # its own stem: its own cache keys
+    assert cuts[1].train_ms_per_sample > 0 and cuts[1].cache_bytes_per_sample == 7 * 7 * 128
+    assert b.variant().name == cuts[0].variant.name  # the served variant is still the head-only one
+
+    m = json.loads((b.root / "manifest.json").read_text())
+    m["variants"][0]["cuts"][0]["base"] = "missing.tflite"
+    raw = json.dumps(m).encode()
+    (b.root / "manifest.json").write_bytes(raw)
+    (b.root / bundle_mod.MANIFEST_DIGEST).write_text(bundle_mod.manifest_digest_line(raw))
+    with pytest.raises(AutlearnError, match="cut 'last_block': base file not listed"):
+        bundle_mod.load(b.root)
