@@ -131,7 +131,17 @@ def run(args, work: Path, bin_dir: Path, log, summary_of) -> dict:
                                          sentences_of)):
         rows[i]["local_only"] = et.score_words(lm.topk(sentences_of(users[i]["test"])),
                                                et.truth_of(sentences_of(users[i]["test"])))
-    methods = ["pretrained", "local_only", "autlearn_offline", "autlearn_offline_aug", "autlearn_online"]
+    from collections import Counter
+
+    vocab = set(manifest["vocabulary"])
+    for i, u in enumerate(users):  # the poet's own 3 most frequent characters suggested everywhere
+        own = [w for w, _ in sorted(Counter(w for s in sentences_of(u["train"]) for w in s).items(),
+                                    key=lambda kv: (-kv[1], kv[0]))[:3]]
+        test = sentences_of(u["test"])
+        rows[i]["own_frequency"] = et.score_words([own] * sum(len(s) + 1 for s in test), et.truth_of(test))
+        chars = [w for s in test for w in s]
+        rows[i]["test_outside_vocabulary"] = round(sum(w not in vocab for w in chars) / max(1, len(chars)), 4)
+    methods = ["pretrained", "own_frequency", "local_only", "autlearn_offline", "autlearn_offline_aug", "autlearn_online"]
     return {
         "bundle": {"dir": str(bundle), "limit": args.zh_limit, "epochs": args.zh_epochs, "seed": args.seed,
                    "public": f"fortunes-zh {PUBLIC_FILE} ({manifest['build'].get('documents')} files of 100 entries)",
@@ -140,10 +150,12 @@ def run(args, work: Path, bin_dir: Path, log, summary_of) -> dict:
                    "manifest_top3_int8": manifest["metrics"]["top3_int8"],
                    "unk_rate": manifest["metrics"]["unk_rate"]},
         "users": [{k: v for k, v in r.items() if k not in ("online_prequential", "pretrained_stream")} for r in rows],
+        "test_outside_vocabulary": summary_of([r["test_outside_vocabulary"] for r in rows]),
         "methods": {m: {k: summary_of([r[m][k] for r in rows]) for k in ("top1", "top3")} for m in methods},
         "online_prequential_top1": summary_of([r["online_prequential"]["accuracy"] for r in rows]),
         "metric": "every character of the poet's held-out poems (the cjk tokenizer's tokens); hit = exact "
                   "character among the top-1 / top-3 suggestions (sentence ends not counted)",
+        "own_frequency": "the poet's 3 most frequent training characters suggested at every position",
         "not_measured": "centralised and FedAvg (tools/eval_text.py re-creates only the Shakespeare pretraining)",
         "board": {"epochs": args.kb_board_epochs, "augment_copies": args.augment_copies},
         "seconds": round(time.monotonic() - t0, 1),
@@ -159,15 +171,17 @@ def write(res: dict, out: Path) -> None:
           f"Bundle: `autlearn-build text --tokenizer cjk` on {b['public']}, --limit {b['limit']} --epochs "
           f"{b['epochs']}; its own held-out files: top-1 {b['manifest_top1_int8']:.4f}, top-3 "
           f"{b['manifest_top3_int8']:.4f} (int8), <unk> {b['unk_rate']:.3f}. Users: the poets of tang300 + "
-          f"song100 ({len(res['users'])}). Metric: {res['metric']}. Not measured: {res['not_measured']}.", "",
+          f"song100 ({len(res['users'])}); of their held-out characters {_f(res['test_outside_vocabulary']['mean'])} "
+          f"are outside the bundle's vocabulary. Metric: {res['metric']}. own_frequency: {res['own_frequency']}. "
+          f"Not measured: {res['not_measured']}.", "",
           "| method | top-1 mean | top-3 mean | users |", "|---|---|---|---|"]
     for m, v in res["methods"].items():
         md.append(f"| {m} | {_f(v['top1']['mean'])} | {_f(v['top3']['mean'])} | {v['top1']['n_users']} |")
-    md += ["", "| poet | train chars | test chars | pretrained top-1/3 | AutLearn + aug. top-1/3 | local only top-1/3 |",
-           "|---|---|---|---|---|---|"]
+    md += ["", "| poet | train chars | test chars | pretrained top-1/3 | AutLearn + aug. top-1/3 | local only top-1/3 "
+           "| own frequency top-1/3 |", "|---|---|---|---|---|---|---|"]
     for u in res["users"]:
         md.append(f"| {u['name']} | {u['n_train_words']} | {u['n_test_words']} | {_pair(u['pretrained'])} | "
-                  f"{_pair(u['autlearn_offline_aug'])} | {_pair(u['local_only'])} |")
+                  f"{_pair(u['autlearn_offline_aug'])} | {_pair(u['local_only'])} | {_pair(u['own_frequency'])} |")
     md.append(f"\n{res['seconds']:.0f} s.")
     (out / "eval_zh.md").write_text("\n".join(md) + "\n", encoding="utf-8")
 
