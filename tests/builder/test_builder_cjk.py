@@ -1,6 +1,8 @@
 """Languages written without spaces: the builder's `cjk` tokenizer (one token per Chinese/Japanese character),
 chosen by `--tokenizer auto`, recorded in the manifest and reproduced by the board (a child process in which
-TensorFlow cannot be imported); a build whose held-out text is mostly <unk> fails and names the tokenizer."""
+TensorFlow cannot be imported); a build whose held-out text is mostly <unk> fails and names the tokenizer; a
+build whose model is no better than suggesting the most frequent characters says so (a 1-epoch Chinese build
+was such a model: ~0 % top-1 on other text, no warning)."""
 
 from __future__ import annotations
 
@@ -75,6 +77,26 @@ def test_a_chinese_build_with_the_word_tokenizer_fails_and_names_the_right_one(t
     assert "<unk>" in err and "--tokenizer cjk" in err, err
 
 
+def test_frequency_baseline_scores_the_three_most_frequent_training_words():
+    from autlearn_build.text_build import frequency_baseline
+
+    # ids 0-3 are special (never counted); training words by frequency: 7 (4x), 5 (3x), 9 (2x), 6 (1x)
+    y_train = np.array([[7, 7, 5, 3, 1, 2], [7, 5, 9, 7, 9, 5], [6, 0, 0, 3, 2, 1]])
+    y_val = np.array([[7, 6, 5, 3], [8, 9, 1, 2]])  # counted: 7 6 5 8 9
+    b = frequency_baseline(y_train, y_val)
+    assert b["top1"] == pytest.approx(1 / 5) and b["top3"] == pytest.approx(3 / 5)
+    assert np.isnan(frequency_baseline(y_train, np.array([[1, 2, 3]]))["top1"])
+
+
+def test_a_model_at_the_frequency_baseline_is_reported_as_not_learning_from_context():
+    from autlearn_build.text_build import context_warning
+
+    w = context_warning(0.0282, 0.0218, 237)
+    assert w and "frequency baseline" in w and "237 optimiser steps" in w and "--epochs" in w
+    assert context_warning(0.08, 0.0218, 939) is None  # past the plateau: no warning
+    assert context_warning(float("nan"), 0.02, 10) is None
+
+
 @pytest.mark.slow
 def test_chinese_bundle_board_tokenizes_like_the_builder(tmp_path):
     from autlearn_build.text_data import sentences
@@ -84,6 +106,8 @@ def test_chinese_bundle_board_tokenizes_like_the_builder(tmp_path):
     assert m["tokenizer"]["kind"] == "cjk"
     assert m["metrics"]["unk_rate"] < 0.2
     assert "我" in m["vocabulary"] and "买" in m["vocabulary"]
+    assert 0.0 < m["metrics"]["frequency_top1"] <= m["metrics"]["frequency_top3"] <= 1.0
+    assert m["metrics"]["pretrain_steps"] >= 2
     p = subprocess.run([sys.executable, "-c", BOARD, str(out), PROBE], capture_output=True, text=True, timeout=120,
                        env=no_tensorflow_env())
     assert p.returncode == 0, p.stderr[-3000:]

@@ -153,3 +153,55 @@ def test_optimizer_reset_between_users_keeps_the_learning_rate():
     before = [np.array(w) for w in m.get_weights()]
     m.fit(x, y, verbose=0)
     assert any(not np.allclose(a, b) for a, b in zip(before, m.get_weights()))  # it still learns
+
+
+# ------------------------------------------------------------------------------------------ Chinese group
+
+_ZH_PUBLIC = ("\x1b[32m《行为准则》\x1b[m第一条\n请接受这一事实，并保持礼貌。意见不一致并不是借口。\n%\n"
+              "古人云：锦瑟无端五十弦，一弦一柱思华年。\n%\n我们之中的许多贡献者\n使用不同的语言。\n%\n")
+_ZH_TANG = ("\x1b[32m《锦瑟》\x1b[m\n\x1b[33m作者：李商隐\x1b[m\n锦瑟无端五十弦，一弦一柱思华年。\n"
+            "庄生晓梦迷蝴蝶，望帝春心托杜鹃。\n%\n\x1b[32m《无题》\x1b[m\n\x1b[33m作者：李商隐\x1b[m\n"
+            "昨夜星辰昨夜风，画楼西畔桂堂东。\n身无彩凤双飞翼，心有灵犀一点通。\n%\n"
+            "\x1b[32m《静夜思》\x1b[m\n\x1b[33m作者：李白\x1b[m\n床前明月光，疑是地上霜。\n%\n")
+_ZH_SONG = ("\x1b[32m词牌:《念奴娇》\x1b[m\n\x1b[33m作者:苏轼（１０３７－１１０１）\x1b[m\n"
+            "大江东去，浪淘尽，千古风流人物。\n故垒西边，人道是，三国周郎赤壁。\n%\n")
+
+
+def _zh_tree(root):
+    root.mkdir(parents=True, exist_ok=True)
+    for name, text in (("chinese", _ZH_PUBLIC), ("tang300", _ZH_TANG), ("song100", _ZH_SONG)):
+        (root / name).write_text(text, encoding="utf-8")
+    return root
+
+
+def _zh_split_is_disjoint(ez, root, dest, min_chars):
+    users = ez.make_users(min_chars, 4000, 0.3, 0, None, root=root)
+    folder = ez.public_folder(dest, root=root)
+    public = "\n".join(p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.txt")))
+    assert users and public.strip() and "\x1b" not in public
+    for u in users:
+        assert u["train"] and u["test"] and not set(u["train"]) & set(u["test"])
+        text = "\n".join(u["train"] + u["test"])
+        assert not any(ln.startswith(("作者", "《")) for ln in text.splitlines()) and "\x1b" not in text
+        assert not ez.clauses(text) & ez.clauses(public), u["name"]  # no poem line in the pretraining text
+    return users, public
+
+
+def test_chinese_group_users_are_poets_disjoint_from_the_public_text(tmp_path):
+    import eval_zh as ez
+
+    root = _zh_tree(tmp_path / "fortunes")
+    assert sorted(ez.poet_units(root)) == ["zh/李商隐", "zh/李白", "zh/苏轼"]
+    users, public = _zh_split_is_disjoint(ez, root, tmp_path / "public", 40)
+    assert [u["name"] for u in users] == ["zh/李商隐"]  # the only poet with >= 40 characters
+    assert "锦瑟" not in public and "贡献者" in public and "请接受这一事实" in public  # the quoting entry is left out
+    assert ez.n_chars("床前明月光，疑是地上霜。abc") == 10
+
+
+def test_chinese_group_on_the_installed_fortunes_zh(tmp_path):
+    import eval_zh as ez
+
+    if not (ez.ZH_DIR / ez.PUBLIC_FILE).is_file():
+        pytest.skip("fortunes-zh is not installed (make eval installs it)")
+    users, public = _zh_split_is_disjoint(ez, ez.ZH_DIR, tmp_path / "public", 1000)
+    assert len(users) >= 4 and len(public) > 300_000
