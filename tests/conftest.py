@@ -1,8 +1,10 @@
-"""Shared fixtures: one tiny bundle per test session (built by the real builder), simulated user images."""
+"""Shared fixtures: the bundles the tests share (each built once per session by the real builder), user images."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))  # the harness, fault injectors and corpora the tests share with the tools
 sys.path.insert(0, str(ROOT / "tests"))
 BIN = Path(sys.executable).parent
+
+from autlearn.runtime import bundle as bundle_mod  # noqa: E402
+from resign import write_manifest  # noqa: E402  (tools/ is on the path from here)
 
 
 # What makes a test slow here: a real bundle built by the builder (30-120 s on two cores, once per session), a
@@ -66,6 +71,43 @@ def text_bundle(tmp_path_factory) -> Path:
                     "--vocab", "300", "--seq-len", "10", "--spare-slots", "20", "--embed", "16", "--hidden", "32",
                     "--out", str(out), "--seed", "0"], check=True, capture_output=True, timeout=900)
     return out
+
+
+VARIANT_ACCURACY = {"full": 0.95, "half": 0.90}  # two_variant_bundle: the larger variant is the more accurate one
+
+
+def _build_image(out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "autlearn-build"), "image", "--data", "mnist5k", "--limit", "600",
+                             "--epochs", "1", "--seed", "0", "--out", str(out), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="session")
+def two_variant_bundle(tmp_path_factory) -> Path:
+    """A verified bundle with variants 'full' (width 1.0) and 'half' (width 0.5)."""
+    work = tmp_path_factory.mktemp("variants")
+    procs = {"full": _build_image(work / "full"), "half": _build_image(work / "half", "--width-mult", "0.5")}
+    for name, p in procs.items():
+        out, _ = p.communicate(timeout=900)
+        assert p.returncode == 0, f"build of {name} failed:\n{out.decode(errors='replace')[-3000:]}"
+    root = work / "bundle"
+    shutil.copytree(work / "full", root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    half = json.loads((work / "half" / "manifest.json").read_text())["variants"][0]
+    half_files = {"base": "base_half_int8.tflite", "head": "head_half.tflite"}
+    for key, fname in half_files.items():
+        src = half[key]
+        shutil.copyfile(work / "half" / src, root / fname)
+        half[key] = fname
+        manifest["files"][fname] = {}
+    half["name"] = "half"
+    manifest["variants"][0]["accuracy_int8"] = VARIANT_ACCURACY["full"]
+    half["accuracy_int8"] = VARIANT_ACCURACY["half"]
+    manifest["variants"].append(half)
+    write_manifest(root, manifest, rehash_files=True)
+    b = bundle_mod.load(root)  # verifies every sha256
+    assert b.variant_names == ["full", "half"]
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from autlearn.control.client import Events
 from autlearn.paths import Paths
 from faults import HeadOracle, Tally, check_heads, check_samples, copy_db, inbox_files, integrity
 from harness import Daemon, call, max_round, move_in, query, wait_event, wait_ingested, wait_round_after
+from resign import write_manifest
 from userdata import png_bytes, write_user
 
 KILL_EVENTS = ("import", "round_started", "features", "augmented", "epoch", "trained", "version_", "round_finished")
@@ -151,9 +152,7 @@ def second_bundle(bundle: Path, dest: Path) -> Path:
     shutil.copytree(bundle, dest)
     m = json.loads((dest / "manifest.json").read_text(encoding="utf-8"))
     m["build"]["copy"] = "second bundle for the install tests"
-    raw = (json.dumps(m, indent=2, ensure_ascii=False) + "\n").encode()
-    (dest / "manifest.json").write_bytes(raw)
-    (dest / "manifest.sha256").write_text(bundle_mod.manifest_digest_line(raw))
+    write_manifest(dest, m)
     bundle_mod.load(dest)
     return dest
 

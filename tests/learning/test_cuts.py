@@ -12,6 +12,7 @@ from autlearn.errors import AutlearnError
 from autlearn.learning.cuts import Budget, Cut, Trained, choose, cuts_of, plan
 from autlearn.runtime import bundle as bundle_mod
 from autlearn.runtime.bundle import Variant
+from resign import write_manifest
 
 
 def _cut(name: str, depth: int, ms: float | None, nbytes: int) -> Cut:
@@ -60,9 +61,7 @@ def _merged(tmp_path: Path, head_dir: Path, tail_dir: Path) -> Path:
         m["files"][name] = tm["files"][tv[key]]
         cut[key] = name
     m["variants"][0]["cuts"] = [cut]
-    raw = json.dumps(m, indent=2).encode()
-    (out / "manifest.json").write_bytes(raw)
-    (out / bundle_mod.MANIFEST_DIGEST).write_text(bundle_mod.manifest_digest_line(raw))
+    write_manifest(out, m)
     return out
 
 
@@ -78,8 +77,6 @@ def test_a_bundle_carries_a_deeper_cut_per_variant_and_a_broken_one_is_refused_n
 
     m = json.loads((b.root / "manifest.json").read_text())
     m["variants"][0]["cuts"][0]["base"] = "missing.tflite"
-    raw = json.dumps(m).encode()
-    (b.root / "manifest.json").write_bytes(raw)
-    (b.root / bundle_mod.MANIFEST_DIGEST).write_text(bundle_mod.manifest_digest_line(raw))
+    write_manifest(b.root, m)
     with pytest.raises(AutlearnError, match="cut 'last_block': base file not listed"):
         bundle_mod.load(b.root)

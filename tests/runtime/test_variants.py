@@ -1,7 +1,7 @@
 """Device-aware variant choice: real interpreter, real bundle files, a real JSON record on disk.
 
-The two-variant bundle is made from two real builds (full width and --width-mult 0.5) merged into one
-manifest by hand; the int8 accuracies are set here so that the choice logic has something to decide.
+The two-variant bundle (tests/conftest.py) is made from two real builds (full width and --width-mult 0.5)
+merged into one manifest; its int8 accuracies are set so that the choice logic has something to decide.
 """
 
 from __future__ import annotations
@@ -21,52 +21,11 @@ from autlearn.runtime import interpreter as runtime
 from autlearn.runtime import measure as M, variants as V
 from autlearn.runtime.variant_table import format_table
 from autlearn.errors import AutlearnError
+from resign import write_manifest
 
 BIN = Path(sys.executable).parent
-ACC = {"full": 0.95, "half": 0.90}  # the larger variant is the more accurate one
+ACC = {"full": 0.95, "half": 0.90}  # the accuracies tests/conftest.py gives two_variant_bundle
 FAST = {"repeats": 5, "target_s": 0.02}  # measurement settings that keep the tests quick
-
-
-def _build(out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([str(BIN / "autlearn-build"), "image", "--data", "mnist5k", "--limit", "600",
-                             "--epochs", "1", "--seed", "0", "--out", str(out), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
-def _write_manifest(root: Path, manifest: dict) -> None:
-    for name, meta in manifest["files"].items():
-        meta["sha256"] = bundle_mod.sha256_file(root / name)
-        meta["bytes"] = (root / name).stat().st_size
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    (root / "manifest.sha256").write_text(bundle_mod.manifest_digest_line((root / "manifest.json").read_bytes()))
-
-
-@pytest.fixture(scope="module")
-def two_variant_bundle(tmp_path_factory) -> Path:
-    """A verified bundle with variants 'full' (width 1.0) and 'half' (width 0.5)."""
-    work = tmp_path_factory.mktemp("variants")
-    procs = {"full": _build(work / "full"), "half": _build(work / "half", "--width-mult", "0.5")}
-    for name, p in procs.items():
-        out, _ = p.communicate(timeout=300)
-        assert p.returncode == 0, f"build of {name} failed:\n{out.decode(errors='replace')[-3000:]}"
-    root = work / "bundle"
-    shutil.copytree(work / "full", root)
-    manifest = json.loads((root / "manifest.json").read_text())
-    half = json.loads((work / "half" / "manifest.json").read_text())["variants"][0]
-    half_files = {"base": "base_half_int8.tflite", "head": "head_half.tflite"}
-    for key, fname in half_files.items():
-        src = half[key]
-        shutil.copyfile(work / "half" / src, root / fname)
-        half[key] = fname
-        manifest["files"][fname] = {}
-    half["name"] = "half"
-    manifest["variants"][0]["accuracy_int8"] = ACC["full"]
-    half["accuracy_int8"] = ACC["half"]
-    manifest["variants"].append(half)
-    _write_manifest(root, manifest)
-    b = bundle_mod.load(root)  # verifies every sha256
-    assert b.variant_names == ["full", "half"]
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -213,12 +172,12 @@ def test_accuracy_ties_and_missing_accuracy(two_variant_bundle, tmp_path):
     shutil.copytree(two_variant_bundle, root)
     manifest = json.loads((root / "manifest.json").read_text())
     manifest["variants"][0]["accuracy_int8"] = None  # e.g. built without held-out images
-    _write_manifest(root, manifest)
+    write_manifest(root, manifest, rehash_files=True)
     b = bundle_mod.load(root)
     ms = [_m("full", 1.0, 100), _m("half", 2.0, 100)]
     assert V.choose(b, ms, V.Budget()).name == "half"  # a known accuracy beats an unknown one
     manifest["variants"][0]["accuracy_int8"] = ACC["half"]
-    _write_manifest(root, manifest)
+    write_manifest(root, manifest, rehash_files=True)
     b = bundle_mod.load(root)
     assert V.choose(b, ms, V.Budget()).name == "full"  # equal accuracy: the faster one
 
@@ -274,7 +233,7 @@ def test_a_different_bundle_measures_again(two_variant_bundle, tmp_path):
     shutil.copytree(two_variant_bundle, root)
     manifest = json.loads((root / "manifest.json").read_text())
     manifest["variants"][1]["accuracy_int8"] = 0.99  # new manifest -> new sha256 -> new record
-    _write_manifest(root, manifest)
+    write_manifest(root, manifest, rehash_files=True)
     other = bundle_mod.load(root)
     c = V.choose_variant(other, "b2", state, 2, "cpu", V.Budget(), measure=count, **FAST)
     assert len(count.calls) == 2 and c.name == "half"

@@ -23,6 +23,7 @@ from faults import SEED, bundle_files, flip_byte
 from full_disk import enospc_mid_round, full_disk
 from harness import Daemon, call
 from power_loss import install_cut, power_loss
+from resign import write_manifest
 from tamper import tamper_sweep, tampered_daemon
 
 
@@ -154,9 +155,7 @@ def _other_bundle(tmp_path: Path, tiny_bundle: Path) -> Path:
     shutil.copytree(tiny_bundle, other)
     m = json.loads((other / "manifest.json").read_text())
     m["labels"] = list(reversed(m["labels"]))
-    raw = (json.dumps(m, indent=2) + "\n").encode()
-    (other / "manifest.json").write_bytes(raw)
-    (other / "manifest.sha256").write_text(bundle_mod.manifest_digest_line(raw))
+    write_manifest(other, m)
     bundle_mod.load(other)
     return other
 
