@@ -69,9 +69,9 @@ def finish_tail_variant(name: str, classifier, train, val, active: np.ndarray, o
     stem's own int8 activations of the public training images with the tail's own train step → Variant."""
     from . import image_model
     from . import tail_module as tm
-    from .convert import convert_base_int8, convert_head
+    from .convert import convert_base_int8
     from .evaluate import BaseRunner, accuracy
-    from .head_module import SIGNATURES, train_head
+    from .head_module import train_head
 
     t0 = time.perf_counter()
     cut = opts.tail
@@ -103,15 +103,7 @@ def finish_tail_variant(name: str, classifier, train, val, active: np.ndarray, o
         weights = train_head(module(pretrained), runner.features(train.x), train.y.astype(np.int32), active,
                              epochs=opts.head_epochs, lr=opts.head_learning_rate, seed=opts.seed)
     tail = module(weights)  # fresh: Adam state at zero, anchors = the shipped weights
-    tail_model = quiet_call(convert_head, tail, SIGNATURES)  # ConversionError (exit 3) naming a non-builtin op
-    from .evaluate import head_probs
-
-    probs_int8 = head_probs(tail_model, val_int8, active)
-    if len(val):
-        diff = float(np.max(np.abs(probs_int8 - tail.numpy_probs(val_int8, active))))
-        if diff > 1e-3:
-            raise BuildError(f"variant {name}: the converted {cut} tail differs from the trained one "
-                             f"(max probability difference {diff:.2e})")
+    tail_model, probs_int8 = _converted(tail, val_int8, active, f"variant {name}: the converted {cut} tail", quiet_call)
     accuracy_int8 = accuracy(probs_int8, val.y)
     feature_size = int(np.prod(shape))
     step_ms = train_step_ms(tail_model, feature_size, opts.class_capacity, opts.train_batch)
@@ -173,7 +165,7 @@ def finish_backbone_tail(user, train, val, active: np.ndarray, opts, progress: C
     convolutions then train on the board)."""
     from . import tail_module as tm
     from .convert import convert_base_int8, convert_head
-    from .evaluate import BaseRunner, accuracy, head_probs
+    from .evaluate import BaseRunner, accuracy
     from .head_module import SIGNATURES, SoftmaxHead, train_head
     from .model_import import head_from_dense
 
@@ -214,13 +206,7 @@ def finish_backbone_tail(user, train, val, active: np.ndarray, opts, progress: C
         head_source = f"trained {opts.head_epochs} epochs on the tail's features of the stem's int8 activations"
     weights = {**convs, "w0": head["w0"], "b0": head["b0"]}
     tail = module(weights)
-    tail_model = quiet_call(convert_head, tail, SIGNATURES)  # ConversionError (exit 3) naming a non-builtin op
-    probs_int8 = head_probs(tail_model, a_val, active)
-    if len(val):
-        diff = float(np.max(np.abs(probs_int8 - tail.numpy_probs(a_val, active))))
-        if diff > 1e-3:
-            raise BuildError(f"the converted {cut} tail differs from the eager one (max probability difference "
-                             f"{diff:.2e})")
+    tail_model, probs_int8 = _converted(tail, a_val, active, f"the converted {cut} tail", quiet_call)
     accuracy_int8 = accuracy(probs_int8, val.y)
     float_probs = tail.numpy_probs(predict(stem, val.x), active)
     accuracy_float = accuracy(float_probs, val.y)
@@ -258,3 +244,19 @@ def finish_backbone_tail(user, train, val, active: np.ndarray, opts, progress: C
                    accuracy_int8=accuracy_int8, accuracy_float=accuracy_float,
                    extra={"head_params": tail_params, "head_flops": flops_tail, "head_source": head_source,
                           "cut": cut, "tail": cost, "cache_quantization": output_quantization(stem_model)})
+
+
+def _converted(tail, x_val: np.ndarray, active: np.ndarray, what: str, quiet_call):
+    """The tail converted builtin-only (ConversionError, exit 3, naming a non-builtin op) and its probabilities on
+    the validation activations, refused when they differ from the eager module's."""
+    from .convert import convert_head
+    from .evaluate import head_probs
+    from .head_module import SIGNATURES
+
+    tail_model = quiet_call(convert_head, tail, SIGNATURES)
+    probs = head_probs(tail_model, x_val, active)
+    if len(x_val):
+        diff = float(np.max(np.abs(probs - tail.numpy_probs(x_val, active))))
+        if diff > 1e-3:
+            raise BuildError(f"{what} differs from the eager one (max probability difference {diff:.2e})")
+    return tail_model, probs
