@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_ROOT ?= var/demo
 
-.PHONY: all demo demo-camera test sysdeps venv clean
+.PHONY: all demo demo-camera test test-fast sysdeps venv clean
 
 all: test
 
@@ -36,6 +36,10 @@ demo-camera: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# The fast part (no built bundle, no daemon subprocess, no TensorFlow training): about half a minute.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 clean:
 	rm -rf var build .pytest_cache
