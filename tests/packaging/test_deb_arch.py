@@ -149,3 +149,13 @@ def test_a_real_aarch64_library_passes_for_arm64_and_is_refused_for_amd64(tmp_pa
     assert "all 64-bit AArch64 (e_machine 183)" in cw.check("arm64", "2.36", str(wheel))
     with pytest.raises(SystemExit, match=r"is not for amd64: .* is a 64-bit AArch64 ELF file \(e_machine 183\)"):
         cw.check("amd64", "2.36", str(wheel))
+
+
+def test_the_quick_litert_check_names_a_missing_head_model(tmp_path):
+    """tools/deb_test_litert.sh (the aarch64 wheel's `train` under qemu) stops before unpacking anything."""
+    missing = tmp_path / "no_head.tflite"
+    r = subprocess.run([str(REPO / "tools" / "deb_test_litert.sh"), str(missing)], cwd=REPO, capture_output=True,
+                       text=True, timeout=60, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEB_TEST_DIR": str(tmp_path / "w")})
+    assert r.returncode == 2
+    assert (f"no head model {missing}" in r.stderr) or ("run as root" in r.stderr)
+    assert not (tmp_path / "w").exists()

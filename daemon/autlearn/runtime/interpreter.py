@@ -256,10 +256,53 @@ def _fmt(options: dict[str, str]) -> str:
     return "&".join(f"{k}={v}" for k, v in options.items())
 
 
+class _CpuInterpreter(Interpreter):  # type: ignore[misc, valid-type]
+    """The interpreter for heads: its signature runners resize only inputs whose shape changed.
+
+    Every aarch64 build of ai-edge-litert (1.4.0 to 2.3.0) segfaults when a signature input is resized
+    to rank 0: `InterpreterWrapper::ResizeInputTensor` stores the first of `n` dims and memsets the other
+    `n - 1`, so for a scalar's empty shape (n = 0) it memsets 2^64 - 4 bytes. A head's `train` takes the
+    learning rate as a scalar and the stock runner resizes every input on every call, so training on an
+    arm64 board died on its first step (x86-64 builds memset n * 4 bytes and survive). Resizing an input
+    to the shape it has is a no-op, so skipping it changes nothing else (reports/arm64.md)."""
+
+    def get_signature_runner(self, signature_key=None):
+        runner = super().get_signature_runner(signature_key)
+        if not all(hasattr(runner, a) for a in ("_interpreter_wrapper", "_inputs", "_outputs", "_subgraph_index")):
+            return runner  # pragma: no cover - a runtime whose runner is built differently
+        return _ResizeOnChange(runner)
+
+
+class _ResizeOnChange:
+    """A signature runner that calls ResizeInputTensor only for an input whose shape differs from its
+    tensor's (never for a scalar fed as a scalar); otherwise the stock runner's steps, in its order."""
+
+    def __init__(self, runner):
+        self._runner = runner
+
+    def __getattr__(self, name):  # get_input_details, get_output_details, ...
+        return getattr(self._runner, name)
+
+    def __call__(self, **kwargs):
+        r = self._runner
+        if kwargs.keys() != r._inputs.keys():
+            return r(**kwargs)  # the stock runner's error for missing or unknown inputs
+        w, sub = r._interpreter_wrapper, r._subgraph_index
+        for name, value in kwargs.items():
+            shape = tuple(np.shape(value))
+            if shape != tuple(w.TensorSize(r._inputs[name], sub)):
+                w.ResizeInputTensor(r._inputs[name], np.array(shape, dtype=np.int32), False, sub)
+        w.AllocateTensors(sub)
+        for name, value in kwargs.items():
+            w.SetTensor(r._inputs[name], value, sub)
+        w.Invoke(sub)
+        return {name: w.GetTensor(index, sub) for name, index in r._outputs}
+
+
 def make_cpu_interpreter(model: Path | str, threads: int):
-    """Training graphs (heads) run on the CPU: delegates cannot take them."""
-    interp = Interpreter(model_path=str(model), num_threads=threads)
-    return interp
+    """Training graphs (heads) run on the CPU: delegates cannot take them. Their signature runners skip
+    resizing unchanged inputs (the aarch64 scalar-resize crash: `_CpuInterpreter`)."""
+    return _CpuInterpreter(model_path=str(model), num_threads=threads)
 
 
 # ----------------------------------------------------------------------------------------------- timing
