@@ -20,6 +20,7 @@ from ..intake import augment, imaging
 from ..runtime.bundle import Bundle, Variant
 from ..durable import read_regular_file
 from ..errors import AutlearnError
+from .cuts import HEAD, Budget, Cut, Plan, Trained, choose, cuts_of, plan
 from .featcache import FeatureCache, feature_key
 from .features import FeatureExtractor
 from .head import Head, Weights, active_mask, load_weights, save_weights
@@ -175,12 +176,40 @@ class Learner:
     of the template (round.run_round) with an ImageRound."""
 
     def __init__(self, bundle: Bundle, bundle_id: str, variant: Variant, store: Store, features: FeatureSource,
-                 heads_dir: Path, threads: int):
+                 heads_dir: Path, threads: int, budget: Budget | None = None, delegate: str = "cpu"):
         self.bundle, self.bundle_id, self.variant, self.store = bundle, bundle_id, variant, store
         self.features, self.heads_dir, self.threads = features, heads_dir, threads
+        self.budget, self.delegate = budget, delegate  # budget None: deeper cuts never train
+        self.cuts = cuts_of(bundle, variant.name)
+        self._sources: dict[str, FeatureSource] = {}
 
-    def new_head(self) -> Head:
-        return Head(self.variant, self.bundle.class_capacity, self.bundle.train_batch, self.threads)
+    def new_head(self, cut: Cut | None = None) -> Head:
+        return Head(cut.variant if cut else self.variant, self.bundle.class_capacity, self.bundle.train_batch,
+                    self.threads)
+
+    def source(self, cut: Cut) -> FeatureSource:
+        """The features at `cut`: its own stem, so its own cache keys (the head-only cut's are `features`)."""
+        if cut.depth == 0:
+            return self.features
+        if cut.name not in self._sources:
+            f = self.features
+            self._sources[cut.name] = FeatureSource(self.bundle, cut.variant,
+                                                    FeatureExtractor(cut.variant, self.threads, self.delegate),
+                                                    f.cache, f.max_pixels, f.max_file_bytes)
+        return self._sources[cut.name]
+
+    def version_cut(self, version: int) -> Cut:
+        """The cut head `version` was trained at (its stem and its head)."""
+        return cut_of_row(self.cuts, self.store.head(version), self.variant.name)
+
+    def start_weights(self, cut: Cut, version: int) -> tuple[Weights | None, bool]:
+        """What a candidate at `cut` starts from, and whether that is head `version` itself: the current head
+        when it was trained at `cut`, else the latest promoted head at `cut`, else (None) the bundle's own."""
+        if self.version_cut(version).name == cut.name:
+            return self.current_weights(version), True
+        rows = [h for h in self.store.heads(self.bundle_id) if h["cut"] == cut.name
+                and h["variant"] == self.variant.name and h["status"] in ("initial", "promoted")]
+        return (load_weights(self.heads_dir / rows[-1]["file"]), False) if rows else (None, False)
 
     def active(self) -> np.ndarray:
         return active_mask(self.bundle.class_capacity, self.store.classes(self.bundle_id).values())
@@ -239,6 +268,16 @@ class Learner:
         return run_round(sc, version, trigger, tolerance, progress, checkpoint)
 
 
+def cut_of_row(cuts: list[Cut], row: dict | None, variant: str) -> Cut:
+    """The Cut a head record was trained at; a cut the bundle's variant no longer carries is an error."""
+    name = (row or {}).get("cut") or HEAD
+    for c in cuts:
+        if c.name == name:
+            return c
+    raise AutlearnError("bad_bundle", f"head v{(row or {}).get('version')} was trained at cut {name!r}, which "
+                                      f"variant {variant!r} of the installed bundle does not carry")
+
+
 class ImageRound(RoundScenario):
     """The image scenario's steps of one round: features of the chosen samples (cache first) and their
     augmented copies, the candidate head trained offline (epochs) or online (predict each chunk, then learn it),
@@ -266,6 +305,7 @@ class ImageRound(RoundScenario):
             y = np.array([slots[s.label] for s in kept], np.int32)
             hold = np.array([s.holdout and self.gated for s in kept], bool)
             xtr, ytr, self.xho, self.yho = x[~hold], y[~hold], x[hold], y[hold]
+            kept_a: list[Sample] = []
             if augmenting and len(ytr):  # training samples only: the holdout judges real data
                 train_samples = [s for s, h in zip(kept, hold) if not h]
                 xa, kept_a, self.aug.augmented_computed, self.aug.augmented_cached = learner.features.augmented(
@@ -279,9 +319,44 @@ class ImageRound(RoundScenario):
         self.aug.n_augmented = len(ytr) - n_original
         self.x, self.y, self.kept, self.hold, self.xtr, self.ytr = x, y, kept, hold, xtr, ytr
         self.active = learner.active()
+        self.at = {HEAD: (x, xtr, self.xho)}  # per cut: all kept samples', training and holdout features
+        self.current_cut = learner.version_cut(ctx.version)
+        self.plan = self._plan(len(ytr))
+        for c in {c.name: c for c in (*self.plan.train, self.current_cut) if c.depth}.values():
+            yield None
+            more = self._features_at(c, kept, hold, kept_a)
+            computed, cached = computed + more[0], cached + more[1]
         yield Prepared(n_original, len(self.yho), computed, cached)
 
+    def _plan(self, n_train: int) -> Plan:
+        """The cuts this round trains: deeper ones only offline, gated, within the budget (cuts.plan)."""
+        learner, cuts = self.learner, self.learner.cuts
+        if len(cuts) == 1 or self.mode != "offline" or not self.gated or learner.budget is None:
+            return Plan((self.current_cut if self.mode == "online" else cuts[0],), ())
+        return plan(cuts, n_train, self.epochs, learner.budget)
+
+    def _features_at(self, c: Cut, kept: list[Sample], hold: np.ndarray, kept_a: list[Sample]) -> tuple[int, int]:
+        """The same samples (and augmented copies) through cut `c`'s stem; a cut that could not read exactly
+        the same samples is left out of the round (the current head's cut too: then the round is not ready)."""
+        src = self.learner.source(c)
+        xc, kc, computed, cached = src.for_samples(kept)
+        if [s.id for s in kc] == [s.id for s in kept]:
+            xtr = xc[~hold]
+            if kept_a:
+                xa, ka, ca, ha = src.augmented([s for s, h in zip(kept, hold) if not h], self.augment_copies,
+                                               self.seed)
+                computed, cached = computed + ca, cached + ha
+                xtr = np.concatenate([xtr, xa]) if [s.id for s in ka] == [s.id for s in kept_a] else None
+            if xtr is not None:
+                self.at[c.name] = (xc, xtr, xc[hold])
+                return computed, cached
+        self.plan = Plan(tuple(t for t in self.plan.train if t.name != c.name),
+                         self.plan.skipped + ((c, "a sample changed while the round read it"),))
+        return computed, cached
+
     def not_ready(self) -> str | None:
+        if self.current_cut.name not in self.at:
+            return f"a sample changed while the round read it at cut {self.current_cut.name}"
         if len(self.ytr) == 0:
             return "no training samples yet"
         if len(self.yho) == 0 and self.gated:
@@ -289,23 +364,44 @@ class ImageRound(RoundScenario):
         return None
 
     def score_current(self, ctx: RoundContext) -> float | None:
-        self.head = self.learner.new_head()
+        self.head = self.learner.new_head(self.current_cut)
         self.head.set_weights(self.learner.current_weights(ctx.version))
-        return accuracy(self.head.predict(self.xho, self.active), self.yho)
+        return accuracy(self.head.predict(self.at[self.current_cut.name][2], self.active), self.yho)
 
     def train(self, ctx: RoundContext) -> Skip | None:
-        head, round_id = self.head, ctx.round_id
+        """The candidate of each planned cut on the same training samples; the one `choose` keeps (by the same
+        holdout samples) becomes the round's candidate, its cut and the reason recorded with it."""
+        round_id = ctx.round_id
         if self.mode == "online":
+            x = self.at[self.current_cut.name][0]
             stream = [i for i, s in enumerate(self.kept) if not s.holdout and not s.trained]
-            self.losses = self._online(self.x[stream], self.y[stream], self.seed + round_id, ctx)
-        else:
-            epochs = head.epochs_for(len(self.xtr), self.epochs, self.min_steps)
-            share = self.learner.unlearnt_share(ctx.version, self.kept, self.hold)
+            self.losses = self._online(x[stream], self.y[stream], self.seed + round_id, ctx)
+            self.cut = self.current_cut.name
+            return None if self.losses else Skip("no new samples to learn from online")
+        results, heads = [], {}
+        for c in self.plan.train:
+            if c.name == self.current_cut.name:
+                head, from_current = self.head, True
+            else:
+                head, (weights, from_current) = self.learner.new_head(c), self.learner.start_weights(c, ctx.version)
+                if weights is not None:
+                    head.set_weights(weights)
+            xtr, xho = self.at[c.name][1], self.at[c.name][2]
+            epochs = head.epochs_for(len(xtr), self.epochs, self.min_steps)
+            share = self.learner.unlearnt_share(ctx.version, self.kept, self.hold) if from_current else 1.0
             if share < 1.0:  # the incremental round: the head continues from what it already knows
                 epochs = max(1, math.ceil(epochs * share))
-            self.losses = head.fit(self.xtr, self.ytr, self.active, epochs, self.learning_rate, self.seed + round_id,
-                                   ctx.checkpoint, epoch_events(ctx.progress, round_id, epochs))
-        return None if self.losses else Skip("no new samples to learn from online")
+            events = epoch_events(ctx.progress, round_id, epochs) if c.depth == 0 else (lambda *a: None)
+            losses = head.fit(xtr, self.ytr, self.active, epochs, self.learning_rate, self.seed + round_id,
+                              ctx.checkpoint, events)
+            heads[c.name] = (head, losses)
+            results.append(Trained(c, accuracy(head.predict(xho, self.active), self.yho)))
+        decision = choose(results, len(self.yho))
+        self.head, self.losses = heads[decision.keep.cut.name]
+        self.cut, self.after = decision.keep.cut.name, decision.keep.holdout_accuracy
+        if len(self.learner.cuts) > 1:
+            self.cut_reason = "; ".join([decision.reason] + [f"not {c.name}: {why}" for c, why in self.plan.skipped])
+        return None
 
     def _online(self, xs: np.ndarray, ys: np.ndarray, seed: int, ctx: RoundContext) -> list[float]:
         """The paper's online mode: each chunk of new samples (in arrival order) is first predicted with the
@@ -338,7 +434,9 @@ class ImageRound(RoundScenario):
     def score_candidate(self, ctx: RoundContext) -> float | None:
         ctx.progress("trained", {"round_id": ctx.round_id, "epochs": len(self.losses),
                                  "loss_first": self.losses[0], "loss_last": self.losses[-1]})
-        return accuracy(self.head.predict(self.xho, self.active), self.yho)
+        if self.mode == "online":
+            return accuracy(self.head.predict(self.at[self.cut][2], self.active), self.yho)
+        return self.after
 
     def save(self, path: Path) -> None:
         save_weights(self.head.get_weights(), path)
@@ -348,6 +446,8 @@ class ImageRound(RoundScenario):
         if ctx.prequential:
             seen = sum(n for _, n in ctx.prequential)
             online = f"online: {sum(h for h, _ in ctx.prequential) / seen:.3f} predicted right before learning {seen}; "
+        if self.cut_reason:
+            online += f"cut {self.cut}: {self.cut_reason}; "
         if not self.gated:
             return online + self.bounded
         return online + self.bounded + f"holdout accuracy {before:.3f} → {after:.3f} on {len(self.yho)} samples; "
