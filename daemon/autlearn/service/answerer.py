@@ -15,8 +15,8 @@ from ..errors import AutlearnError
 from ..learning.featcache import FeatureCache
 from ..learning.features import FeatureExtractor
 from ..learning.head import Head, active_mask, load_weights
-from ..learning.cuts import cuts_of
-from ..learning.learner import FeatureSource, cut_of_row
+from ..learning.cuts import cut_of_row, cuts_of
+from ..learning.featsource import FeatureSource
 from ..learning.store import Store
 
 log = logging.getLogger(__name__)

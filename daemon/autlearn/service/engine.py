@@ -10,7 +10,8 @@ from ..learning.cuts import Budget
 from ..learning.featcache import FeatureCache, Stats
 from ..learning.features import FeatureExtractor
 from ..intake.ingest import IngestReport, Ingestor
-from ..learning.learner import FeatureSource, Learner
+from ..learning.featsource import FeatureSource
+from ..learning.learner import Learner
 from ..learning.round import Checkpoint, Progress, RoundResult
 from ..paths import Paths
 from ..learning.store import Store
