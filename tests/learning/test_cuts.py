@@ -166,3 +166,27 @@ def test_a_deeper_cut_over_the_budget_is_not_trained_and_the_version_says_why(
     finally:
         eng.close()
         svc.stop()
+
+
+def test_a_deeper_cut_that_loses_on_the_holdout_in_a_round_keeps_the_head_only_candidate(
+        tmp_path, tiny_bundle, tiny_tail_bundle, user_digits, write_user):
+    from eval_board import never, no_progress
+    from autlearn.learning.head import Head, save_weights
+    svc, eng = _board(tmp_path, tiny_bundle, tiny_tail_bundle, user_digits, write_user,
+                      **{"training.epochs": 1, "training.min_steps": 0, "training.learning_rate": 1e-4})
+    try:
+        # an earlier tail version that is broken (all zeros: one class for every input) is where the tail's
+        # candidate starts; the head-only one starts from the bundle's head: the tail trains, and loses
+        tail = cuts_of(svc.bundle)[1]
+        w = Head(tail.variant, svc.bundle.class_capacity, svc.bundle.train_batch, 1).get_weights()
+        save_weights({k: np.zeros_like(v) for k, v in w.items()}, svc.paths.heads / "tail-zero.npz")
+        svc.store.add_head(svc.bundle_id, svc.variant.name, "promoted", "tail-zero.npz", cut="last_block")
+        r = eng.round("test", no_progress, never)
+        assert r.cut == "head" and r.outcome == "promoted", r.detail
+        assert r.cut_reason.startswith(f"kept head: no deeper cut beat it on {r.n_holdout} holdout samples")
+        assert "last_block 0." in r.cut_reason  # it was trained and scored
+        row = svc.versions({})["versions"][-1]
+        assert row["version"] == r.version and row["cut"] == "head" and row["cut_reason"] == r.cut_reason
+    finally:
+        eng.close()
+        svc.stop()
