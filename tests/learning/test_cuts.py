@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from autlearn.errors import AutlearnError
@@ -80,3 +82,111 @@ def test_a_bundle_carries_a_deeper_cut_per_variant_and_a_broken_one_is_refused_n
     write_manifest(b.root, m)
     with pytest.raises(AutlearnError, match="cut 'last_block': base file not listed"):
         bundle_mod.load(b.root)
+
+
+def _board(tmp_path, tiny_bundle, tiny_tail_bundle, user_digits, write_user, **overrides):
+    from eval_board import engine_of, make_service
+    svc = make_service(tmp_path / "root", _merged(tmp_path, tiny_bundle, tiny_tail_bundle),
+                       **{"training.augment_copies": 0, **overrides})
+    images, labels = user_digits
+    write_user(svc.paths.state.parent / "inbox", images[:200], labels[:200])
+    eng = engine_of(svc)
+    eng.scan()
+    return svc, eng
+
+
+def _through(cut: Cut, weights_file: Path, data: bytes, svc) -> np.ndarray:
+    """What a version at `cut` predicts for one file, computed here: its stem, then its head."""
+    from autlearn.intake import imaging
+    from autlearn.learning.features import FeatureExtractor
+    from autlearn.learning.head import Head, active_mask, load_weights
+    x = imaging.load_input(data, "x.png", svc.bundle.input, svc.config["data.max_pixels"])
+    f = FeatureExtractor(cut.variant, 1)(x[None])
+    head = Head(cut.variant, svc.bundle.class_capacity, svc.bundle.train_batch, 1)
+    head.set_weights(load_weights(weights_file))
+    return head.predict(f, active_mask(svc.bundle.class_capacity, svc.store.classes(svc.bundle_id).values()))[0]
+
+
+def test_a_deeper_cut_that_wins_on_the_holdout_is_promoted_and_predict_and_rollback_use_its_stem(
+        tmp_path, tiny_bundle, tiny_tail_bundle, user_digits, write_user):
+    from eval_board import never, no_progress
+    from autlearn.learning.head import load_weights, save_weights
+    # The head-only cut starts from a broken head (all zeros: it answers one class) and trains one epoch at a
+    # small learning rate, so it stays bad; the tail starts from the bundle's trained tail: it must win.
+    svc, eng = _board(tmp_path, tiny_bundle, tiny_tail_bundle, user_digits, write_user,
+                      **{"training.epochs": 1, "training.min_steps": 0, "training.learning_rate": 1e-4})
+    v1 = svc.paths.heads / "head-v1.npz"
+    save_weights({k: np.zeros_like(v) for k, v in load_weights(v1).items()}, v1)
+    try:
+        r = eng.round("test", no_progress, never)
+        assert r.outcome == "promoted" and r.cut == "last_block", r.detail
+        assert r.cut_reason.startswith("last_block beat the shallower cuts on") and "cut last_block:" in r.detail
+        st = svc.status({})
+        assert st["head"]["version"] == r.version and st["head"]["cut"] == "last_block"
+        rows = {v["version"]: v for v in svc.versions({})["versions"]}
+        assert rows[1]["cut"] == "head" and rows[r.version]["cut"] == "last_block"
+        assert rows[r.version]["cut_reason"] == r.cut_reason
+        tail = cuts_of(svc.bundle)[1]
+        f = sorted((svc.paths.state.parent / "inbox").rglob("*.png"))[0]
+        data = f.read_bytes()
+        ans = svc.predict({"files": [{"name": f.name, "data": base64.b64encode(data).decode()}], "top": 10})
+        assert ans["version"] == r.version
+        got = {t["label"]: t["p"] for t in ans["predictions"][0]["top"]}
+        want = _through(tail, svc.paths.heads / rows[r.version]["file"], data, svc)
+        slots = svc.store.classes(svc.bundle_id)
+        assert all(abs(got[name] - float(want[slot])) < 1e-5 for name, slot in slots.items() if name in got)
+        # rolled back to v1, predict answers through the head-only stem again (64 features, its own head)
+        svc.rollback({"version": 1})
+        back = svc.predict({"files": [{"name": f.name, "data": base64.b64encode(data).decode()}], "top": 10})
+        want1 = _through(cuts_of(svc.bundle)[0], v1, data, svc)
+        got1 = {t["label"]: t["p"] for t in back["predictions"][0]["top"]}
+        assert back["version"] == 1 and all(abs(got1[n] - float(want1[s])) < 1e-5 for n, s in slots.items()
+                                            if n in got1)
+        # the next round starts from v1 (head only) and judges it through its own stem
+        r2 = eng.round("test", no_progress, never)
+        assert r2.outcome in ("promoted", "rejected") and r2.accuracy_before is not None
+    finally:
+        eng.close()
+        svc.stop()
+
+
+def test_a_deeper_cut_over_the_budget_is_not_trained_and_the_version_says_why(
+        tmp_path, tiny_bundle, tiny_tail_bundle, user_digits, write_user):
+    from eval_board import never, no_progress
+    svc, eng = _board(tmp_path, tiny_bundle, tiny_tail_bundle, user_digits, write_user,
+                      **{"training.cut_budget_s": 0.0})
+    try:
+        r = eng.round("test", no_progress, never)
+        assert r.outcome == "promoted" and r.cut == "head"
+        assert r.cut_reason.startswith("trained head only; not last_block: its training would take")
+        assert "over the 0 s budget" in r.cut_reason
+        row = svc.versions({})["versions"][-1]
+        assert row["cut"] == "head" and row["cut_reason"] == r.cut_reason
+        assert svc.status({})["head"]["cut"] == "head"
+    finally:
+        eng.close()
+        svc.stop()
+
+
+def test_a_deeper_cut_that_loses_on_the_holdout_in_a_round_keeps_the_head_only_candidate(
+        tmp_path, tiny_bundle, tiny_tail_bundle, user_digits, write_user):
+    from eval_board import never, no_progress
+    from autlearn.learning.head import Head, save_weights
+    svc, eng = _board(tmp_path, tiny_bundle, tiny_tail_bundle, user_digits, write_user,
+                      **{"training.epochs": 1, "training.min_steps": 0, "training.learning_rate": 1e-4})
+    try:
+        # an earlier tail version that is broken (all zeros: one class for every input) is where the tail's
+        # candidate starts; the head-only one starts from the bundle's head: the tail trains, and loses
+        tail = cuts_of(svc.bundle)[1]
+        w = Head(tail.variant, svc.bundle.class_capacity, svc.bundle.train_batch, 1).get_weights()
+        save_weights({k: np.zeros_like(v) for k, v in w.items()}, svc.paths.heads / "tail-zero.npz")
+        svc.store.add_head(svc.bundle_id, svc.variant.name, "promoted", "tail-zero.npz", cut="last_block")
+        r = eng.round("test", no_progress, never)
+        assert r.cut == "head" and r.outcome == "promoted", r.detail
+        assert r.cut_reason.startswith(f"kept head: no deeper cut beat it on {r.n_holdout} holdout samples")
+        assert "last_block 0." in r.cut_reason  # it was trained and scored
+        row = svc.versions({})["versions"][-1]
+        assert row["version"] == r.version and row["cut"] == "head" and row["cut_reason"] == r.cut_reason
+    finally:
+        eng.close()
+        svc.stop()

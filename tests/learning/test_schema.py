@@ -40,7 +40,11 @@ def test_a_store_written_by_the_previous_release_migrates_and_keeps_every_sample
     assert _rows(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     assert _rows(db, ALL) == samples_before
     for table, rows in before.items():
-        assert _rows(db, f"SELECT * FROM {table} ORDER BY 1") == rows, table
+        after = _rows(db, f"SELECT * FROM {table} ORDER BY 1")
+        if table == "heads":  # step 3 added the cut each version trained at: every old one the head only
+            assert [r[-2:] for r in after] == [("head", None)] * len(rows)
+            after = [r[:-2] for r in after]
+        assert after == rows, table
     # the counts the migration filled in match the fixture's rows: 34 ok (7 holdout, 4 not learnt), ...
     assert store.sample_counts() == {"ok": 34, "quarantined": 3, "ignored": 2, "waiting": 1, "holdout": 7, "new": 4}
     assert store.counts() == store.recount()

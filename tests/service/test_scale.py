@@ -4,7 +4,7 @@ change in a watched directory makes the daemon look at. Counts, never times."""
 import numpy as np
 import pytest
 
-from autlearn.learning import learner
+from autlearn.learning import featsource, learner
 from eval_board import engine_of, make_service, never, no_progress
 
 
@@ -18,7 +18,7 @@ def svc(tmp_path, tiny_bundle):
 def test_a_round_after_new_files_reads_a_bounded_number_of_features(svc, user_digits, write_user, monkeypatch):
     monkeypatch.setattr(learner, "REPLAY_MAX", 100)
     monkeypatch.setattr(learner, "HOLDOUT_MAX", 40)
-    monkeypatch.setattr(learner, "FEATURE_CHUNK", 64)  # the first round runs the base over 600 images in chunks
+    monkeypatch.setattr(featsource, "FEATURE_CHUNK", 64)  # the first round runs the base over 600 images in chunks
     images, labels = user_digits
     inbox = svc.paths.state.parent / "inbox"
     write_user(inbox, images[:600], labels[:600], prefix="a")

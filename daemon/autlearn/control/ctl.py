@@ -71,7 +71,8 @@ def show_status(r: dict) -> str:
         f"samples:    {s['ok']} usable ({s['holdout']} holdout, {s['new']} not yet trained on), "
         f"{s['quarantined']} quarantined, {s['ignored']} ignored, {s['waiting']} waiting for a class slot",
         f"head:       v{h['version']} ({h['status']}), holdout accuracy {_pct(h['previous_accuracy'])} before → "
-        f"{_pct(h['accuracy'])} after",
+        f"{_pct(h['accuracy'])} after"
+        + (f", cut {h['cut']} ({h['cut_reason']})" if h.get("cut_reason") else ""),
         f"cache:      {c['entries']} feature vectors, {c['hits']} hits / {c['misses']} misses",
     ]
     lr = r.get("last_round")
@@ -92,6 +93,8 @@ def show_versions(r: dict) -> str:
         created = datetime.datetime.fromtimestamp(v["created"]).strftime("%Y-%m-%d %H:%M:%S")
         lines.append(f"{mark}{v['version']:>7}  {v['status']:9} {_pct(v['accuracy']):>8} "
                      f"{_pct(v['previous_accuracy']):>7} {v['n_train']:>6} {v['n_holdout']:>7}  {created}")
+        if v.get("cut_reason"):  # a bundle with deeper cuts: which one this version trained, and why
+            lines.append(f"{'':10}cut {v['cut']}: {v['cut_reason']}")
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import AutlearnError
 from ..runtime.bundle import Bundle, Variant
 
 HEAD = "head"
@@ -111,3 +112,13 @@ def choose(results: list[Trained], holdout_n: int) -> Decision:
         return Decision(best, f"kept {best.cut.name}: no deeper cut beat it on {holdout_n} holdout samples "
                               f"({scores})")
     return Decision(best, f"{best.cut.name} beat the shallower cuts on {holdout_n} holdout samples ({scores})")
+
+
+def cut_of_row(cuts: list[Cut], row: dict | None, variant: str) -> Cut:
+    """The Cut a head record was trained at; a cut the bundle's variant no longer carries is an error."""
+    name = (row or {}).get("cut") or HEAD
+    for c in cuts:
+        if c.name == name:
+            return c
+    raise AutlearnError("bad_bundle", f"head v{(row or {}).get('version')} was trained at cut {name!r}, which "
+                                      f"variant {variant!r} of the installed bundle does not carry")

@@ -1,4 +1,4 @@
-"""The image learner: features of stored samples (cache first) and the image scenario's steps of a round.
+"""The image learner: the samples a round reads, the head it starts from, and the image scenario's steps.
 
 A round, in the order data flows: samples → features (cache first) → head training → holdout evaluation →
 promote the candidate head or keep the current one (the template: round.run_round).
@@ -9,21 +9,18 @@ Runs in the worker thread; everything it touches (interpreters, SQLite handles) 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 from pathlib import Path
 
 import numpy as np
 
-from ..intake import augment, imaging
 from ..runtime.bundle import Bundle, Variant
-from ..durable import read_regular_file
 from ..errors import AutlearnError
-from .featcache import FeatureCache, feature_key
+from .cuts import HEAD, Budget, Cut, Plan, Trained, choose, cut_of_row, cuts_of, plan
+from .featsource import FeatureSource
 from .features import FeatureExtractor
 from .head import Head, Weights, active_mask, load_weights, save_weights
-from ..intake.ingest import shown
 from .round import (Checkpoint, ImageExtras, Prepared, Progress, RoundContext, RoundResult, RoundScenario, Skip,
                     epoch_events, run_round)
 from .store import Sample, Store
@@ -35,24 +32,6 @@ log = logging.getLogger(__name__)
 # holdout samples plus the new holdout ones: its cost follows the new files, not how many the board holds.
 REPLAY_MAX = 2048
 HOLDOUT_MAX = 2048
-# Inputs decoded and run through the base at a time when features are missing (memory: 1,024 28×28 inputs ≈ 3 MB).
-FEATURE_CHUNK = 1024
-
-
-def read_sample(path: str, max_bytes: int) -> bytes | None:
-    """A stored sample's bytes as a round reads them again, or None (logged) when the file is gone, is no
-    longer a regular file (a FIFO put in its place would block the worker forever) or grew past the limit
-    (it is not read whole: the next scan judges it again)."""
-    try:
-        data, _ = read_regular_file(path, max_bytes)
-    except OSError as e:
-        log.info("sample %s cannot be read again (%s); it waits for the next scan", shown(path), e.strerror or e)
-        return None
-    if len(data) > max_bytes:
-        log.info("sample %s grew past data.max_file_mb since it was ingested; it waits for the next scan",
-                 shown(path))
-        return None
-    return data
 
 
 def accuracy(probs: np.ndarray, y: np.ndarray) -> float | None:
@@ -61,126 +40,45 @@ def accuracy(probs: np.ndarray, y: np.ndarray) -> float | None:
     return float(np.mean(np.argmax(probs, axis=1) == y))
 
 
-class FeatureSource:
-    """Features of stored samples: from the cache when present, else computed by the base and cached."""
-
-    # Decoded inputs kept inside `sharing_inputs` for the round's augmented copies (a file is read once a round).
-    SHARED_INPUT_BYTES = 8 << 20
-    # Decoded inputs held at once while their features are computed (then the next chunk is decoded).
-    DECODED_CHUNK_BYTES = 8 << 20
-
-    def __init__(self, bundle: Bundle, variant: Variant, extractor: FeatureExtractor, cache: FeatureCache,
-                 max_pixels: int, max_file_bytes: int = 64 << 20):
-        self.bundle, self.variant, self.extractor, self.cache = bundle, variant, extractor, cache
-        self.max_pixels, self.max_file_bytes = max_pixels, max_file_bytes
-        self.prep_version = int(bundle.input.get("preprocessing_version", 1))
-        self._shared: dict[str, np.ndarray] | None = None
-        self._shared_bytes = 0
-
-    @contextlib.contextmanager
-    def sharing_inputs(self):
-        """Inside the block an input decoded for its features is kept (up to SHARED_INPUT_BYTES in all) and
-        reused for the augmented copies: a new file is read, hash-checked and decoded once per round, not once
-        per copy. Released when the block ends."""
-        self._shared, self._shared_bytes = {}, 0
-        try:
-            yield
-        finally:
-            self._shared, self._shared_bytes = None, 0
-
-    def key(self, sha256: str, augmentation: str = "none") -> str:
-        return feature_key(sha256, self.variant.base_sha256, self.prep_version, augmentation)
-
-    def for_samples(self, samples: list[Sample]) -> tuple[np.ndarray, list[Sample], int, int]:
-        """Features for the samples still readable and unchanged; (features, kept samples, computed, cached)."""
-        return self.for_items([(s, "none", None) for s in samples])
-
-    def augmented(self, samples: list[Sample], copies: int, seed: int) -> tuple[np.ndarray, list[Sample], int, int]:
-        """Features of up to `copies` augmented copies per sample, each cached under its own variant key."""
-        items = [(s, name, vseed) for s in samples for name, vseed in augment.image_variants(copies, seed, s.sha256)]
-        return self.for_items(items)
-
-    def for_items(self, items: list[tuple[Sample, str, int | None]]) -> tuple[np.ndarray, list[Sample], int, int]:
-        keys = [self.key(s.sha256, name) for s, name, _ in items]
-        found = self.cache.get_many(keys)
-        computed: dict[str, np.ndarray] = {}
-        inputs, todo_keys, pending = [], [], set()
-
-        def extract() -> None:  # a chunk at a time: 500 decoded photos at 160 px would be 150 MB of inputs
-            if inputs:
-                chunk = dict(zip(todo_keys, self.extractor(np.stack(inputs))))
-                self.cache.put_many(chunk, self.extractor.cache_quant)  # cut: int8 cache
-                computed.update(chunk)
-                inputs.clear()
-                todo_keys.clear()
-
-        for (s, _, vseed), k in zip(items, keys):
-            if k in found or k in computed or k in pending:
-                continue
-            x = self._read(s)
-            if x is not None:
-                inputs.append(x if vseed is None else augment.augment_image(x, vseed))
-                todo_keys.append(k)
-                pending.add(k)
-                if len(inputs) >= FEATURE_CHUNK or len(inputs) * x.nbytes >= self.DECODED_CHUNK_BYTES:
-                    extract()
-        extract()
-        kept, rows = [], []
-        for (s, _, _), k in zip(items, keys):
-            v = found.get(k)
-            if v is None:
-                v = computed.get(k)
-            if v is not None:
-                kept.append(s)
-                rows.append(v)
-        x = np.stack(rows) if rows else np.zeros((0, self.variant.feature_size), np.float32)
-        return x, kept, len(computed), len(found)
-
-    def _read(self, s: Sample) -> np.ndarray | None:
-        shared = self._shared
-        if shared is not None and s.sha256 in shared:
-            return shared[s.sha256]
-        x = self._decode(s)
-        if x is not None and shared is not None and self._shared_bytes + x.nbytes <= self.SHARED_INPUT_BYTES:
-            shared[s.sha256] = x
-            self._shared_bytes += x.nbytes
-        return x
-
-    def _decode(self, s: Sample) -> np.ndarray | None:
-        data = read_sample(s.path, self.max_file_bytes)
-        if data is None or hashlib.sha256(data).hexdigest() != s.sha256:
-            log.info("sample %s changed since it was ingested; it waits for the next scan", shown(s.path))
-            return None
-        try:
-            return imaging.load_input(data, s.path, self.bundle.input, self.max_pixels)
-        except AutlearnError as e:
-            log.warning("%s", shown(e.message))
-            return None
-
-    def for_bytes(self, data: bytes, name: str) -> tuple[np.ndarray, bool]:
-        """Features of one file's bytes, through the cache (the inference–training cache)."""
-
-        key = self.key(hashlib.sha256(data).hexdigest())
-        found = self.cache.get_many([key])
-        if key in found:
-            return found[key], True
-        x = imaging.load_input(data, name, self.bundle.input, self.max_pixels)
-        f = self.extractor(x[None])[0]
-        self.cache.put_many({key: f}, self.extractor.cache_quant)  # cut: int8 cache
-        return f, False
-
-
 class Learner:
     """The image scenario's learner: the samples a round reads, the head it starts from; `run` plays one round
     of the template (round.run_round) with an ImageRound."""
 
     def __init__(self, bundle: Bundle, bundle_id: str, variant: Variant, store: Store, features: FeatureSource,
-                 heads_dir: Path, threads: int):
+                 heads_dir: Path, threads: int, budget: Budget | None = None, delegate: str = "cpu"):
         self.bundle, self.bundle_id, self.variant, self.store = bundle, bundle_id, variant, store
         self.features, self.heads_dir, self.threads = features, heads_dir, threads
+        self.budget, self.delegate = budget, delegate  # budget None: deeper cuts never train
+        self.cuts = cuts_of(bundle, variant.name)
+        self._sources: dict[str, FeatureSource] = {}
 
-    def new_head(self) -> Head:
-        return Head(self.variant, self.bundle.class_capacity, self.bundle.train_batch, self.threads)
+    def new_head(self, cut: Cut | None = None) -> Head:
+        return Head(cut.variant if cut else self.variant, self.bundle.class_capacity, self.bundle.train_batch,
+                    self.threads)
+
+    def source(self, cut: Cut) -> FeatureSource:
+        """The features at `cut`: its own stem, so its own cache keys (the head-only cut's are `features`)."""
+        if cut.depth == 0:
+            return self.features
+        if cut.name not in self._sources:
+            f = self.features
+            self._sources[cut.name] = FeatureSource(self.bundle, cut.variant,
+                                                    FeatureExtractor(cut.variant, self.threads, self.delegate),
+                                                    f.cache, f.max_pixels, f.max_file_bytes)
+        return self._sources[cut.name]
+
+    def version_cut(self, version: int) -> Cut:
+        """The cut head `version` was trained at (its stem and its head)."""
+        return cut_of_row(self.cuts, self.store.head(version), self.variant.name)
+
+    def start_weights(self, cut: Cut, version: int) -> tuple[Weights | None, bool]:
+        """What a candidate at `cut` starts from, and whether that is head `version` itself: the current head
+        when it was trained at `cut`, else the latest promoted head at `cut`, else (None) the bundle's own."""
+        if self.version_cut(version).name == cut.name:
+            return self.current_weights(version), True
+        rows = [h for h in self.store.heads(self.bundle_id) if h["cut"] == cut.name
+                and h["variant"] == self.variant.name and h["status"] in ("initial", "promoted")]
+        return (load_weights(self.heads_dir / rows[-1]["file"]), False) if rows else (None, False)
 
     def active(self) -> np.ndarray:
         return active_mask(self.bundle.class_capacity, self.store.classes(self.bundle_id).values())
@@ -266,6 +164,7 @@ class ImageRound(RoundScenario):
             y = np.array([slots[s.label] for s in kept], np.int32)
             hold = np.array([s.holdout and self.gated for s in kept], bool)
             xtr, ytr, self.xho, self.yho = x[~hold], y[~hold], x[hold], y[hold]
+            kept_a: list[Sample] = []
             if augmenting and len(ytr):  # training samples only: the holdout judges real data
                 train_samples = [s for s, h in zip(kept, hold) if not h]
                 xa, kept_a, self.aug.augmented_computed, self.aug.augmented_cached = learner.features.augmented(
@@ -279,9 +178,44 @@ class ImageRound(RoundScenario):
         self.aug.n_augmented = len(ytr) - n_original
         self.x, self.y, self.kept, self.hold, self.xtr, self.ytr = x, y, kept, hold, xtr, ytr
         self.active = learner.active()
+        self.at = {HEAD: (x, xtr, self.xho)}  # per cut: all kept samples', training and holdout features
+        self.current_cut = learner.version_cut(ctx.version)
+        self.plan = self._plan(len(ytr))
+        for c in {c.name: c for c in (*self.plan.train, self.current_cut) if c.depth}.values():
+            yield None
+            more = self._features_at(c, kept, hold, kept_a)
+            computed, cached = computed + more[0], cached + more[1]
         yield Prepared(n_original, len(self.yho), computed, cached)
 
+    def _plan(self, n_train: int) -> Plan:
+        """The cuts this round trains: deeper ones only offline, gated, within the budget (cuts.plan)."""
+        learner, cuts = self.learner, self.learner.cuts
+        if len(cuts) == 1 or self.mode != "offline" or not self.gated or learner.budget is None:
+            return Plan((self.current_cut if self.mode == "online" else cuts[0],), ())
+        return plan(cuts, n_train, self.epochs, learner.budget)
+
+    def _features_at(self, c: Cut, kept: list[Sample], hold: np.ndarray, kept_a: list[Sample]) -> tuple[int, int]:
+        """The same samples (and augmented copies) through cut `c`'s stem; a cut that could not read exactly
+        the same samples is left out of the round (the current head's cut too: then the round is not ready)."""
+        src = self.learner.source(c)
+        xc, kc, computed, cached = src.for_samples(kept)
+        if [s.id for s in kc] == [s.id for s in kept]:
+            xtr = xc[~hold]
+            if kept_a:
+                xa, ka, ca, ha = src.augmented([s for s, h in zip(kept, hold) if not h], self.augment_copies,
+                                               self.seed)
+                computed, cached = computed + ca, cached + ha
+                xtr = np.concatenate([xtr, xa]) if [s.id for s in ka] == [s.id for s in kept_a] else None
+            if xtr is not None:
+                self.at[c.name] = (xc, xtr, xc[hold])
+                return computed, cached
+        self.plan = Plan(tuple(t for t in self.plan.train if t.name != c.name),
+                         self.plan.skipped + ((c, "a sample changed while the round read it"),))
+        return computed, cached
+
     def not_ready(self) -> str | None:
+        if self.current_cut.name not in self.at:
+            return f"a sample changed while the round read it at cut {self.current_cut.name}"
         if len(self.ytr) == 0:
             return "no training samples yet"
         if len(self.yho) == 0 and self.gated:
@@ -289,23 +223,44 @@ class ImageRound(RoundScenario):
         return None
 
     def score_current(self, ctx: RoundContext) -> float | None:
-        self.head = self.learner.new_head()
+        self.head = self.learner.new_head(self.current_cut)
         self.head.set_weights(self.learner.current_weights(ctx.version))
-        return accuracy(self.head.predict(self.xho, self.active), self.yho)
+        return accuracy(self.head.predict(self.at[self.current_cut.name][2], self.active), self.yho)
 
     def train(self, ctx: RoundContext) -> Skip | None:
-        head, round_id = self.head, ctx.round_id
+        """The candidate of each planned cut on the same training samples; the one `choose` keeps (by the same
+        holdout samples) becomes the round's candidate, its cut and the reason recorded with it."""
+        round_id = ctx.round_id
         if self.mode == "online":
+            x = self.at[self.current_cut.name][0]
             stream = [i for i, s in enumerate(self.kept) if not s.holdout and not s.trained]
-            self.losses = self._online(self.x[stream], self.y[stream], self.seed + round_id, ctx)
-        else:
-            epochs = head.epochs_for(len(self.xtr), self.epochs, self.min_steps)
-            share = self.learner.unlearnt_share(ctx.version, self.kept, self.hold)
+            self.losses = self._online(x[stream], self.y[stream], self.seed + round_id, ctx)
+            self.cut = self.current_cut.name
+            return None if self.losses else Skip("no new samples to learn from online")
+        results, heads = [], {}
+        for c in self.plan.train:
+            if c.name == self.current_cut.name:
+                head, from_current = self.head, True
+            else:
+                head, (weights, from_current) = self.learner.new_head(c), self.learner.start_weights(c, ctx.version)
+                if weights is not None:
+                    head.set_weights(weights)
+            xtr, xho = self.at[c.name][1], self.at[c.name][2]
+            epochs = head.epochs_for(len(xtr), self.epochs, self.min_steps)
+            share = self.learner.unlearnt_share(ctx.version, self.kept, self.hold) if from_current else 1.0
             if share < 1.0:  # the incremental round: the head continues from what it already knows
                 epochs = max(1, math.ceil(epochs * share))
-            self.losses = head.fit(self.xtr, self.ytr, self.active, epochs, self.learning_rate, self.seed + round_id,
-                                   ctx.checkpoint, epoch_events(ctx.progress, round_id, epochs))
-        return None if self.losses else Skip("no new samples to learn from online")
+            events = epoch_events(ctx.progress, round_id, epochs) if c.depth == 0 else (lambda *a: None)
+            losses = head.fit(xtr, self.ytr, self.active, epochs, self.learning_rate, self.seed + round_id,
+                              ctx.checkpoint, events)
+            heads[c.name] = (head, losses)
+            results.append(Trained(c, accuracy(head.predict(xho, self.active), self.yho)))
+        decision = choose(results, len(self.yho))
+        self.head, self.losses = heads[decision.keep.cut.name]
+        self.cut, self.after = decision.keep.cut.name, decision.keep.holdout_accuracy
+        if len(self.learner.cuts) > 1:
+            self.cut_reason = "; ".join([decision.reason] + [f"not {c.name}: {why}" for c, why in self.plan.skipped])
+        return None
 
     def _online(self, xs: np.ndarray, ys: np.ndarray, seed: int, ctx: RoundContext) -> list[float]:
         """The paper's online mode: each chunk of new samples (in arrival order) is first predicted with the
@@ -338,7 +293,9 @@ class ImageRound(RoundScenario):
     def score_candidate(self, ctx: RoundContext) -> float | None:
         ctx.progress("trained", {"round_id": ctx.round_id, "epochs": len(self.losses),
                                  "loss_first": self.losses[0], "loss_last": self.losses[-1]})
-        return accuracy(self.head.predict(self.xho, self.active), self.yho)
+        if self.mode == "online":
+            return accuracy(self.head.predict(self.at[self.cut][2], self.active), self.yho)
+        return self.after
 
     def save(self, path: Path) -> None:
         save_weights(self.head.get_weights(), path)
@@ -348,6 +305,8 @@ class ImageRound(RoundScenario):
         if ctx.prequential:
             seen = sum(n for _, n in ctx.prequential)
             online = f"online: {sum(h for h, _ in ctx.prequential) / seen:.3f} predicted right before learning {seen}; "
+        if self.cut_reason:
+            online += f"cut {self.cut}: {self.cut_reason}; "
         if not self.gated:
             return online + self.bounded
         return online + self.bounded + f"holdout accuracy {before:.3f} → {after:.3f} on {len(self.yho)} samples; "

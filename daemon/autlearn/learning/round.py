@@ -109,6 +109,8 @@ class RoundResult:
     mode: str = "offline"
     prequential: list[tuple[int, int]] | None = None  # online mode: (hits, seen) per chunk, predicted before training
     extras: ImageExtras | KeyboardExtras = field(default_factory=ImageExtras)
+    cut: str = "head"  # the cut the candidate was trained at (docs/tail.md, "Choosing the cut by holdout")
+    cut_reason: str | None = None  # why that cut: the holdout comparison, or why no deeper cut trained
 
     @property
     def prequential_accuracy(self) -> float | None:
@@ -127,10 +129,10 @@ class RoundResult:
 
     def as_dict(self) -> dict:
         """The result as `status.last_round` answers it (the same fields for every scenario)."""
-        scenario = ("mode", "prequential", "extras")
+        scenario = ("mode", "prequential", "extras", "cut", "cut_reason")
         common = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in scenario}
         return {**common, **self.extras.reply_fields(), "mode": self.mode, "prequential": self.prequential,
-                "prequential_accuracy": self.prequential_accuracy}
+                "prequential_accuracy": self.prequential_accuracy, "cut": self.cut, "cut_reason": self.cut_reason}
 
     def event(self) -> dict:
         """The `round_finished` event: the result plus the scenario's own object (`keyboard`)."""
@@ -170,6 +172,8 @@ class RoundScenario(ABC):
     between steps)."""
 
     gated = True  # False: no holdout gate, the candidate is promoted without a check (training.holdout_fraction = 0)
+    cut = "head"  # the cut the candidate was trained at; a scenario that chooses among cuts sets it in `train`
+    cut_reason: str | None = None
 
     def __init__(self, store: Store, bundle_id: str, variant_name: str, heads_dir: Path, mode: str):
         self.store, self.bundle_id, self.variant_name = store, bundle_id, variant_name
@@ -244,7 +248,7 @@ def run_round(sc: RoundScenario, version: int, trigger: str, tolerance: float, p
             sc.learnt(round_id)
         res = RoundResult(round_id, outcome, detail, counts.n_train, counts.n_holdout, counts.features_computed,
                           counts.features_cached, before, after, new_version, secs, sc.mode,
-                          sc.reported_prequential(ctx.prequential), sc.extras())
+                          sc.reported_prequential(ctx.prequential), sc.extras(), sc.cut, sc.cut_reason)
         progress("round_finished", res.event())
         log.info("round %d %s: %s (%.2fs)", round_id, outcome, detail, secs)
         return res
@@ -267,7 +271,7 @@ def run_round(sc: RoundScenario, version: int, trigger: str, tolerance: float, p
     promote = not sc.gated or after >= before - tolerance
     status = "promoted" if promote else "rejected"
     store.add_head(sc.bundle_id, sc.variant_name, status, fname, after, before, counts.n_train, counts.n_holdout,
-                   round_id)
+                   round_id, sc.cut, sc.cut_reason)
     if not sc.gated:
         verdict = f"promoted without a holdout check (training.holdout_fraction = 0) (v{new_version})"
     elif promote:

@@ -100,8 +100,14 @@ CREATE INDEX samples_holdout ON samples(sha256) WHERE status = 'ok' AND holdout 
 CREATE INDEX samples_learnt ON samples(sha256) WHERE status = 'ok' AND holdout = 0 AND trained_round IS NOT NULL;
 """
 
+# The cut each head version was trained at (docs/tail.md, "Choosing the cut by holdout") and why it was chosen.
+SCHEMA_V3 = """
+ALTER TABLE heads ADD COLUMN cut TEXT NOT NULL DEFAULT 'head';
+ALTER TABLE heads ADD COLUMN cut_reason TEXT;
+"""
+
 # Ordered: step i takes a store from version i to i+1. Append, never edit a released step.
-MIGRATIONS = (SCHEMA_V1, SCHEMA_V2)
+MIGRATIONS = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _SAMPLE_COLUMNS = "id, path, sha256, label, kind, holdout, trained_round IS NOT NULL"
@@ -329,11 +335,12 @@ class Store:
     # --- head versions ---
     def add_head(self, bundle: str, variant: str, status: str, file: str, accuracy: float | None = None,
                  previous_accuracy: float | None = None, n_train: int = 0, n_holdout: int = 0,
-                 round_id: int | None = None) -> int:
+                 round_id: int | None = None, cut: str = "head", cut_reason: str | None = None) -> int:
         cur = self.db.execute(
             """INSERT INTO heads(bundle, variant, created, status, accuracy, previous_accuracy, n_train, n_holdout,
-               round_id, file) VALUES(?,?,?,?,?,?,?,?,?,?)""",
-            (bundle, variant, time.time(), status, accuracy, previous_accuracy, n_train, n_holdout, round_id, file))
+               round_id, file, cut, cut_reason) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)""",
+            (bundle, variant, time.time(), status, accuracy, previous_accuracy, n_train, n_holdout, round_id, file,
+             cut, cut_reason))
         return int(cur.lastrowid)
 
     def next_head_version(self) -> int:
@@ -344,9 +351,9 @@ class Store:
 
     def _heads(self, where: str, args: tuple) -> list[dict]:
         q = "SELECT version, bundle, variant, created, status, accuracy, previous_accuracy, n_train, n_holdout, " \
-            "round_id, file FROM heads" + where
+            "round_id, file, cut, cut_reason FROM heads" + where
         keys = ("version", "bundle", "variant", "created", "status", "accuracy", "previous_accuracy", "n_train",
-                "n_holdout", "round_id", "file")
+                "n_holdout", "round_id", "file", "cut", "cut_reason")
         return [dict(zip(keys, r)) for r in self.db.execute(q + " ORDER BY version", args)]
 
     def head(self, version: int) -> dict | None:

@@ -15,7 +15,8 @@ from ..errors import AutlearnError
 from ..learning.featcache import FeatureCache
 from ..learning.features import FeatureExtractor
 from ..learning.head import Head, active_mask, load_weights
-from ..learning.learner import FeatureSource
+from ..learning.cuts import cut_of_row, cuts_of
+from ..learning.featsource import FeatureSource
 from ..learning.store import Store
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ class Answerer:
                                   svc.cache_stats)
         self.features = FeatureSource(svc.bundle, svc.variant, self._extractor, self.cache,
                                       svc.config["data.max_pixels"], int(svc.config["data.max_file_mb"] * (1 << 20)))
-        self._head: tuple[int, Head] | None = None
+        self._head: tuple[int, Head, FeatureSource] | None = None
         self._keyboard = None
         try:
             while True:
@@ -129,6 +130,7 @@ class Answerer:
         self.redelegate.clear()
         self._extractor = self._new_extractor()
         self.features.extractor = self._extractor
+        self._head = None  # a version at a deeper cut makes its stem's interpreter again
         if self._keyboard is not None:
             self._keyboard.learner.extractor = self._extractor
         self.delegate = self._extractor.choice
@@ -173,7 +175,7 @@ class Answerer:
         top = args.get("top", 3)
         if not isinstance(top, int) or isinstance(top, bool) or top < 1:
             raise AutlearnError("bad_argument", "'top' must be a positive integer")
-        head = self._head_for(version)
+        head, features = self._head_for(version)
         feats, cached = [], []
         for i, f in enumerate(files):
             if not isinstance(f, dict) or not isinstance(f.get("name"), str) or not isinstance(f.get("data"), str):
@@ -182,7 +184,7 @@ class Answerer:
                 data = base64.b64decode(f["data"], validate=True)
             except (binascii.Error, ValueError):
                 raise AutlearnError("bad_argument", f"files[{i}] ({f['name']}): 'data' is not base64") from None
-            vec, hit = self.features.for_bytes(data, f["name"])
+            vec, hit = features.for_bytes(data, f["name"])
             feats.append(vec)
             cached.append(hit)
         slots = self.store.classes(svc.bundle_id)
@@ -219,12 +221,19 @@ class Answerer:
             raise AutlearnError("not_found", f"head version {version} does not exist for the installed bundle")
         return row
 
-    def _head_for(self, version: int) -> Head:
+    def _head_for(self, version: int) -> tuple[Head, FeatureSource]:
+        """The head of `version` and the features it reads: the cut it was trained at (its stem, its head)."""
         if self._head is not None and self._head[0] == version:
-            return self._head[1]
+            return self._head[1], self._head[2]
         row = self._row(version)
         svc = self.svc
-        head = Head(svc.variant, svc.bundle.class_capacity, svc.bundle.train_batch, svc.config["model.threads"])
+        cut = cut_of_row(cuts_of(svc.bundle, svc.variant.name), row, svc.variant.name)
+        features = self.features
+        if cut.depth:
+            features = FeatureSource(svc.bundle, cut.variant, FeatureExtractor(
+                cut.variant, svc.config["model.threads"], svc.config["model.delegate"]), self.cache,
+                svc.config["data.max_pixels"], int(svc.config["data.max_file_mb"] * (1 << 20)))
+        head = Head(cut.variant, svc.bundle.class_capacity, svc.bundle.train_batch, svc.config["model.threads"])
         head.set_weights(load_weights(svc.paths.heads / row["file"]))
-        self._head = (version, head)
-        return head
+        self._head = (version, head, features)
+        return head, features

@@ -170,7 +170,7 @@ class Service:
             "samples": self.store.sample_counts(),
             "head": {"version": version, "status": head.get("status"), "accuracy": head.get("accuracy"),
                      "previous_accuracy": head.get("previous_accuracy"),
-                     "initial_version": initial},
+                     "initial_version": initial, "cut": head.get("cut"), "cut_reason": head.get("cut_reason")},
             "cache": self.cache.summary(),
             "paused_by_user": self.scheduler.paused_by_user,
             "conditions": self.scheduler.readings(),

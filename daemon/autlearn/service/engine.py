@@ -6,10 +6,12 @@ import os
 
 from ..runtime.bundle import Bundle, Variant
 from ..config import Config
+from ..learning.cuts import Budget
 from ..learning.featcache import FeatureCache, Stats
 from ..learning.features import FeatureExtractor
 from ..intake.ingest import IngestReport, Ingestor
-from ..learning.learner import FeatureSource, Learner
+from ..learning.featsource import FeatureSource
+from ..learning.learner import Learner
 from ..learning.round import Checkpoint, Progress, RoundResult
 from ..paths import Paths
 from ..learning.store import Store
@@ -43,8 +45,9 @@ class Engine:
                                            paths.heads, config["model.threads"], config["training.holdout_fraction"],
                                            config["training.min_word_count"], max_file_bytes, limits_of(config))
         else:
+            budget = Budget(config["training.cut_budget_s"], int(config["cache.max_mb"] * (1 << 20)))
             self.learner = Learner(bundle, bundle_id, variant, self.store, self.features, paths.heads,
-                                   config["model.threads"])
+                                   config["model.threads"], budget, config["model.delegate"])
         self.ingestor = Ingestor(self.store, paths.quarantine, bundle_id, bundle.labels, bundle.class_capacity,
                                  config["training.holdout_fraction"], max_file_bytes,
                                  config["data.max_pixels"], bundle.input, bundle.task)
@@ -68,6 +71,8 @@ class Engine:
         self.extractor = FeatureExtractor(self.variant, self.config["model.threads"], self.config["model.delegate"])
         self.features.extractor = self.extractor
         self.learner.extractor = self.extractor
+        if hasattr(self.learner, "_sources"):
+            self.learner._sources.clear()  # the deeper cuts' stems too
 
     def _gate(self) -> dict:
         """Image rounds: training.holdout_fraction = 0 means no holdout gate (the keyboard always has one)."""
