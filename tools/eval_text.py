@@ -242,26 +242,27 @@ def build_lm(vocab_size: int, capacity: int, n_active: int, manifest: dict, seed
     return text_model.build_text_classifier(base, capacity, n_active)
 
 
-def public_text(manifest: dict):
-    """The builder's public training text (same corpus, split, vocabulary and token limit)."""
+def public_text(manifest: dict, corpus=None):
+    """The builder's public training documents: those of `corpus` (default: the Shakespeare corpus) that the
+    manifest does not name as held out, in the builder's order."""
     from autlearn_build import text_data as td
 
-    corpus = td.load_corpus("shakespeare")
-    train_docs, _ = td.split_documents(corpus, 0.1)
+    corpus = corpus or td.load_corpus("shakespeare")
     held = set(manifest["metrics"]["held_out_documents"])
-    assert not held & {d.name for d in train_docs}, "held-out plays leaked into pretraining"
+    train_docs = [d for d in corpus.documents if d.name not in held]
+    assert len(train_docs) == len(corpus.documents) - len(held), "held-out documents not found in the corpus"
     return train_docs
 
 
-def pretrained_lm(manifest: dict, seed: int, log=print) -> tuple[KerasLM, dict]:
+def pretrained_lm(manifest: dict, seed: int, log=print, corpus=None) -> tuple[KerasLM, dict]:
     """The bundle's float classifier re-created the way the builder makes it (data, vocabulary, seed, epochs,
-    batch, learning rate); checked against the bundle's shipped head weights."""
+    batch, learning rate; `corpus` as for `public_text`); its vocabulary checked against the bundle's."""
     from autlearn_build import text_data as td
     from autlearn_build import text_model
 
     t0 = time.monotonic()
     b = manifest["build"]
-    train_docs = public_text(manifest)
+    train_docs = public_text(manifest, corpus)
     vocab = list(manifest["vocabulary"])
     assert td.build_vocabulary(train_docs, len(vocab) - 4) == vocab, "vocabulary differs from the bundle's"
     stream = td.token_stream(train_docs, vocab, b.get("limit"))
@@ -276,7 +277,7 @@ def pretrained_lm(manifest: dict, seed: int, log=print) -> tuple[KerasLM, dict]:
     return KerasLM(model, vocab, int(manifest["seq_len"]), len(vocab)), info
 
 
-def centralised(users: list[dict], manifest: dict, seed: int, sentences_of) -> tuple[KerasLM, dict]:
+def centralised(users: list[dict], manifest: dict, seed: int, sentences_of, corpus=None) -> tuple[KerasLM, dict]:
     """Public training text + every user's training text pooled, the same architecture from scratch, the
     builder's recipe and epochs; its vocabulary the pooled text's most frequent words (same size)."""
     from autlearn_build import text_data as td
@@ -284,7 +285,7 @@ def centralised(users: list[dict], manifest: dict, seed: int, sentences_of) -> t
 
     t0 = time.monotonic()
     b = manifest["build"]
-    train_docs = public_text(manifest)
+    train_docs = public_text(manifest, corpus)
     user_docs = [td.Document(u["name"], sentences_of(u["train"])) for u in users]
     n_words = len(manifest["vocabulary"]) - 4
     vocab = td.build_vocabulary(train_docs + user_docs, n_words)
@@ -379,3 +380,27 @@ def fedavg(users: list[dict], lm: KerasLM, manifest: dict, rounds: int, clients:
             "optimizer": f"Adam lr {lr} (fresh state per client), batch {batch}",
             "start": "the cloud's pretrained model (re-created)", "token_gradients": tokens,
             "seconds": round(time.monotonic() - t0, 1)}
+
+
+def centralised_and_fedavg(users: list[dict], rows: list[dict], manifest: dict, args, sentences_of, log,
+                           corpus=None, label: str = "keyboard") -> tuple[dict, dict, dict]:
+    """The two methods that pool or federate every user's text, scored into `rows` (one per user):
+    `centralised`, then `fedavg` from the re-created pretrained model (`pretrained_keras_float`: that model
+    before FedAvg). Public text: `corpus` as for `public_text`. Returns (centralised, fedavg, re-creation) info."""
+    truths = [truth_of(sentences_of(u["test"])) for u in users]
+    log(f"== {label}: centralised (public text + all users' training text, "
+        f"{manifest['build']['epochs']} epochs from scratch)")
+    lm, cinfo = centralised(users, manifest, args.seed, sentences_of, corpus)
+    for i, u in enumerate(users):
+        rows[i]["centralised"] = score_words(lm.topk(sentences_of(u["test"])), truths[i])
+    log(f"   done in {cinfo['seconds']}s")
+    log(f"== {label}: FedAvg from the re-created pretrained model")
+    lm, pinfo = pretrained_lm(manifest, args.seed, log, corpus)
+    pre_keras = [score_words(lm.topk(sentences_of(u["test"])), truths[i]) for i, u in enumerate(users)]
+    finfo = fedavg(users, lm, manifest, args.kb_fed_rounds, args.kb_fed_clients, args.kb_fed_local_epochs,
+                   args.kb_fed_lr, args.seed, sentences_of)
+    for i, u in enumerate(users):
+        rows[i]["fedavg"] = score_words(lm.topk(sentences_of(u["test"])), truths[i])
+        rows[i]["pretrained_keras_float"] = pre_keras[i]
+    log(f"   done in {finfo['seconds']}s")
+    return cinfo, finfo, pinfo

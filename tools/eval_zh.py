@@ -14,15 +14,19 @@ from pathlib import Path
 import numpy as np
 
 import eval_text as et
+from autlearn_build import text_data as td
 
 ZH_DIR = Path("/usr/share/games/fortunes")
 PUBLIC_FILE = "chinese"
 POET_FILES = ("tang300", "song100")
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]|\x1b")
+_ANSI = re.compile(td.REMOVE_PATTERN)  # the builder's own: terminal colour codes, control characters
 _AUTHOR = re.compile(r"^\s*作者[:：]\s*([^（(\s]+)")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 _CLAUSE_END = re.compile(r"[^\u3400-\u4dbf\u4e00-\u9fff]+")
 _SPACE = re.compile(r"\s+")
+SETTINGS = ("seed", "test_fraction", "augment_copies", "zh_limit", "zh_epochs", "zh_build_args", "zh_min_chars",
+            "zh_max_chars", "zh_max_users", "kb_board_epochs", "kb_local_epochs", "kb_local_capacity", "kb_fed_rounds",
+            "kb_fed_clients", "kb_fed_local_epochs", "kb_fed_lr")
 
 
 def _entries(path: Path) -> list[str]:
@@ -64,7 +68,7 @@ def public_folder(dest: Path, root: Path = ZH_DIR, per_file: int = 100) -> Path:
 
 def poet_units(root: Path = ZH_DIR) -> dict[str, list[str]]:
     """{"zh/POET": [poem, …]}: every poem of tang300 and song100 under its author, title and author lines
-    removed (the poem's lines are kept, each one a sentence for the cjk tokenizer)."""
+    removed (the poem's lines are kept; a line end is no sentence end for the cjk tokenizer, its 。 is)."""
     out: dict[str, list[str]] = {}
     for name in POET_FILES:
         for entry in _entries(root / name):
@@ -101,7 +105,8 @@ def ensure_bundle(work: Path, args, bin_dir: Path, log) -> Path:
 
 
 def run(args, work: Path, bin_dir: Path, log, summary_of) -> dict:
-    """Pretrained, AutLearn offline / + aug. / online (the board) and local only, per poet."""
+    """Pretrained, AutLearn offline / + aug. / online (the board), local only, centralised and FedAvg (as for
+    the English users: tools/eval_text.py, the public text the bundle's own), per poet."""
     from autlearn.learning.keyboard import Tokenizer
 
     t0 = time.monotonic()
@@ -141,14 +146,18 @@ def run(args, work: Path, bin_dir: Path, log, summary_of) -> dict:
         rows[i]["own_frequency"] = et.score_words([own] * sum(len(s) + 1 for s in test), et.truth_of(test))
         chars = [w for s in test for w in s]
         rows[i]["test_outside_vocabulary"] = round(sum(w not in vocab for w in chars) / max(1, len(chars)), 4)
-    methods = ["pretrained", "own_frequency", "local_only", "autlearn_offline", "autlearn_offline_aug", "autlearn_online"]
+    public = td.load_corpus(str(public_folder(work / "zh-public")), manifest["tokenizer"]["kind"])
+    cinfo, finfo, pinfo = et.centralised_and_fedavg(users, rows, manifest, args, sentences_of, log, public,
+                                                    "keyboard (Chinese)")
+    methods = ["pretrained", "own_frequency", "local_only", "autlearn_offline", "autlearn_offline_aug", "autlearn_online",
+               "centralised", "fedavg", "pretrained_keras_float"]
     return {
         "bundle": {"dir": str(bundle), "limit": args.zh_limit, "epochs": args.zh_epochs, "seed": args.seed,
                    "public": f"fortunes-zh {PUBLIC_FILE} ({manifest['build'].get('documents')} files of 100 entries)",
                    "held_out_documents": manifest["metrics"]["held_out_documents"],
                    "manifest_top1_int8": manifest["metrics"]["top1_int8"],
                    "manifest_top3_int8": manifest["metrics"]["top3_int8"],
-                   "unk_rate": manifest["metrics"]["unk_rate"]},
+                   "unk_rate": manifest["metrics"]["unk_rate"], "build_args": args.zh_build_args},
         "users": [{k: v for k, v in r.items() if k not in ("online_prequential", "pretrained_stream")} for r in rows],
         "test_outside_vocabulary": summary_of([r["test_outside_vocabulary"] for r in rows]),
         "methods": {m: {k: summary_of([r[m][k] for r in rows]) for k in ("top1", "top3")} for m in methods},
@@ -156,8 +165,11 @@ def run(args, work: Path, bin_dir: Path, log, summary_of) -> dict:
         "metric": "every character of the poet's held-out poems (the cjk tokenizer's tokens); hit = exact "
                   "character among the top-1 / top-3 suggestions (sentence ends not counted)",
         "own_frequency": "the poet's 3 most frequent training characters suggested at every position",
-        "not_measured": "centralised and FedAvg (tools/eval_text.py re-creates only the Shakespeare pretraining)",
+        "pretrained_keras_float": "the bundle's float model re-created in Keras (FedAvg's start), not the board",
+        "centralised": cinfo, "fedavg": finfo, "pretrained_recreated": pinfo,
         "board": {"epochs": args.kb_board_epochs, "augment_copies": args.augment_copies},
+        "local_only": {"epochs": args.kb_local_epochs, "capacity": args.kb_local_capacity},
+        "settings": {k: getattr(args, k) for k in SETTINGS},
         "seconds": round(time.monotonic() - t0, 1),
     }
 
@@ -166,23 +178,38 @@ def write(res: dict, out: Path) -> None:
     """reports/eval_zh.json and eval_zh.md."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval_zh.json").write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    b = res["bundle"]
+    b, c, fa = res["bundle"], res["centralised"], res["fedavg"]
     md = ["# Keyboard accuracy, Chinese (`make eval`, tools/eval_zh.py)", "",
           f"Bundle: `autlearn-build text --tokenizer cjk` on {b['public']}, --limit {b['limit']} --epochs "
-          f"{b['epochs']}; its own held-out files: top-1 {b['manifest_top1_int8']:.4f}, top-3 "
-          f"{b['manifest_top3_int8']:.4f} (int8), <unk> {b['unk_rate']:.3f}. Users: the poets of tang300 + "
+          f"{b['epochs']} {b.get('build_args', '')}; its own held-out files: top-1 {b['manifest_top1_int8']:.4f}, "
+          f"top-3 {b['manifest_top3_int8']:.4f} (int8), <unk> {b['unk_rate']:.3f}. Users: the poets of tang300 + "
           f"song100 ({len(res['users'])}); of their held-out characters {_f(res['test_outside_vocabulary']['mean'])} "
           f"are outside the bundle's vocabulary. Metric: {res['metric']}. own_frequency: {res['own_frequency']}. "
-          f"Not measured: {res['not_measured']}.", "",
+          f"Board: {res['board']['epochs']} head epochs, {res['board']['augment_copies']} augmented copy. Local only: "
+          f"{res['local_only']['epochs']} epochs from scratch, own vocabulary. Centralised (as for the English users, "
+          f"tools/eval_text.py): {c['public_tokens']} public + {c['user_tokens']} user tokens, {c['epochs']} epochs "
+          f"from scratch, vocabulary {c['vocabulary']}. FedAvg: {fa['rounds']} rounds, {fa['clients_per_round']} of "
+          f"{fa['users']} clients per round, {fa['local_epochs']} local epoch(s), {fa['optimizer']}, from the "
+          f"re-created pretrained model ({fa['token_gradients']} client token-gradients vs "
+          f"{c['token_gradients']} for centralised). pretrained_keras_float: {res['pretrained_keras_float']}.", "",
           "| method | top-1 mean | top-3 mean | users |", "|---|---|---|---|"]
     for m, v in res["methods"].items():
         md.append(f"| {m} | {_f(v['top1']['mean'])} | {_f(v['top3']['mean'])} | {v['top1']['n_users']} |")
     md += ["", "| poet | train chars | test chars | pretrained top-1/3 | AutLearn + aug. top-1/3 | local only top-1/3 "
-           "| own frequency top-1/3 |", "|---|---|---|---|---|---|---|"]
+           "| centralised top-1/3 | FedAvg top-1/3 | own frequency top-1/3 |", "|---|---|---|---|---|---|---|---|---|"]
     for u in res["users"]:
         md.append(f"| {u['name']} | {u['n_train_words']} | {u['n_test_words']} | {_pair(u['pretrained'])} | "
-                  f"{_pair(u['autlearn_offline_aug'])} | {_pair(u['local_only'])} | {_pair(u['own_frequency'])} |")
-    md.append(f"\n{res['seconds']:.0f} s.")
+                  f"{_pair(u['autlearn_offline_aug'])} | {_pair(u['local_only'])} | {_pair(u['centralised'])} | "
+                  f"{_pair(u['fedavg'])} | {_pair(u['own_frequency'])} |")
+    if res.get("targets"):
+        md += ["", "| target | value | reference | met |", "|---|---|---|---|"]
+        for t in res["targets"]:
+            md.append(f"| {t['target']} | {_f(t.get('value'))} | {_f(t.get('reference'))} | "
+                      f"{'yes' if t['met'] else 'NO' if t['met'] is False else 'n/a'} |")
+    off = res.get("not_default", {})
+    md.append(f"\n{res['seconds']:.0f} s; " + ("at the `make eval` defaults." if not off else "not at the `make eval` "
+              "defaults: " + ", ".join(f"--{k.replace('_', '-')} {v!r} (default {d!r})" for k, (v, d) in off.items())
+              + "."))
     (out / "eval_zh.md").write_text("\n".join(md) + "\n", encoding="utf-8")
 
 

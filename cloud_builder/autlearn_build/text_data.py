@@ -21,7 +21,7 @@ import numpy as np
 from .errors import InputError
 
 SHAKESPEARE = "shakespeare"
-TOKENIZER_VERSION = 1
+TOKENIZER_VERSION = 2  # 2: control characters and terminal escape codes removed (remove_pattern)
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIALS = (PAD, UNK, BOS, EOS)
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
@@ -35,17 +35,27 @@ WORD_PATTERN = r"[^\W_]+(?:'[^\W_]+)*"
 SENTENCE_END_PATTERN = r"[.!?]+"
 PARAGRAPH_BREAK_PATTERN = r"\n[ \t\r\f\v]*\n"
 
+# Removed before anything else (tokenizer version 2): terminal escape sequences (colour codes such as
+# ESC[31m, window titles, charset switches) and the control characters text does not hold — every C0 control
+# but the whitespace ones (tab, line feed, vertical tab, form feed, carriage return), and DEL. Removed, not
+# replaced by a space: `ESC[1mbold` reads as the terminal shows it.
+REMOVE_PATTERN = (r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[\]PX^_][^\x07\x1b\n]{0,256}(?:\x07|\x1b\\)?|\x1b[ -/]*[0-~]"
+                  r"|[\x00-\x08\x0e-\x1f\x7f]")
+
 # Chinese and Japanese are written without spaces: with the `cjk` tokenizer each Han, Hiragana or Katakana
 # character is one token (a vocabulary of characters covers such text; runs of them are not words), other
-# scripts are split into words as above; a sentence also ends at 。, ; and a line end (one review, one line).
+# scripts are split into words as above; a sentence also ends at 。 and ; (NFKC makes ！？； of full-width
+# text !?;). A line end inside a paragraph is not a sentence end, as for the word tokenizer: Chinese marks
+# its sentence ends, and a line end without one is a wrap (fortunes-zh breaks its lines inside words: 合|作).
 CJK_CHARS = "\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff"
 CJK_WORD_PATTERN = rf"[{CJK_CHARS}]|[^\W_{CJK_CHARS}]+(?:'[^\W_{CJK_CHARS}]+)*"
-CJK_SENTENCE_END_PATTERN = r"[.!?;\u3002\n]+"
+CJK_SENTENCE_END_PATTERN = r"[.!?;\u3002]+"
 TOKENIZERS = {"word": (WORD_PATTERN, SENTENCE_END_PATTERN), "cjk": (CJK_WORD_PATTERN, CJK_SENTENCE_END_PATTERN)}
 _CJK = re.compile(f"[{CJK_CHARS}]")
 _LETTER = re.compile(r"[^\W\d_]")
 _PARAGRAPH = re.compile(PARAGRAPH_BREAK_PATTERN)
 _APOSTROPHE_TABLE = str.maketrans({c: "'" for c in APOSTROPHES})
+_REMOVE = re.compile(REMOVE_PATTERN)
 _COMPILED = {k: (re.compile(w), re.compile(e)) for k, (w, e) in TOKENIZERS.items()}
 
 
@@ -71,6 +81,7 @@ def tokenizer_manifest(kind: str = "word") -> dict:
         "version": TOKENIZER_VERSION,
         "kind": kind,
         "steps": [
+            "every match of remove_pattern is removed (terminal escape codes, control characters but whitespace)",
             "unicode NFKC normalisation",
             "lowercase (str.lower)",
             f"each of {APOSTROPHES!r} becomes \"'\"",
@@ -84,6 +95,7 @@ def tokenizer_manifest(kind: str = "word") -> dict:
         "lowercase": True,
         "normalization": "NFKC",
         "apostrophes": APOSTROPHES,
+        "remove_pattern": REMOVE_PATTERN,
         "word_pattern": word,
         "sentence_end_pattern": end,
         "paragraph_break_pattern": PARAGRAPH_BREAK_PATTERN,
@@ -96,7 +108,7 @@ def tokenizer_manifest(kind: str = "word") -> dict:
 def sentences(text: str, kind: str = "word") -> list[list[str]]:
     """Words of every sentence of `text` (see `tokenizer_manifest`)."""
     word, end = _COMPILED[kind]
-    text = unicodedata.normalize("NFKC", text).lower().translate(_APOSTROPHE_TABLE)
+    text = unicodedata.normalize("NFKC", _REMOVE.sub("", text)).lower().translate(_APOSTROPHE_TABLE)
     out = []
     for paragraph in _PARAGRAPH.split(text):
         for chunk in end.split(paragraph):

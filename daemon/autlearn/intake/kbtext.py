@@ -22,6 +22,10 @@ BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), 
         (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
 FALLBACK = "gb18030"  # tried when a file without a BOM is not UTF-8 (Chinese text saved by older Windows tools)
 _CONTROL = re.compile(r"[\x01-\x08\x0e-\x1f]")  # control characters text does not hold (NUL is refused alone)
+# Terminal colour codes (ESC [ … m and the like) are text's, not binary data's: not counted as control characters.
+_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+# The start of an escape sequence cut at a piece's end (held back until the next piece completes it).
+_PARTIAL_ESCAPE = re.compile(r"\x1b(?:\[[0-?]{0,64}[ -/]{0,8}|[\]PX^_][^\x07\x1b\n]{0,256}|[ -/]{0,8})\Z")
 
 
 def sniff(head: bytes) -> tuple[str | None, int]:
@@ -47,7 +51,7 @@ def _decodes(read, enc: str, skip: int, size: int) -> tuple[bool, str]:
             return False, f"not {enc.upper()} text (byte {offset - len(raw) + e.start}: {raw[e.start:e.start + 1]!r})"
         if "\x00" in piece:
             return False, "binary data (NUL characters), not text"
-        controls += len(_CONTROL.findall(piece))
+        controls += len(_CONTROL.findall(_ESCAPE.sub("", piece)))
         chars += len(piece)
         words = words or bool(piece.strip())
         if not raw:
@@ -132,6 +136,8 @@ class Tokenizer:
     def __init__(self, spec: dict):
         self.kind = spec.get("kind", "word")
         self.table = str.maketrans({c: "'" for c in spec.get("apostrophes", "")})
+        # version 2 bundles remove escape codes and control characters first; older ones keep their behaviour
+        self.remove = re.compile(spec["remove_pattern"]) if spec.get("remove_pattern") else None
         self.word = re.compile(spec["word_pattern"])
         self.sentence_end = re.compile(spec["sentence_end_pattern"])
         self.paragraph = re.compile(spec["paragraph_break_pattern"])
@@ -142,6 +148,8 @@ class Tokenizer:
         self.pad, self.unk, self.bos, self.eos = (ids.get(k, i) for i, k in enumerate(("pad", "unk", "bos", "eos")))
 
     def _norm(self, text: str) -> str:
+        if self.remove is not None:
+            text = self.remove.sub("", text)
         text = unicodedata.normalize(self.normalization, text) if self.normalization else text
         return (text.lower() if self.lower else text).translate(self.table)
 
@@ -160,8 +168,11 @@ class Tokenizer:
     def stream(self, pieces: Iterable[str]) -> Iterator[list[str]]:
         """The sentences of the concatenated `pieces`, as `sentences` gives them, holding only the unfinished
         sentence between pieces (cut at MAX_PENDING_CHARS)."""
-        pending = ""
+        pending = cut = ""
         for piece in pieces:
+            piece = cut + piece
+            m = _PARTIAL_ESCAPE.search(piece) if self.remove is not None else None
+            piece, cut = (piece[:m.start()], piece[m.start():]) if m else (piece, "")
             pending += self._norm(piece)
             last = None
             for last in self.boundary.finditer(pending):
@@ -171,6 +182,7 @@ class Tokenizer:
                 yield from self._split(done)
             if len(pending) > MAX_PENDING_CHARS:
                 pending = yield from self._long(pending)
+        pending += self._norm(cut)
         if pending:
             yield from self._split(pending)
 
