@@ -22,6 +22,8 @@ compare it with the Keras classifier it came from.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 MASK_NEGATIVE = 1e4
@@ -150,12 +152,19 @@ def convert(module) -> bytes:
 
 
 class TFLiteWholeTrainer:
-    """Runs the converted model's signatures with the LiteRT interpreter (as a board would)."""
+    """Runs the converted model's signatures with the LiteRT interpreter as the board runs a head's: through the
+    daemon's runtime seam (`autlearn.runtime.interpreter.make_cpu_interpreter`, whose signature runners do not
+    resize the scalar `lr` input, which crashes every aarch64 build of the stock runner: reports/arm64.md)."""
 
     def __init__(self, model: bytes, train_batch: int, class_capacity: int, threads: int = 2):
-        from ai_edge_litert.interpreter import Interpreter
+        import tempfile
 
-        self.interp = Interpreter(model_content=model, num_threads=threads)
+        from autlearn.runtime.interpreter import make_cpu_interpreter
+
+        with tempfile.TemporaryDirectory(prefix="tflite_whole-") as tmp:  # the seam takes a path; once loaded,
+            path = Path(tmp) / "whole.tflite"  # the interpreter keeps the model, the file can go
+            path.write_bytes(model)
+            self.interp = make_cpu_interpreter(path, threads)
         self._train = self.interp.get_signature_runner("train")
         self._infer = self.interp.get_signature_runner("infer")
         self.batch = train_batch

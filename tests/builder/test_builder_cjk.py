@@ -22,7 +22,8 @@ SUBJECTS = ["我", "你", "他们", "老师", "我的朋友", "妈妈"]
 VERBS = ["喜欢", "买了", "看见", "想要", "送给我", "推荐"]
 OBJECTS = ["这本书", "新手机", "那只猫", "一杯咖啡", "苹果", "两张电影票"]
 ENDS = ["。", "！", "？", "；"]
-PROBE = "我今天买了iPhone 12，很好用！她说：「真的吗？」\n第二行没有句号\n\n日本語のテキストも、文字ごとに。Café 3 ü"
+PROBE = ("我今天买了iPhone 12，很好用！她说：「真的吗？」\n第二行没有句号\n\n日本語のテキストも、文字ごとに。Café 3 ü\n\n"
+         "\x1b[33m    -- Debian \x1b[32m《行为准则》\x1b[m第一条\x1b[m\n与他人合\n作，\x07共同\x08努力。")
 
 BOARD = r'''
 import json, sys
@@ -64,7 +65,9 @@ def test_cjk_tokenizer_takes_each_character_and_keeps_other_words():
     from autlearn_build.text_data import choose_tokenizer, sentences
     assert sentences("我今天去市场。你呢？Hello world", "cjk") == [["我", "今", "天", "去", "市", "场"],
                                                               ["你", "呢"], ["hello", "world"]]
-    assert sentences("一行\n二行", "cjk") == [["一", "行"], ["二", "行"]]  # a line end ends a sentence
+    assert sentences("合\n作", "cjk") == [["合", "作"]]  # a line end inside a paragraph is a wrap
+    assert sentences("一行\n\n二行", "cjk") == [["一", "行"], ["二", "行"]]  # a blank line ends a sentence
+    assert sentences("一行！\n二行；三", "cjk") == [["一", "行"], ["二", "行"], ["三"]]  # full-width ！；
     assert sentences("我今天去市场。你呢？") == [["我今天去市场", "你呢"]]  # the word tokenizer: runs, no 。
     assert choose_tokenizer("auto", "我今天去市场买了很多东西 and english") == "cjk"
     assert choose_tokenizer("auto", "english text with one 字") == "word"
@@ -116,3 +119,41 @@ def test_chinese_bundle_board_tokenizes_like_the_builder(tmp_path):
     expected = sentences(PROBE, "cjk")
     assert board["sentences"] == expected and board["streamed"] == expected
     assert ["第", "二", "行", "没", "有", "句", "号"] in expected and ["café", "3", "ü"] in expected
+    assert ["debian", "行", "为", "准", "则", "第", "一", "条", "与", "他", "人", "合", "作", "共", "同", "努", "力"] \
+        in expected  # colour codes removed, the wrapped line goes on, BEL and backspace removed
+    assert not any("33m" in w or "32m" in w for s in expected for w in s)
+
+
+V1_CJK = {"version": 1, "kind": "cjk", "normalization": "NFKC", "lowercase": True, "apostrophes": "\u2019",
+          "word_pattern": "[\u4e00-\u9fff]|[^\\W_\u4e00-\u9fff]+", "sentence_end_pattern": "[.!?;\u3002\\n]+",
+          "paragraph_break_pattern": "\\n[ \\t\\r\\f\\v]*\\n"}  # a bundle built before tokenizer version 2
+
+
+def test_a_bundle_of_tokenizer_version_1_keeps_its_token_stream():
+    from autlearn.intake.kbtext import Tokenizer
+
+    old = Tokenizer(V1_CJK)
+    assert old.sentences("一行\n二行") == [["一", "行"], ["二", "行"]]  # its line end still ends a sentence
+    assert old.sentences("\x1b[31m红\x1b[0m") == [["31m", "红", "0m"]]  # its escape codes still give tokens
+    assert list(old.stream(iter(["\x1b[31m红\x1b", "[0m"]))) == [["31m", "红", "0m"]]
+
+
+def test_board_stream_removes_an_escape_code_cut_between_pieces():
+    from autlearn_build.text_data import sentences, tokenizer_manifest
+
+    from autlearn.intake.kbtext import Tokenizer
+
+    tok = Tokenizer(tokenizer_manifest("cjk"))
+    text = "红色\x1b[1;31m警告\x1b]0;标题\x07结束\x1b(B。好"
+    expected = sentences(text, "cjk")
+    assert expected == [["红", "色", "警", "告", "结", "束"], ["好"]]
+    for cut in range(len(text) + 1):  # every place a read piece can end
+        assert list(tok.stream(iter([text[:cut], text[cut:]]))) == expected, cut
+    assert tok.context("\x1b[32m你好\x1b[m世") == ["你", "好", "世"]
+
+
+def test_coloured_text_is_text_not_binary():
+    from autlearn.intake.kbtext import text_problem
+
+    assert text_problem(("\x1b[33m    -- Debian \x1b[32m《准则》\x1b[m第一条\x1b[m\n" * 50).encode()) is None
+    assert "binary" in text_problem(bytes(range(1, 32)) * 20)

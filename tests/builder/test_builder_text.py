@@ -58,6 +58,10 @@ def test_tokenizer_rules():
     assert sentences(text) == [["tis", "now", "struck", "twelve", "get", "thee", "to", "bed", "francisco"],
                                ["who's", "there"], ["don't", "o'er"], ["new", "para", "3rd"]]
     assert sentences("…!!  ,,") == []
+    # terminal colour codes and control characters are removed, as the terminal shows the text (tokenizer v2)
+    assert sentences("\x1b[31mred\x1b[0m al\x1b[1mert\x1b[m\x07 \x1b]0;title\x07ok\x00\x7f\x1b(Bgo") == [
+        ["red", "alert", "ok", "go"]]
+    assert sentences("tab\tand\fform\vfeed\r\nline") == [["tab", "and", "form", "feed", "line"]]  # whitespace kept
 
 
 def test_play_markdown_keeps_only_spoken_text():
@@ -140,6 +144,7 @@ BOARD_SIDE = textwrap.dedent(r'''
     tok = m["tokenizer"]
 
     def tokenize(text):  # the board's tokenizer, written from the manifest's rules only
+        text = re.sub(tok["remove_pattern"], "", text)
         text = unicodedata.normalize(tok["normalization"], text).lower()
         text = text.translate(str.maketrans({c: "'" for c in tok["apostrophes"]}))
         ids, index = [], {w: i for i, w in enumerate(m["vocabulary"])}
@@ -253,7 +258,7 @@ def board(text_bundle, tmp_path_factory) -> dict:
     from autlearn_build.text_data import BOS_ID, EOS_ID, UNK_ID, sentences
 
     m = json.loads((text_bundle / "manifest.json").read_text())
-    text = "The king loves Zanzibar! My lord — waits for the crown?"
+    text = "The \x1b[1;31mking\x1b[0m loves Zanzibar!\x07 My lord — waits\x08 for the crown?"
     index = {w: i for i, w in enumerate(m["vocabulary"])}
     expected = [t for s in sentences(text) for t in (BOS_ID, *[index.get(w, UNK_ID) for w in s], EOS_ID)]
     held_out = text_bundle.parent / "corpus" / "part1.txt"
