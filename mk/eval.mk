@@ -7,9 +7,10 @@
 # defaults, written into the report). About 14 minutes on a 2-core machine with the bundles built, 18 from
 # scratch (they take ~4 min and are kept under build/eval/). The keyboard's second group
 # of users are the topic files of Debian's `fortunes` package; the Chinese group (tools/eval_zh.py: a cjk
-# bundle on fortunes-zh's `chinese`, the poets of `tang300` + `song100` as users; reports/eval_zh.*) needs
-# `fortunes-zh` (its time at the defaults is not yet measured); both are installed here when missing. Bundles are built
-# once under build/eval/ and reused; `make eval-clean` removes them.
+# bundle on fortunes-zh's `chinese`, the poets of `tang300` + `song100` as users, every method as for the English
+# users; reports/eval_zh.*) needs `fortunes-zh`: about 10 minutes at the defaults on the loaded 2-core machine,
+# 2.3 of them the bundle's build (`make eval EVAL_ARGS='--scenario keyboard-zh'` runs it alone). Both packages are
+# installed here when missing. Bundles are built once under build/eval/ and reused; `make eval-clean` removes them.
 
 PYTHON ?= python3
 BIN    ?= .venv/bin

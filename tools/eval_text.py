@@ -376,7 +376,7 @@ def fedavg(users: list[dict], lm: KerasLM, manifest: dict, rounds: int, clients:
             total += n
         glob = [a / total for a in acc]
     model.set_weights(glob)
-    return {"rounds": rounds, "clients_per_round": clients, "users": len(users), "local_epochs": local_epochs,
+    return {"rounds": rounds, "clients_per_round": min(clients, len(users)), "users": len(users), "local_epochs": local_epochs,
             "optimizer": f"Adam lr {lr} (fresh state per client), batch {batch}",
             "start": "the cloud's pretrained model (re-created)", "token_gradients": tokens,
             "seconds": round(time.monotonic() - t0, 1)}

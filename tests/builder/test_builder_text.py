@@ -59,7 +59,7 @@ def test_tokenizer_rules():
                                ["who's", "there"], ["don't", "o'er"], ["new", "para", "3rd"]]
     assert sentences("…!!  ,,") == []
     # terminal colour codes and control characters are removed, as the terminal shows the text (tokenizer v2)
-    assert sentences("\x1b[31mred\x1b[0m al\x1b[1mert\x1b[m\x07 \x1b]0;title\x07ok\x00\x7f\x1b(Bgo") == [
+    assert sentences("\x1b[31mred\x1b[0m al\x1b[1mert\x1b[m\x07 \x1b]0;title\x07ok\x00\x7f \x1b(Bgo") == [
         ["red", "alert", "ok", "go"]]
     assert sentences("tab\tand\fform\vfeed\r\nline") == [["tab", "and", "form", "feed", "line"]]  # whitespace kept
 

@@ -205,3 +205,37 @@ def test_chinese_group_on_the_installed_fortunes_zh(tmp_path):
         pytest.skip("fortunes-zh is not installed (make eval installs it)")
     users, public = _zh_split_is_disjoint(ez, ez.ZH_DIR, tmp_path / "public", 1000)
     assert len(users) >= 4 and len(public) > 300_000
+
+
+def test_centralised_and_fedavg_take_the_chinese_public_text_the_bundle_was_built_on(tmp_path):
+    """eval_text's public text is the corpus's documents that the manifest does not hold out: the Chinese
+    group's own folder (not Shakespeare), in the builder's order, as the builder split it."""
+    import eval_text as et
+    import eval_zh as ez
+    from autlearn_build import text_data as td
+
+    root = _zh_tree(tmp_path / "fortunes")
+    folder = ez.public_folder(tmp_path / "public", root=root, per_file=1)
+    corpus = td.load_corpus(str(folder), "cjk")
+    _, held = td.split_documents(corpus, 0.5)
+    manifest = {"metrics": {"held_out_documents": [d.name for d in held]}}
+    train = et.public_text(manifest, corpus)
+    assert [d.name for d in train] == [d.name for d in corpus.documents if d not in held] and train
+    assert any("礼" in s for d in train for s in d.sentences) and not any("贡" in s for d in train for s in d.sentences)
+    with pytest.raises(AssertionError, match="held-out"):
+        et.public_text({"metrics": {"held_out_documents": ["hamlet"]}}, corpus)
+
+
+def test_chinese_targets_compare_autlearn_with_every_other_method():
+    import evaluate
+
+    def m(top1, top3):
+        return {"top1": {"mean": top1}, "top3": {"mean": top3}}
+
+    zh = {"methods": {"pretrained": m(0.0, 0.01), "local_only": m(0.02, 0.04), "centralised": m(0.01, 0.05),
+                      "fedavg": m(0.01, 0.02), "autlearn_offline_aug": m(0.015, 0.03)}}
+    got = {t["target"]: t["met"] for t in evaluate.targets({"keyboard_zh": zh})}
+    assert got == {f"keyboard (Chinese poets): AutLearn {k} >= {r}": met for k, r, met in [
+        ("top1", "centralised", True), ("top1", "fedavg", True), ("top1", "local_only", False),
+        ("top1", "pretrained", True), ("top3", "centralised", False), ("top3", "fedavg", True),
+        ("top3", "local_only", False), ("top3", "pretrained", True)]}
