@@ -24,8 +24,8 @@ from resign import write_manifest  # noqa: E402  (tools/ is on the path from her
 # daemon subprocess or TensorFlow training. Tests that use one of these fixtures are marked slow automatically;
 # others carry @pytest.mark.slow by hand. `pytest -m "not slow"` is the fast part (about a minute);
 # `make test` runs everything.
-BUILT_FIXTURES = {"tiny_bundle", "tiny_tail_bundle", "text_bundle", "two_variant_bundle", "image_bundle",
-                  "photos", "saved_models", "whole_model", "tiny_users", "daemon_wheel", "board_check", "board",
+BUILT_FIXTURES = {"tiny_bundle", "tiny_tail_bundle", "text_bundle", "text_variant_bundle", "two_variant_bundle",
+                  "image_bundle", "photos", "saved_models", "whole_model", "tiny_users", "daemon_wheel", "board_check", "board",
                   "digits"}
 
 
@@ -70,6 +70,17 @@ def text_bundle(tmp_path_factory) -> Path:
     subprocess.run([str(BIN / "autlearn-build"), "text", "--data", "shakespeare", "--limit", "20000", "--epochs", "2",
                     "--vocab", "300", "--seq-len", "10", "--spare-slots", "20", "--embed", "16", "--hidden", "32",
                     "--out", str(out), "--seed", "0"], check=True, capture_output=True, timeout=900)
+    return out
+
+
+@pytest.fixture(scope="session")
+def text_variant_bundle(tmp_path_factory) -> Path:
+    """text_bundle's build with one pruned width beside the full one (`--hidden-widths 16`: variants full, h16)."""
+    out = tmp_path_factory.mktemp("textvariants") / "kb"
+    subprocess.run([str(BIN / "autlearn-build"), "text", "--data", "shakespeare", "--limit", "20000", "--epochs", "2",
+                    "--vocab", "300", "--seq-len", "10", "--spare-slots", "20", "--embed", "16", "--hidden", "32",
+                    "--hidden-widths", "16", "--out", str(out), "--seed", "0"], check=True, capture_output=True,
+                   timeout=900)
     return out
 
 

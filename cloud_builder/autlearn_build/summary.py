@@ -42,20 +42,22 @@ def image_summary(result) -> str:
 
 def text_summary(result) -> str:
     m = result.manifest
-    v = m["variants"][0]
     rows = [("variant", "base params", "MFLOPs/seq", "base bytes", "head bytes", "ms/seq", "top-1 float",
              "top-1 int8", "top-3 float", "top-3 int8", "int8-float (top-1)")]
     pct = lambda a: "n/a" if a is None else f"{a * 100:.2f}%"  # noqa: E731
-    cost = "n/a"
-    if v["accuracy_int8"] is not None and v["accuracy_float"] is not None:
-        cost = f"{(v['accuracy_int8'] - v['accuracy_float']) * 100:+.2f} pt"
-    rows.append((v["name"], str(v["params"]), f"{v['flops'] / 1e6:.2f}", str(m["files"][v["base"]]["bytes"]),
-                 str(m["files"][v["head"]]["bytes"]), f"{v['latency_ms']:.4f}", pct(v["accuracy_float"]),
-                 pct(v["accuracy_int8"]), pct(v["top3_float"]), pct(v["top3_int8"]), cost))
+    for v in m["variants"]:
+        cost = "n/a"
+        if v["accuracy_int8"] is not None and v["accuracy_float"] is not None:
+            cost = f"{(v['accuracy_int8'] - v['accuracy_float']) * 100:+.2f} pt"
+        rows.append((v["name"], str(v["params"]), f"{v['flops'] / 1e6:.2f}", str(m["files"][v["base"]]["bytes"]),
+                     str(m["files"][v["head"]]["bytes"]), f"{v['latency_ms']:.4f}", pct(v["accuracy_float"]),
+                     pct(v["accuracy_int8"]), pct(v["top3_float"]), pct(v["top3_int8"]), cost))
     lines = _table(rows)
+    v = m["variants"][0]
     lines.append(f"bundle {result.out}: task next_word, vocabulary {len(m['vocabulary'])} + {m['spare_slots']} "
                  f"spare = capacity {m['class_capacity']}, seq_len {m['seq_len']}, features {v['feature_size']} per "
                  f"position; {m['synonyms']['words']} words with synonyms; {result.train_size} training / "
                  f"{result.val_size} held-out tokens ({', '.join(m['metrics']['held_out_documents'])}); built in "
-                 f"{result.seconds:.1f} s (pretraining {result.pretrain_seconds:.1f} s)")
+                 f"{result.seconds:.1f} s (pretraining {result.pretrain_seconds:.1f} s"
+                 + (f", pruned variants {result.prune_seconds:.1f} s)" if result.prune_seconds else ")"))
     return "\n".join(lines)

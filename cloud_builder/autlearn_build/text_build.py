@@ -104,9 +104,12 @@ def build_text_bundle(opts: TextOptions, progress: Callable[[str], None] = print
 
     set_seed(opts.seed)
 
-    def make_classifier():
-        base = text_model.build_text_base(n_vocab, opts.seq_len, opts.embed, opts.hidden)
+    def make_classifier_of(hidden: int):
+        base = text_model.build_text_base(n_vocab, opts.seq_len, opts.embed, hidden)
         return text_model.build_text_classifier(base, capacity, n_vocab)
+
+    def make_classifier():
+        return make_classifier_of(opts.hidden)
 
     with dist.scope():
         classifier = make_classifier()
@@ -121,41 +124,20 @@ def build_text_bundle(opts: TextOptions, progress: Callable[[str], None] = print
     if classifier is None:
         return BuildResult(None, {}, time.perf_counter() - start, pre.seconds, len(train_stream), len(val_stream))
 
-    from .convert import convert_head, convert_int8_in_subprocess
-    from .evaluate import BaseRunner
-    from .head_module import SIGNATURES, SOFTMAX_WEIGHT_NAMES, SoftmaxHead, train_head
-
-    base = text_model.text_base_of(classifier)
-    progress("converting the base to int8 (in a child process) …")
-    t0 = time.perf_counter()
     rng = np.random.default_rng(opts.seed)
-    calibration = x_train[rng.permutation(len(x_train))[:200]]
-    base_model = convert_int8_in_subprocess(base, calibration, "LSTM base")
-    runner = BaseRunner(base_model, batch=LATENCY_BATCH)
-    latency = runner.latency_ms(x_val if len(x_val) else x_train)
-    progress(f"  int8 base {len(base_model)} bytes, {latency:.4f} ms per sequence  {time.perf_counter() - t0:.1f}s")
-
-    active = active_mask(capacity, n_vocab)
-    weights = text_model.softmax_weights(classifier, n_vocab)
-    if opts.head_epochs > 0:
-        pos = np.flatnonzero(w_train.reshape(-1) > 0)
-        rows = np.unique(pos[rng.permutation(len(pos))[:opts.head_positions]] // opts.seq_len)
-        feats = runner.features(x_train[rows]).reshape(-1, opts.hidden)
-        targets = y_train[rows].reshape(-1)
-        keep = w_train[rows].reshape(-1) > 0
-        progress(f"training the head {opts.head_epochs} epoch(s) on {int(keep.sum())} int8 feature positions …")
-        weights = train_head(SoftmaxHead(weights, opts.train_batch), feats[keep], targets[keep].astype(np.int32),
-                             active, epochs=opts.head_epochs, lr=opts.head_learning_rate, seed=opts.seed)
-    head = SoftmaxHead(weights, opts.train_batch)
-    progress("converting the softmax head (builtin operators only) …")
-    head_model = quiet_call(convert_head, head, SIGNATURES)
-
-    progress("measuring next-word accuracy on the held-out documents …")
-    t0 = time.perf_counter()
-    metrics = _evaluate(classifier, runner, head_model, x_val, y_val, active, opts)
-    progress(f"  top-1 float {_pct(metrics['top1_float'])}, int8 {_pct(metrics['top1_int8'])}; top-3 float "
-             f"{_pct(metrics['top3_float'])}, int8 {_pct(metrics['top3_int8'])} over {metrics['positions']} "
-             f"word positions  {time.perf_counter() - t0:.1f}s")
+    data = (x_train, y_train, w_train, x_val, y_val, w_val)
+    variant, metrics = _finish(VARIANT_NAME, classifier, opts.hidden, data, n_vocab, capacity, opts, rng, progress)
+    variants = [variant]
+    pruning = None
+    prune_seconds = 0.0
+    if opts.hidden_widths:
+        t_prune = time.perf_counter()
+        pruned, pruning = _pruned_variants(classifier, make_classifier_of, data, n_vocab, capacity, opts, rng,
+                                           progress)
+        variants += pruned
+        for v in variants:  # what the budget compares, per token (the manifest's latency_ms is per sequence)
+            v.extra["latency_ms_per_token"] = round(v.latency_ms / opts.seq_len, 5)
+        prune_seconds = time.perf_counter() - t_prune
     baseline = frequency_baseline(y_train, y_val)
     steps = opts.epochs * int(np.ceil(len(x_train) / opts.batch_size))
     progress(f"  frequency baseline (the 3 most frequent training words): top-1 {_pct(baseline['top1'])}, top-3 "
@@ -175,14 +157,6 @@ def build_text_bundle(opts: TextOptions, progress: Callable[[str], None] = print
     progress(f"  synonym table: {len(table)} words with {n_pairs} synonyms at cosine ≥ {opts.synonym_threshold}"
              + (f" (e.g. {example[0]} → {', '.join(w for w, _ in example[1][:3])})" if example else ""))
 
-    head_params = int(weights["w0"].size + weights["b0"].size)
-    variant = Variant(name=VARIANT_NAME, base_model=base_model, head_model=head_model,
-                      head_weights=list(SOFTMAX_WEIGHT_NAMES), feature_size=opts.hidden, params=cost["params"],
-                      flops=cost["flops"], latency_ms=latency, accuracy_int8=metrics["top1_int8"],
-                      accuracy_float=metrics["top1_float"],
-                      extra={"top3_int8": metric(metrics["top3_int8"]), "top3_float": metric(metrics["top3_float"]),
-                             "features": "per_position", "head_params": head_params,
-                             "head_flops": int(2 * weights["w0"].size)})
     fields = {
         "vocabulary": vocabulary,
         "tokenizer": td.tokenizer_manifest(corpus.tokenizer),
@@ -210,14 +184,97 @@ def build_text_bundle(opts: TextOptions, progress: Callable[[str], None] = print
         val_tokens=int(len(val_stream)), limit=opts.limit, epochs=opts.epochs, embed=opts.embed, hidden=opts.hidden,
         batch_size=opts.batch_size, pretrain_seconds=round(pre.seconds, 2), pretrain_loss=metric(pre.train_loss),
         val_loss=metric(pre.val_loss), head_epochs=opts.head_epochs, distribution=dist.describe(),
-        latency=latency_record(2, LATENCY_BATCH, f"sequence of {opts.seq_len} tokens"))
+        latency=latency_record(2, LATENCY_BATCH, f"sequence of {opts.seq_len} tokens"),
+        **({"pruning": pruning} if pruning else {}))
     manifest = write_verified(out, opts, task=TASK, input_spec=input_spec, labels=vocabulary, class_capacity=capacity,
-                              variants=[variant], build=build, extra_files={SYNONYM_FILE: synonyms}, fields=fields)
-    return BuildResult(out, manifest, time.perf_counter() - start, pre.seconds, len(train_stream), len(val_stream))
+                              variants=variants, build=build, extra_files={SYNONYM_FILE: synonyms}, fields=fields)
+    return BuildResult(out, manifest, time.perf_counter() - start, pre.seconds, len(train_stream), len(val_stream),
+                       prune_seconds=prune_seconds)
+
+
+def _finish(name: str, classifier, hidden: int, data: tuple, n_vocab: int, capacity: int, opts: TextOptions,
+            rng: np.random.Generator, progress: Callable[[str], None]) -> tuple[Variant, dict]:
+    """A pretrained (or pruned) classifier of `hidden` units as a bundle variant: int8 base (converted in a child
+    process, builtin-only), its softmax head (trained on the int8 features with --head-epochs), measured on the
+    held-out text (top-1/top-3, latency per sequence and per token, bytes)."""
+    from . import text_model
+    from .convert import convert_head, convert_int8_in_subprocess
+    from .evaluate import BaseRunner
+    from .head_module import SIGNATURES, SOFTMAX_WEIGHT_NAMES, SoftmaxHead, train_head
+
+    x_train, y_train, w_train, x_val, y_val, _ = data
+    cost = text_model.text_base_cost(n_vocab, opts.seq_len, opts.embed, hidden)
+    base = text_model.text_base_of(classifier)
+    progress(f"converting the base{'' if name == VARIANT_NAME else f' of variant {name}'} to int8 (in a child "
+             f"process) …")
+    t0 = time.perf_counter()
+    calibration = x_train[rng.permutation(len(x_train))[:200]]
+    base_model = convert_int8_in_subprocess(base, calibration, f"LSTM base ({name})")
+    runner = BaseRunner(base_model, batch=LATENCY_BATCH)
+    latency = runner.latency_ms(x_val if len(x_val) else x_train)
+    progress(f"  int8 base {len(base_model)} bytes, {latency:.4f} ms per sequence  {time.perf_counter() - t0:.1f}s")
+
+    active = active_mask(capacity, n_vocab)
+    weights = text_model.softmax_weights(classifier, n_vocab)
+    if opts.head_epochs > 0:
+        pos = np.flatnonzero(w_train.reshape(-1) > 0)
+        rows = np.unique(pos[rng.permutation(len(pos))[:opts.head_positions]] // opts.seq_len)
+        feats = runner.features(x_train[rows]).reshape(-1, hidden)
+        targets = y_train[rows].reshape(-1)
+        keep = w_train[rows].reshape(-1) > 0
+        progress(f"training the head {opts.head_epochs} epoch(s) on {int(keep.sum())} int8 feature positions …")
+        weights = train_head(SoftmaxHead(weights, opts.train_batch), feats[keep], targets[keep].astype(np.int32),
+                             active, epochs=opts.head_epochs, lr=opts.head_learning_rate, seed=opts.seed)
+    head = SoftmaxHead(weights, opts.train_batch)
+    progress("converting the softmax head (builtin operators only) …")
+    head_model = quiet_call(convert_head, head, SIGNATURES)
+
+    progress("measuring next-word accuracy on the held-out documents …")
+    t0 = time.perf_counter()
+    metrics = _evaluate(classifier, runner, head_model, x_val, y_val, active, hidden)
+    progress(f"  top-1 float {_pct(metrics['top1_float'])}, int8 {_pct(metrics['top1_int8'])}; top-3 float "
+             f"{_pct(metrics['top3_float'])}, int8 {_pct(metrics['top3_int8'])} over {metrics['positions']} "
+             f"word positions  {time.perf_counter() - t0:.1f}s")
+    head_params = int(weights["w0"].size + weights["b0"].size)
+    variant = Variant(name=name, base_model=base_model, head_model=head_model,
+                      head_weights=list(SOFTMAX_WEIGHT_NAMES), feature_size=hidden, params=cost["params"],
+                      flops=cost["flops"], latency_ms=latency, accuracy_int8=metrics["top1_int8"],
+                      accuracy_float=metrics["top1_float"],
+                      extra={"top3_int8": metric(metrics["top3_int8"]), "top3_float": metric(metrics["top3_float"]),
+                             "features": "per_position", "head_params": head_params,
+                             "head_flops": int(2 * weights["w0"].size)})
+    return variant, metrics
+
+
+def _pruned_variants(classifier, make_classifier_of, data: tuple, n_vocab: int, capacity: int, opts: TextOptions,
+                     rng: np.random.Generator, progress: Callable[[str], None]) -> tuple[list[Variant], dict]:
+    """One variant per --hidden-widths entry (text_prune: ranking, kept weights copied, fine-tuned); the record."""
+    from . import text_prune
+    from .image_model import set_seed
+
+    x_train, y_train, w_train, x_val, y_val, w_val = data
+    out, record = [], {"ranking": text_prune.RANKING, "from_hidden": opts.hidden, "finetune_epochs": opts.prune_finetune,
+                       "variants": {}}
+    for width in sorted(opts.hidden_widths, reverse=True):
+        name = text_prune.variant_name(width)
+        t0 = time.perf_counter()
+        set_seed(opts.seed + width)
+        keep = text_prune.kept_units(classifier, width)
+        small = text_prune.prune_classifier(classifier, keep, make_classifier_of)
+        progress(f"variant {name}: LSTM {opts.hidden} → {width} units kept by importance; fine-tuning "
+                 f"{opts.prune_finetune:g} epoch(s) on the public text …")
+        tuned = text_prune.finetune(small, x_train, y_train, w_train, x_val, y_val, w_val, epochs=opts.prune_finetune,
+                                    batch_size=opts.batch_size, learning_rate=opts.learning_rate,
+                                    seed=opts.seed + width, progress=progress)
+        variant, _ = _finish(name, small, width, data, n_vocab, capacity, opts, rng, progress)
+        variant.extra["pruned_from"] = VARIANT_NAME
+        out.append(variant)
+        record["variants"][name] = {"hidden": width, "finetune": tuned, "seconds": round(time.perf_counter() - t0, 2)}
+    return out, record
 
 
 def _evaluate(classifier, runner, head_model: bytes, x_val: np.ndarray, y_val: np.ndarray, active: np.ndarray,
-              opts: TextOptions, chunk: int = 128) -> dict:
+              hidden: int, chunk: int = 128) -> dict:
     """Top-1/top-3 of the float classifier and of int8 base + converted head (its `infer` top_ids)."""
     import tensorflow as tf
 
@@ -236,7 +293,7 @@ def _evaluate(classifier, runner, head_model: bytes, x_val: np.ndarray, y_val: n
         logits = classifier(tf.constant(xb), training=False).numpy().reshape(-1, len(active))
         h1, h3 = _hits(logits[counted], yb[counted], excluded)
         f1, f3 = f1 + h1, f3 + h3
-        feats = runner.features(xb).reshape(-1, opts.hidden)[counted]
+        feats = runner.features(xb).reshape(-1, hidden)[counted]
         top = infer(x=feats.astype(np.float32), active=active_words)["top_ids"]
         q1 += int(np.sum(top[:, 0] == yb[counted]))
         q3 += int(np.sum(np.any(top == yb[counted][:, None], axis=1)))

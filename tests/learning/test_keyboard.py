@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import subprocess
 from pathlib import Path
@@ -113,6 +114,53 @@ def test_daemon_keyboard_end_to_end_with_autlearnctl(tmp_path, text_bundle):
         assert ctl(d.root, "predict", "--text", "I met")["context"] == ["i", "met"]
     finally:
         assert d.stop() == 0
+
+
+def test_a_budget_the_full_width_misses_runs_the_pruned_lstm(tmp_path, text_variant_bundle):
+    """model.max_memory_mb between the two widths' figures (deterministic: model + tensor bytes) makes the board
+    run h16: its features, cache entries, heads and context memory are 16 wide; the tokenizer is the bundle's."""
+    from autlearn.learning.featcache import feature_key
+    from autlearn.learning.keyboard import KeyboardLearner
+    from autlearn.runtime.bundle import load
+    from autlearn.runtime.measure import measure_variants
+
+    by_name = {m.name: m for m in measure_variants(load(text_variant_bundle), 1, repeats=3)}
+    assert by_name["h16"].memory_bytes < by_name["full"].memory_bytes
+    budget_mb = (by_name["h16"].memory_bytes + by_name["full"].memory_bytes) / 2 / (1 << 20)
+    svc = make_service(tmp_path / "root", text_variant_bundle, **{"training.epochs": 5,
+                                                                  "model.max_memory_mb": budget_mb})
+    assert svc.variant.name == "h16" and svc.variant.feature_size == 16
+    (svc.paths.state.parent / "inbox" / "notes.txt").write_text(user_text(300, 3), encoding="utf-8")
+    eng = engine_of(svc)
+    eng.scan()
+    r = eng.round("test", no_progress, never)
+    assert r.outcome == "promoted" and set(NAMES) <= set(r.extras.personal_words)
+    assert r.extras.with_memory["top3"] >= r.extras.pretrained["top3"] + 0.10
+    kl = eng.learner
+    assert kl.learnt_path.name == "keyboard-learnt-h16.npy" and kl.learnt_path.exists()
+    model = kl.model(eng.current_version(), kl.active())
+    assert model.memory.keys.shape[1] == 16 and len(model.memory.keys) > 0
+    s = svc.predict({"text": "Lunch was fine. Then I met"})
+    assert s["context"] == ["then", "i", "met"] and len(s["suggestions"]) == 3
+    assert any(x["word"] in NAMES for x in s["suggestions"])
+    # the same words, the same token ids as the full width; features (and their cache keys) per variant's base
+    bundle = load(text_variant_bundle)
+    full = KeyboardLearner(bundle, "other", bundle.variant("full"), kl.store, kl.extractor, kl.cache, tmp_path, 1, 0.1)
+    sentences = [["i", "met", "zorbek", "at", "the", "market"]]
+    slots = kl.store.classes(kl.bundle_id)
+    assert np.array_equal(full.encode(sentences, slots)[0], kl.encode(sentences, slots)[0])
+    x = kl.encode(sentences, slots)[0]
+    f, _, _ = kl.features(x)
+    assert f.shape == (len(x), kl.t, 16)
+
+    def keys(name):
+        return [feature_key(hashlib.sha256(row.tobytes()).hexdigest(), bundle.variant(name).base_sha256, kl.prep)
+                for row in x]
+
+    assert len(kl.cache.get_many(keys("h16"))) == len(x)  # cached under the pruned base's sha256 …
+    assert len(kl.cache.get_many(keys("full"))) == 0  # … so the full width never reads a 16-wide feature
+    svc.stop()
+    eng.close()
 
 
 def test_holdout_hits_are_counted_as_suggested_never_a_special_token():

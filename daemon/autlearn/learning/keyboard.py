@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 # what callers import from here (the service, tools)
 __all__ = ["KeyboardLearner", "KeyboardRound", "KeyboardPredictor", "KeyboardLimits", "Tokenizer", "limits_of",
            "pending_words", "load_synonyms", "memory_file"]
-LEARNT_FILE = "keyboard-learnt.npy"  # hashes of the sentences earlier rounds learnt from
+LEARNT_FILE = "keyboard-learnt-{variant}.npy"  # hashes of the sentences the variant's earlier rounds learnt from
 MIX_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7)
 INTERP_GRID = (0.25, 0.5, 0.75, 1.0)
 
@@ -75,6 +75,8 @@ class KeyboardLearner:
         self.t = int(bundle.manifest["seq_len"])
         self.prep = int(bundle.input.get("preprocessing_version", 1))
         self.synonyms = load_synonyms(bundle)
+        # per variant, like its heads, memories and cached features: another width has learnt nothing yet
+        self.learnt_path = heads_dir / LEARNT_FILE.format(variant=variant.name)
 
     def augmented(self, sentences: list[list[str]], copies: int, seed: int, rate: float = 0.15) -> list[list[str]]:
         """The paper's text augmentation: synonym replacement from the bundle's table, seeded per sentence;
@@ -152,7 +154,7 @@ class KeyboardLearner:
 
     def learnt(self) -> np.ndarray:
         try:
-            return np.load(self.heads_dir / LEARNT_FILE)
+            return np.load(self.learnt_path)
         except (OSError, ValueError):
             return np.zeros(0, np.uint64)
 
@@ -321,9 +323,10 @@ class KeyboardRound(RoundScenario):
         """After a round that learnt: the sentences it learnt (by hash) and each file's size then, what the next
         round's `pending_words` and novelty are measured against; the text's bytes per word."""
         info = self.info
-        tmp = self.heads_dir / (LEARNT_FILE + ".tmp.npy")
+        path = self.learner.learnt_path
+        tmp = path.with_name(path.name + ".tmp.npy")
         np.save(tmp, info["hashes"])
-        os.replace(tmp, self.heads_dir / LEARNT_FILE)
+        os.replace(tmp, path)
         total = sum(info["bytes"].values())
         if info["words"]:
             self.store.set_meta(BYTES_PER_WORD_KEY, repr(max(1.0, total / info["words"])))
