@@ -44,6 +44,22 @@ def test_same_seed_same_bits_other_seed_other_image(digits):
     assert not np.array_equal(a, img)  # it did something
 
 
+def test_augmented_values_are_pinned_for_the_feature_cache():
+    """Cached copies are keyed by variant_name, which carries AUG_VERSION but not the code: the warp must give
+    bitwise the values aug1 always gave (this digest was taken from the per-pixel formula before it was
+    vectorised by channel). A change here needs a new AUG_VERSION, or old cached copies would be reused."""
+    import hashlib
+
+    rng = np.random.default_rng(13)
+    photo = (rng.integers(0, 256, (160, 160, 3)) * (2 / 255) - 1).astype(np.float32)  # a MobileNet-scaled input
+    small = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    d = hashlib.sha256()
+    for seed in (1, 2, 3, 1234):
+        d.update(augment_image(photo, seed).tobytes())
+        d.update(augment_image(small, seed).tobytes())
+    assert d.hexdigest() == "9a0f722bda526eef66f267fbef837f3342ca34347d5c2b44321db8803d8f1fe0"
+
+
 def test_variant_name_carries_version_seed_and_parameters():
     name = variant_name(17)
     assert name.startswith("aug1:17:") and ":r" in name and ":t" in name and ":c" in name

@@ -206,28 +206,97 @@ def test_a_round_that_fails_is_recorded_and_automatic_rounds_back_off(tmp_path, 
     svc.stop()
 
 
-def test_a_round_reads_a_new_file_once_for_its_features_and_its_augmented_copies(tmp_path, tiny_bundle,
-                                                                                   user_digits, write_user):
-    """Inside `sharing_inputs` the augmented copies come from the inputs decoded for the features: the files are
-    not read again (here they change on disk in between and the copies are still made). Outside it a changed
-    file is read again and refused (its hash no longer matches)."""
-    svc = make_service(tmp_path / "root", tiny_bundle)
+def _rchar() -> int:
+    """Bytes this process has read through read(2) and friends, as the kernel counts them (/proc/self/io)."""
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+def test_a_round_reads_and_decodes_each_new_file_once_for_its_features_and_augmented_copies(
+        tmp_path, tiny_bundle, user_digits, write_user, monkeypatch):
+    """Two augmented copies per training sample, decoded inputs held 3 at a time (chunk boundaries fall between a
+    sample's features and its copies): each new file is still read, hash-checked and decoded once in the round
+    (the `features` event's files_read, and the bytes the kernel counts as read: each PNG carries 96 kB of text
+    so the photos' bytes dwarf the databases' reads). A file changed since it was ingested is refused for the copies
+    its features have not got yet."""
+    from PIL import Image, PngImagePlugin
+
+    from autlearn.learning.featsource import FeatureSource
+
+    svc = make_service(tmp_path / "root", tiny_bundle, **{"training.augment_copies": 2})
     images, labels = user_digits
     paths = write_user(svc.paths.state.parent / "inbox", images[:40], labels[:40])
+    pad = PngImagePlugin.PngInfo()
+    pad.add_text("padding", "x" * 96_000)
+    for p in paths:
+        with Image.open(p) as im:
+            im.load()
+        im.save(p, pnginfo=pad)
     eng = engine_of(svc)
-    eng.scan()
+    assert eng.scan().added == 40
+    monkeypatch.setattr(FeatureSource, "DECODED_CHUNK_BYTES", 3 * 28 * 28 * 4)
+    photo_bytes = sum(p.stat().st_size for p in paths)
+    events = []
+    before = _rchar()
+    r = eng.round("test", lambda name, data: events.append((name, data)), never)
+    read = _rchar() - before
+    feats = next(d for name, d in events if name == "features")
+    assert (feats["computed"], feats["cached"], feats["files_read"]) == (40, 0, 40)
+    assert r.outcome == "promoted" and r.extras.augmented_computed == 2 * r.n_train == r.extras.n_augmented
+    assert photo_bytes <= read < 1.5 * photo_bytes  # each photo's bytes once (twice would be >= 2x)
+
+    fs = eng.learner.features
+    changed = eng.learner.store.usable_samples()[:5]
+    for s in changed:
+        with open(s.path, "ab") as f:
+            f.write(b"\0")  # the files change after they were ingested
+    read0 = fs.files_read
+    (x, kept, computed, cached), (xa, kept_a, aug_computed, aug_cached) = fs.with_copies(changed, [True] * 5, 3, 9)
+    # the features come from the cache (keyed by the ingested content); the new copies needed the file: refused
+    assert fs.files_read - read0 == 5 and (len(kept), computed, cached) == (5, 0, 5)
+    assert kept_a == [] and aug_computed == 0 and len(xa) == 0
+    eng.close()
+    svc.stop()
+
+
+def test_decoded_inputs_held_in_a_round_stay_bounded_by_the_chunk_not_the_number_of_photos(
+        tmp_path, tiny_bundle, user_digits, write_user, monkeypatch):
+    """With one augmented copy each, 300 samples are 600 decoded inputs (28x28 float32: 1.9 MB). With the chunk at
+    16 inputs, the Python heap's peak while their features are computed (tracemalloc, which sees numpy's buffers)
+    grows from 100 to 300 samples by far less than the 1.25 MB more inputs would take if they were held (it grows
+    with the features kept, 256 bytes a row); the chunked features are those of a single-chunk pass."""
+    import tracemalloc
+
+    from autlearn.learning.featsource import FeatureSource
+
+    svc = make_service(tmp_path / "root", tiny_bundle)
+    images, labels = user_digits
+    write_user(svc.paths.state.parent / "inbox", images[:300], labels[:300])
+    eng = engine_of(svc)
+    assert eng.scan().added == 300
     fs = eng.learner.features
     samples = eng.learner.store.usable_samples()
-    assert len(samples) == 40
-    with fs.sharing_inputs():
-        x, kept, computed, _ = fs.for_samples(samples)
-        assert computed == 40 and len(kept) == 40
-        for p in paths:
-            p.write_bytes(p.read_bytes() + b"\0")  # the files change after the features were computed
-        xa, kept_a, aug_computed, _ = fs.augmented(samples, 1, seed=3)
-    assert aug_computed == 40 and len(kept_a) == 40 and xa.shape == x.shape and not np.allclose(xa, x)
-    _, kept_b, computed_b, cached_b = fs.augmented(samples, 2, seed=4)  # new copies, no shared inputs
-    assert computed_b == 0 and cached_b == 0 and kept_b == []
+    monkeypatch.setattr(FeatureSource, "DECODED_CHUNK_BYTES", 16 * 28 * 28 * 4)
+
+    def peak(n: int):
+        eng.cache.db.execute("DELETE FROM features")  # every feature computed again
+        tracemalloc.start()
+        try:
+            got = fs.with_copies(samples[:n], [True] * n, 1, 5)
+            return tracemalloc.get_traced_memory()[1], got
+        finally:
+            tracemalloc.stop()
+
+    small, _ = peak(100)
+    large, ((x, kept, computed, _), (xa, kept_a, aug_computed, _)) = peak(300)
+    assert computed == aug_computed == 300 and len(kept) == len(kept_a) == 300
+    more_inputs = 2 * 200 * 28 * 28 * 4
+    assert large - small < more_inputs / 3, (small, large, more_inputs)
+    monkeypatch.setattr(FeatureSource, "DECODED_CHUNK_BYTES", 1 << 30)
+    _, ((x1, _, c1, _), (xa1, _, ca1, _)) = peak(300)
+    assert c1 == ca1 == 300
+    np.testing.assert_array_equal(x, x1)
+    np.testing.assert_array_equal(xa, xa1)
     eng.close()
     svc.stop()
 

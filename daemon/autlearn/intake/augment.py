@@ -117,35 +117,56 @@ def background(img: np.ndarray) -> np.ndarray:
 
 def warp(img: np.ndarray, matrix: np.ndarray, fill: np.ndarray | float | None = None) -> np.ndarray:
     """Resample `img` with bilinear interpolation: output pixel (x, y) = input at `matrix @ (x, y, 1)`,
-    coordinates of pixel centres (column x, row y). Outside the input: `fill` (default: `background`)."""
+    coordinates of pixel centres (column x, row y). Outside the input: `fill` (default: `background`).
+    One channel at a time, on contiguous float64 planes gathered by flat index: the same operations in the
+    same order as the per-pixel formula (bitwise the same output), about 3x faster at 160x160x3."""
     a, flat = _as_hwc(img)
     h, w, c = a.shape
     if fill is None:
         fill = background(a)
     fill = np.broadcast_to(np.asarray(fill, np.float64), (c,))
-    src = a.astype(np.float64)
-    padded = np.empty((h + 2, w + 2, c), np.float64)
-    padded[...] = fill
-    padded[1:-1, 1:-1] = src
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
     m = np.asarray(matrix, np.float64)
     sx = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
     sy = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
-    # into padded coordinates; anything beyond one pixel outside samples the fill border only
-    sx = np.clip(sx + 1.0, 0.0, w + 1.0)
-    sy = np.clip(sy + 1.0, 0.0, h + 1.0)
+    # into the coordinates of the plane padded by one pixel of fill; anything beyond samples the fill border only
+    sx += 1.0
+    sy += 1.0
+    np.minimum(np.maximum(sx, 0.0, out=sx), w + 1.0, out=sx)
+    np.minimum(np.maximum(sy, 0.0, out=sy), h + 1.0, out=sy)
     x0 = np.minimum(np.floor(sx).astype(np.intp), w)
     y0 = np.minimum(np.floor(sy).astype(np.intp), h)
-    fx = (sx - x0)[..., None]
-    fy = (sy - y0)[..., None]
-    out = ((padded[y0, x0] * (1 - fx) + padded[y0, x0 + 1] * fx) * (1 - fy)
-           + (padded[y0 + 1, x0] * (1 - fx) + padded[y0 + 1, x0 + 1] * fx) * fy)
-    lo = np.minimum(src.min(axis=(0, 1)), fill)
-    hi = np.maximum(src.max(axis=(0, 1)), fill)
-    out = np.clip(out, lo, hi)  # guards rounding only: bilinear is a convex combination
-    if np.issubdtype(a.dtype, np.integer):
-        out = np.rint(out)
-    out = out.astype(a.dtype)
+    fx, fy = (sx - x0).ravel(), (sy - y0).ravel()
+    gx, gy = 1 - fx, 1 - fy
+    i00 = (y0 * (w + 2) + x0).ravel()  # flat index of the top-left neighbour in the padded plane
+    i01, i10, i11 = i00 + 1, i00 + (w + 2), i00 + (w + 3)
+    plane = np.empty((h + 2, w + 2), np.float64)
+    flat_plane = plane.reshape(-1)
+    top, bottom, t = np.empty(h * w), np.empty(h * w), np.empty(h * w)
+    out = np.empty((h, w, c), a.dtype)
+    integer = np.issubdtype(a.dtype, np.integer)
+    for k in range(c):
+        ch = a[:, :, k]
+        plane[...] = fill[k]
+        plane[1:-1, 1:-1] = ch
+        flat_plane.take(i00, out=top)
+        top *= gx
+        flat_plane.take(i01, out=t)
+        t *= fx
+        top += t
+        top *= gy
+        flat_plane.take(i10, out=bottom)
+        bottom *= gx
+        flat_plane.take(i11, out=t)
+        t *= fx
+        bottom += t
+        bottom *= fy
+        top += bottom
+        lo, hi = np.minimum(ch.min(), fill[k]), np.maximum(ch.max(), fill[k])
+        np.minimum(np.maximum(top, lo, out=top), hi, out=top)  # guards rounding only: bilinear is convex
+        if integer:
+            np.rint(top, out=top)
+        out[:, :, k] = top.reshape(h, w)
     return out[:, :, 0] if flat else out
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 
@@ -39,11 +38,31 @@ def read_sample(path: str, max_bytes: int) -> bytes | None:
     return data
 
 
+Got = tuple[np.ndarray, list[Sample], int, int]  # features, the samples they belong to, computed, from the cache
+
+
+class _Part:
+    """The rows of one kind (the samples' own features, or their copies') as with_copies collects them."""
+
+    def __init__(self) -> None:
+        self.kept: list[Sample] = []
+        self.rows: list[np.ndarray] = []
+        self.computed: set[str] = set()
+        self.cached: set[str] = set()
+
+    def add(self, s: Sample, v: np.ndarray, key: str, computed: bool) -> None:
+        self.kept.append(s)
+        self.rows.append(v)
+        (self.computed if computed else self.cached).add(key)
+
+    def got(self, feature_size: int) -> Got:
+        x = np.stack(self.rows) if self.rows else np.zeros((0, feature_size), np.float32)
+        return x, self.kept, len(self.computed), len(self.cached)
+
+
 class FeatureSource:
     """Features of stored samples: from the cache when present, else computed by the base and cached."""
 
-    # Decoded inputs kept inside `sharing_inputs` for the round's augmented copies (a file is read once a round).
-    SHARED_INPUT_BYTES = 8 << 20
     # Decoded inputs held at once while their features are computed (then the next chunk is decoded).
     DECODED_CHUNK_BYTES = 8 << 20
 
@@ -52,37 +71,48 @@ class FeatureSource:
         self.bundle, self.variant, self.extractor, self.cache = bundle, variant, extractor, cache
         self.max_pixels, self.max_file_bytes = max_pixels, max_file_bytes
         self.prep_version = int(bundle.input.get("preprocessing_version", 1))
-        self._shared: dict[str, np.ndarray] | None = None
-        self._shared_bytes = 0
-
-    @contextlib.contextmanager
-    def sharing_inputs(self):
-        """Inside the block an input decoded for its features is kept (up to SHARED_INPUT_BYTES in all) and
-        reused for the augmented copies: a new file is read, hash-checked and decoded once per round, not once
-        per copy. Released when the block ends."""
-        self._shared, self._shared_bytes = {}, 0
-        try:
-            yield
-        finally:
-            self._shared, self._shared_bytes = None, 0
+        self.files_read = 0  # stored samples read (hash-checked, decoded) for features missing from the cache
 
     def key(self, sha256: str, augmentation: str = "none") -> str:
         return feature_key(sha256, self.variant.base_sha256, self.prep_version, augmentation)
 
-    def for_samples(self, samples: list[Sample]) -> tuple[np.ndarray, list[Sample], int, int]:
+    def for_samples(self, samples: list[Sample]) -> Got:
         """Features for the samples still readable and unchanged; (features, kept samples, computed, cached)."""
-        return self.for_items([(s, "none", None) for s in samples])
+        return self.with_copies(samples, [False] * len(samples), 0, 0)[0]
 
-    def augmented(self, samples: list[Sample], copies: int, seed: int) -> tuple[np.ndarray, list[Sample], int, int]:
-        """Features of up to `copies` augmented copies per sample, each cached under its own variant key."""
-        items = [(s, name, vseed) for s in samples for name, vseed in augment.image_variants(copies, seed, s.sha256)]
-        return self.for_items(items)
-
-    def for_items(self, items: list[tuple[Sample, str, int | None]]) -> tuple[np.ndarray, list[Sample], int, int]:
+    def with_copies(self, samples: list[Sample], train: list[bool], copies: int, seed: int) -> tuple[Got, Got]:
+        """The samples' features and those of `copies` augmented copies of each sample whose `train` flag is
+        set (each copy cached under its own variant key), in one pass: a sample's features and its copies are
+        neighbours in the pass, so its file is read, hash-checked and decoded once for all of them, whatever the
+        number of samples, while the decoded inputs held stay bounded by the chunk. Returns (features, kept
+        samples, computed, cached) of the samples and the same of the copies; a copy is kept only with its
+        sample."""
+        items: list[tuple[Sample, str, int | None]] = []
+        for s, t in zip(samples, train, strict=True):
+            items.append((s, "none", None))
+            if t and copies > 0:
+                items.extend((s, name, vseed) for name, vseed in augment.image_variants(copies, seed, s.sha256))
         keys = [self.key(s.sha256, name) for s, name, _ in items]
         found = self.cache.get_many(keys)
+        computed = self._compute(items, keys, found)
+        parts: tuple[_Part, _Part] = (_Part(), _Part())
+        sample_kept = False
+        for (s, name, _), k in zip(items, keys):
+            v = found.get(k)
+            if v is None:
+                v = computed.get(k)
+            if name == "none":
+                sample_kept = v is not None
+            if v is not None and sample_kept:
+                parts[name != "none"].add(s, v, k, k in computed)
+        return parts[0].got(self.variant.feature_size), parts[1].got(self.variant.feature_size)
+
+    def _compute(self, items: list[tuple[Sample, str, int | None]], keys: list[str],
+                 found: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Features of the items missing from the cache, by the base a chunk at a time, cached as they come."""
         computed: dict[str, np.ndarray] = {}
         inputs, todo_keys, pending = [], [], set()
+        last: tuple[tuple[str, str] | None, np.ndarray | None] = (None, None)  # the sample decoded last, its input
 
         def extract() -> None:  # a chunk at a time: 500 decoded photos at 160 px would be 150 MB of inputs
             if inputs:
@@ -95,7 +125,10 @@ class FeatureSource:
         for (s, _, vseed), k in zip(items, keys):
             if k in found or k in computed or k in pending:
                 continue
-            x = self._read(s)
+            if last[0] != (s.path, s.sha256):  # a sample's items are neighbours: one read for all of them
+                last = ((s.path, s.sha256), self._decode(s))
+                self.files_read += 1
+            x = last[1]
             if x is not None:
                 inputs.append(x if vseed is None else augment.augment_image(x, vseed))
                 todo_keys.append(k)
@@ -103,26 +136,7 @@ class FeatureSource:
                 if len(inputs) >= FEATURE_CHUNK or len(inputs) * x.nbytes >= self.DECODED_CHUNK_BYTES:
                     extract()
         extract()
-        kept, rows = [], []
-        for (s, _, _), k in zip(items, keys):
-            v = found.get(k)
-            if v is None:
-                v = computed.get(k)
-            if v is not None:
-                kept.append(s)
-                rows.append(v)
-        x = np.stack(rows) if rows else np.zeros((0, self.variant.feature_size), np.float32)
-        return x, kept, len(computed), len(found)
-
-    def _read(self, s: Sample) -> np.ndarray | None:
-        shared = self._shared
-        if shared is not None and s.sha256 in shared:
-            return shared[s.sha256]
-        x = self._decode(s)
-        if x is not None and shared is not None and self._shared_bytes + x.nbytes <= self.SHARED_INPUT_BYTES:
-            shared[s.sha256] = x
-            self._shared_bytes += x.nbytes
-        return x
+        return computed
 
     def _decode(self, s: Sample) -> np.ndarray | None:
         data = read_sample(s.path, self.max_file_bytes)

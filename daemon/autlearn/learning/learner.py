@@ -8,7 +8,6 @@ Runs in the worker thread; everything it touches (interpreters, SQLite handles) 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from pathlib import Path
@@ -157,23 +156,22 @@ class ImageRound(RoundScenario):
         chosen, self.bounded = learner.round_samples(ctx.version, self.seed + round_id)
         samples = [s for s in chosen if s.label in slots]
         augmenting = self.augment_copies > 0 and self.mode == "offline"
-        with learner.features.sharing_inputs() if augmenting else contextlib.nullcontext():
-            x, kept, computed, cached = learner.features.for_samples(samples)
-            ctx.progress("features", {"round_id": round_id, "computed": computed, "cached": cached})
-            yield None  # waits here while training must pause: before the augmented copies' features
-            y = np.array([slots[s.label] for s in kept], np.int32)
-            hold = np.array([s.holdout and self.gated for s in kept], bool)
-            xtr, ytr, self.xho, self.yho = x[~hold], y[~hold], x[hold], y[hold]
-            kept_a: list[Sample] = []
-            if augmenting and len(ytr):  # training samples only: the holdout judges real data
-                train_samples = [s for s, h in zip(kept, hold) if not h]
-                xa, kept_a, self.aug.augmented_computed, self.aug.augmented_cached = learner.features.augmented(
-                    train_samples, self.augment_copies, self.seed)
-                if len(kept_a):
-                    xtr = np.concatenate([xtr, xa])
-                    ytr = np.concatenate([ytr, np.array([slots[s.label] for s in kept_a], np.int32)])
-                ctx.progress("augmented", {"round_id": round_id, "computed": self.aug.augmented_computed,
-                                           "cached": self.aug.augmented_cached})
+        train = [augmenting and not (s.holdout and self.gated) for s in samples]  # the holdout judges real data
+        read0 = learner.features.files_read
+        (x, kept, computed, cached), (xa, kept_a, aug_computed, aug_cached) = learner.features.with_copies(
+            samples, train, self.augment_copies, self.seed)  # a new file is read and decoded once for all
+        ctx.progress("features", {"round_id": round_id, "computed": computed, "cached": cached,
+                                  "files_read": learner.features.files_read - read0})
+        yield None  # waits here while training must pause
+        y = np.array([slots[s.label] for s in kept], np.int32)
+        hold = np.array([s.holdout and self.gated for s in kept], bool)
+        xtr, ytr, self.xho, self.yho = x[~hold], y[~hold], x[hold], y[hold]
+        if augmenting and len(ytr):
+            self.aug.augmented_computed, self.aug.augmented_cached = aug_computed, aug_cached
+            if len(kept_a):
+                xtr = np.concatenate([xtr, xa])
+                ytr = np.concatenate([ytr, np.array([slots[s.label] for s in kept_a], np.int32)])
+            ctx.progress("augmented", {"round_id": round_id, "computed": aug_computed, "cached": aug_cached})
         n_original = int((~hold).sum())
         self.aug.n_augmented = len(ytr) - n_original
         self.x, self.y, self.kept, self.hold, self.xtr, self.ytr = x, y, kept, hold, xtr, ytr
@@ -198,13 +196,12 @@ class ImageRound(RoundScenario):
         """The same samples (and augmented copies) through cut `c`'s stem; a cut that could not read exactly
         the same samples is left out of the round (the current head's cut too: then the round is not ready)."""
         src = self.learner.source(c)
-        xc, kc, computed, cached = src.for_samples(kept)
+        train = [bool(kept_a) and not h for h in hold]
+        (xc, kc, computed, cached), (xa, ka, ca, ha) = src.with_copies(kept, train, self.augment_copies, self.seed)
+        computed, cached = computed + ca, cached + ha
         if [s.id for s in kc] == [s.id for s in kept]:
             xtr = xc[~hold]
             if kept_a:
-                xa, ka, ca, ha = src.augmented([s for s, h in zip(kept, hold) if not h], self.augment_copies,
-                                               self.seed)
-                computed, cached = computed + ca, cached + ha
                 xtr = np.concatenate([xtr, xa]) if [s.id for s in ka] == [s.id for s in kept_a] else None
             if xtr is not None:
                 self.at[c.name] = (xc, xtr, xc[hold])
