@@ -153,7 +153,8 @@ def _head_variant(user, model, train, val, active: np.ndarray, opts: ImageOption
         weights, head_source = pretrained, f"the model's own {why}"
         logits_float = predict(model, val.x)
     else:
-        notes.append(f"the head was trained on --data: the model's last layer does not fit the labels ({why})")
+        note = f"the head was trained on --data: the model's last layer does not fit the labels ({why})"
+        notes += [note] if note not in notes else []  # once for all --resolutions
         rng = np.random.default_rng(opts.seed)
         limit = np.sqrt(6.0 / (feature_size + opts.class_capacity))
         init = {"w0": rng.uniform(-limit, limit, (feature_size, opts.class_capacity)).astype(np.float32),
