@@ -14,7 +14,7 @@ from .build_steps import (BuildResult, active_mask, build_record, chief_copy, la
                           quiet_call, write_verified)
 from .bundle_writer import Variant, metric
 from .datasets import load_split, low_resolution_copies
-from .errors import BuildError
+from .errors import BuildError, InputError
 from .evaluate import LATENCY_BATCH, LATENCY_THREADS
 from .image_options import ImageOptions
 
@@ -24,6 +24,8 @@ VARIANT_NAME = "full"
 
 def build_image_bundle(opts: ImageOptions, progress: Callable[[str], None] = print) -> BuildResult:
     start = time.perf_counter()
+    if opts.resolutions:  # the built-in CNN is pretrained at one size: --width-mult is its compression axis
+        raise InputError("--resolutions applies to a build from --model or --backbone, not the built-in CNN")
     out = prepare(opts)
     spec = opts.input_spec
 

@@ -13,7 +13,7 @@ from autlearn.intake.imaging import RESIZE_POLICIES
 
 from .datasets import MNIST5K_NAME, MNIST_FIT_BOX, ImageSpec
 from .errors import InputError
-from .model_import import PREPROCESSING
+from .model_import import PREPROCESSING, parse_resolutions
 from .options import (FRACTION_HELD_OUT, NOT_NEGATIVE, Options, at_least, between, force_option, head_lr_option, in_range,
                       learning_rate_option, non_negative_int, option, out_option, positive_float, positive_int,
                       strategy_option)
@@ -154,6 +154,12 @@ class ImageOptions(Options):
                                      "image_dataset_from_directory), centre_crop, letterbox (black bars)")
     calibration: int = option(200, metavar="N", parse=positive_int, rule=between(1, 10000), group="model",
                               help="training images used to calibrate the int8 quantisation")
+    resolutions: tuple[int, ...] | None = option(
+        None, metavar="PX[,PX…]", parse=parse_resolutions, group="model",
+        help="input resolution as a variant axis: one variant per square input side (e.g. 96,128,160), the model "
+             "rebuilt at that size with the same weights (a fully convolutional base such as MobileNetV2), its "
+             "own int8 base calibrated on --data resized to it and its own head; the board chooses by its "
+             "measured budget. The largest is the default variant. Default: the model's own input size only")
     force: bool = force_option()
     strategy: str = strategy_option()
 

@@ -53,7 +53,7 @@ def build_model_bundle(opts: ImageOptions, progress: Callable[[str], None] = pri
     """Build a bundle from a pretrained classifier (`keras_model`, when given, instead of loading opts.model).
     Of the image options, the pretraining ones (--epochs, --budget, --strategy …) do not apply; --tail
     last_conv|last_block cuts a backbone below its feature layer (tail_build.finish_backbone_tail)."""
-    from .model_import import PREPROCESSING, cut_model, detect_preprocessing, load_keras_model
+    from .model_import import at_resolution, cut_model, detect_preprocessing, load_keras_model
 
     start = time.perf_counter()
     check_model_options(opts)
@@ -67,56 +67,75 @@ def build_model_bundle(opts: ImageOptions, progress: Callable[[str], None] = pri
     set_seed(opts.seed)
     progress(f"loading {source} …")
     model = keras_model if keras_model is not None else quiet_call(load_keras_model, path)
-    user = cut_model(model, opts.cut, source)
-    shape = model.input_shape
-    if len(shape) != 4 or any(d is None for d in shape[1:]) or shape[3] not in (1, 3):
-        raise InputError(f"{source}: input shape {tuple(shape)} is not [None, H, W, 1 or 3] with a fixed size")
-    height, width, channels = (int(d) for d in shape[1:])
     prep = opts.preprocess or detect_preprocessing(model)
-    scale, offset = PREPROCESSING[prep]
-    spec = ImageSpec(height=height, width=width, channels=channels, color_mode="RGB" if channels == 3 else "L",
-                     scale=scale, offset=offset, preprocessing_version=CAMERA_PREPROCESSING_VERSION,
-                     resize_policy=opts.resize_policy)
-    feature_size = int(user.base.output.shape[-1])
-    progress(f"  {user.base.count_params()} parameters below the cut at {user.cut!r} ({feature_size} features); "
-             f"input {width}x{height} {spec.color_mode}, preprocessing {prep} (x = pixel * {scale:.6g} + {offset:g}),"
-             f" resize policy {opts.resize_policy}")
-
-    progress(f"loading {opts.data} …")
-    data, train, val = load_split(opts.data, spec, opts.class_capacity, opts.limit, opts.val_fraction, progress)
-    n_classes = len(data.labels)
-    progress(f"  {len(data)} images, {n_classes} classes: {len(train)} for training (and calibration), "
-             f"{len(val)} held out")
-
-    active = active_mask(opts.class_capacity, n_classes)
+    if opts.resolutions and opts.tail != "head":
+        raise InputError(f"--resolutions does not combine with --tail {opts.tail} (only with --tail head)")
     notes: list[str] = []
-    if opts.tail != "head":  # issue 14: a trainable tail below the feature layer (tail_build.py)
-        from .tail_build import finish_backbone_tail
+    variants: list[Variant] = []
+    # One variant per --resolutions side, largest first (the default); without it, the model's own size ("full").
+    for side in sorted(opts.resolutions or [None], key=lambda s: -(s or 0)):
+        sized = model if side is None else at_resolution(model, side, source)
+        user = cut_model(sized, opts.cut, source)
+        spec = _input_spec(sized, source, prep, opts)
+        progress(f"  {user.base.count_params()} parameters below the cut at {user.cut!r} "
+                 f"({int(user.base.output.shape[-1])} features); input {spec.width}x{spec.height} {spec.color_mode}, "
+                 f"preprocessing {prep} (x = pixel * {spec.scale:.6g} + {spec.offset:g}), resize policy "
+                 f"{opts.resize_policy}")
+        progress(f"loading {opts.data} …")
+        data, train, val = load_split(opts.data, spec, opts.class_capacity, opts.limit, opts.val_fraction, progress)
+        n_classes = len(data.labels)
+        progress(f"  {len(data)} images, {n_classes} classes: {len(train)} for training (and calibration), "
+                 f"{len(val)} held out")
+        active = active_mask(opts.class_capacity, n_classes)
+        if opts.tail != "head":  # issue 14: a trainable tail below the feature layer (tail_build.py)
+            from .tail_build import finish_backbone_tail
 
-        variant = finish_backbone_tail(user, train, val, active, opts, progress, quiet_call, predict)
-    else:
-        variant = _head_variant(user, model, train, val, active, opts, source, feature_size, notes, progress)
+            variants.append(finish_backbone_tail(user, train, val, active, opts, progress, quiet_call, predict))
+        else:
+            name = "full" if side is None else f"{side}px"
+            own = None if side is None else {"width": side, "height": side}
+            variants.append(_head_variant(user, sized, train, val, active, opts, source, notes, progress, name, own))
+        if not variants[1:]:
+            bundle_spec, train_size, val_size = spec, len(train), len(val)
     source_model = source if opts.backbone is None else f"{source}: {BACKBONES[opts.backbone][2]}"
     build = build_record(opts, data.description, source_model=source_model, images_used=len(data),
-                         train_images=len(train), val_images=len(val), tail=opts.tail,
+                         train_images=train_size, val_images=val_size, tail=opts.tail,
                          latency=latency_record(LATENCY_THREADS, LATENCY_BATCH))
-    manifest = write_verified(out, opts, task=TASK, input_spec={**spec.to_manifest(), "source_preprocessing": prep},
-                              labels=data.labels, class_capacity=opts.class_capacity, variants=[variant],
+    if opts.resolutions:
+        build["resolutions"] = sorted(opts.resolutions, reverse=True)
+    manifest = write_verified(out, opts, task=TASK,
+                              input_spec={**bundle_spec.to_manifest(), "source_preprocessing": prep},
+                              labels=data.labels, class_capacity=opts.class_capacity, variants=variants,
                               build=build)
-    return BuildResult(out=out, manifest=manifest, seconds=time.perf_counter() - start, train_size=len(train),
-                       val_size=len(val), notes=notes)
+    return BuildResult(out=out, manifest=manifest, seconds=time.perf_counter() - start, train_size=train_size,
+                       val_size=val_size, notes=notes)
 
 
-def _head_variant(user, model, train, val, active: np.ndarray, opts: ImageOptions, source: str,
-                  feature_size: int, notes: list[str], progress: Callable[[str], None]) -> Variant:
+def _input_spec(model, source: str, prep: str, opts: ImageOptions) -> ImageSpec:
+    """The board's input spec for `model`: its fixed input size and colour mode, the scaling of `prep`."""
+    from .model_import import PREPROCESSING
+
+    shape = model.input_shape
+    if len(shape) != 4 or any(d is None for d in shape[1:]) or shape[3] not in (1, 3):
+        hint = "; --resolutions gives it sizes" if len(shape) == 4 and shape[3] in (1, 3) else ""
+        raise InputError(f"{source}: input shape {tuple(shape)} is not [None, H, W, 1 or 3] with a fixed size{hint}")
+    height, width, channels = (int(d) for d in shape[1:])
+    scale, offset = PREPROCESSING[prep]
+    return ImageSpec(height=height, width=width, channels=channels, color_mode="RGB" if channels == 3 else "L",
+                     scale=scale, offset=offset, preprocessing_version=CAMERA_PREPROCESSING_VERSION,
+                     resize_policy=opts.resize_policy)
+
+
+def _head_variant(user, model, train, val, active: np.ndarray, opts: ImageOptions, source: str, notes: list[str],
+                  progress: Callable[[str], None], name: str = "full", own_input: dict | None = None) -> Variant:
     """The int8 base below the feature layer + the softmax head after it (from the model's own last layer when
-    it fits the labels, else trained on --data)."""
+    it fits the labels, else trained on --data); `own_input`: the variant's own `input` (its size)."""
     from .convert import convert_base_int8, convert_head
     from .evaluate import BaseRunner, accuracy, head_probs
     from .head_module import SIGNATURES, SOFTMAX_WEIGHT_NAMES, SoftmaxHead, train_head
     from .model_import import blame_layer, head_from_dense
 
-    n_classes = int(active.sum())
+    n_classes, feature_size = int(active.sum()), int(user.base.output.shape[-1])
     t0 = time.perf_counter()
     try:
         base_model = quiet_call(convert_base_int8, user.base, train.x, max_calibration=opts.calibration)
@@ -134,7 +153,8 @@ def _head_variant(user, model, train, val, active: np.ndarray, opts: ImageOption
         weights, head_source = pretrained, f"the model's own {why}"
         logits_float = predict(model, val.x)
     else:
-        notes.append(f"the head was trained on --data: the model's last layer does not fit the labels ({why})")
+        note = f"the head was trained on --data: the model's last layer does not fit the labels ({why})"
+        notes += [note] if note not in notes else []  # once for all --resolutions
         rng = np.random.default_rng(opts.seed)
         limit = np.sqrt(6.0 / (feature_size + opts.class_capacity))
         init = {"w0": rng.uniform(-limit, limit, (feature_size, opts.class_capacity)).astype(np.float32),
@@ -151,15 +171,16 @@ def _head_variant(user, model, train, val, active: np.ndarray, opts: ImageOption
 
     params = int(user.base.count_params())
     flops = _flops(user.base, count_flops)
-    progress(f"  variant full: {params} params, {flops / 1e6:.1f} MFLOPs, {latency:.3f} ms/image; val acc float "
+    progress(f"  variant {name}: {params} params, {flops / 1e6:.1f} MFLOPs, {latency:.3f} ms/image; val acc float "
              f"{accuracy_float:.4f}, int8 {accuracy_int8:.4f}")
-    variant = Variant(name="full", base_model=base_model, head_model=head_model,
+    variant = Variant(name=name, base_model=base_model, head_model=head_model,
                       head_weights=list(SOFTMAX_WEIGHT_NAMES), feature_size=feature_size, params=params, flops=flops,
                       latency_ms=latency, accuracy_int8=accuracy_int8, accuracy_float=accuracy_float,
                       extra={"head_params": int(weights["w0"].size + weights["b0"].size),
                              "head_flops": int(2 * weights["w0"].size), "head_source": head_source,
                              "cut": user.cut, "quantization": "int8 post-training: per-channel weights, per-tensor "
-                                                              "activations calibrated on --data"})
+                                                              "activations calibrated on --data",
+                             **({"input": own_input} if own_input else {})})
     return variant
 
 

@@ -20,6 +20,7 @@ PREPROCESSING = {
     "raw": (1.0, 0.0),                  # [0, 255]: the model rescales itself (a Rescaling layer first)
 }
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+RESOLUTION_RANGE = (16, 1024)  # --resolutions: square input sides in pixels
 # Layers that may sit between the feature layer and the last Dense without changing inference.
 PASS_THROUGH = ("Dropout", "SpatialDropout1D", "GaussianDropout", "GaussianNoise", "AlphaDropout")
 
@@ -179,3 +180,59 @@ def blame_layer(base) -> str | None:
             detail = _converter_failure("", exc).message.lstrip(": ")
             return f"layer {layer.name!r} ({type(layer).__name__}): {detail}"
     return None
+
+
+def parse_resolutions(text: str) -> tuple[int, ...]:
+    """--resolutions '96,128,160' → (96, 128, 160): square input sides, each once, within RESOLUTION_RANGE."""
+    import argparse
+
+    lo, hi = RESOLUTION_RANGE
+    sides: list[int] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        if not item.isdigit() or not lo <= int(item) <= hi:
+            raise argparse.ArgumentTypeError(f"{item!r} is not a whole number of pixels between {lo} and {hi}")
+        if int(item) in sides:
+            raise argparse.ArgumentTypeError(f"{item} is given twice")
+        sides.append(int(item))
+    if not sides:
+        raise argparse.ArgumentTypeError(f"no resolution in {text!r} (e.g. 96,128,160)")
+    return tuple(sides)
+
+
+def at_resolution(model, side: int, source: str):
+    """The classifier rebuilt for square `side` x `side` inputs with the same weights (its own object when it
+    already has that size). Works for a fully convolutional model up to its global pooling (MobileNetV2); a
+    model whose weights depend on its input size (Flatten → Dense, a fixed Reshape) or that Keras cannot rebuild
+    from its config (a SavedModel's graph) is refused (InputError) naming the model's own input size."""
+    shape = tuple(model.input_shape)
+    if tuple(shape[1:3]) == (side, side):
+        return model
+    size = "variable" if shape[1] is None or shape[2] is None else f"{shape[2]}x{shape[1]}"
+    try:
+        config = model.get_config()
+        _set_input_side(config, side)
+        rebuilt = type(model).from_config(config)
+        rebuilt.set_weights(model.get_weights())
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types; its message is what we report
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{source}: its input size is fixed at {size} (channels {shape[3]}); it cannot be rebuilt "
+                         f"for {side}x{side} inputs with the same weights ({type(exc).__name__}: {first[:200]}); "
+                         f"drop --resolutions or give only sizes it accepts") from None
+    return rebuilt
+
+
+def _set_input_side(config, side: int) -> None:
+    """Every InputLayer of a model config (nested models too) set to [None, side, side, channels]."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "InputLayer" and isinstance(config.get("config"), dict):
+            inner = config["config"]
+            shape = inner.get("batch_shape") or inner.get("batch_input_shape")
+            if shape is None or len(shape) != 4:
+                raise ValueError(f"input layer {inner.get('name')!r} has shape {shape}, not [None, H, W, C]")
+            inner["batch_shape"] = [shape[0], side, side, shape[3]]
+            inner.pop("batch_input_shape", None)
+        for value in config.values():
+            _set_input_side(value, side)
+    elif isinstance(config, list):
+        for value in config:
+            _set_input_side(value, side)

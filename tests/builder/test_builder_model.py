@@ -199,3 +199,97 @@ def test_rgb_folders_load_with_the_boards_decoding(photos):
     means = data.x.mean(axis=(1, 2))  # [N, 3] per-channel brightness follows the class
     for c in range(3):
         assert np.all(np.argmax(means[data.y == c], axis=1) == 2 - c)
+
+
+# ------------------------------------------------------------------------- input resolution as a variant axis
+
+SMALL = 24  # the second resolution of the two-resolution bundle (the model's own is SIZE)
+
+
+@pytest.fixture(scope="module")
+def two_resolutions(photos, saved_models, tmp_path_factory):
+    """The user's model built at its own 32 px and at 24 px (`--resolutions 24,32`): two variants."""
+    out = tmp_path_factory.mktemp("resolutions") / "bundle"
+    assert _build(["--model", saved_models["keras"], "--data", photos, "--out", out, "--calibration", 40,
+                   "--resolutions", f"{SMALL},{SIZE}"]) == 0
+    return out
+
+
+def test_each_resolution_is_a_variant_with_its_own_input_and_measurements(two_resolutions):
+    from autlearn.runtime import bundle as bundle_mod
+
+    m = json.loads((two_resolutions / "manifest.json").read_text())
+    names = [v["name"] for v in m["variants"]]
+    assert names == [f"{SIZE}px", f"{SMALL}px"] and m["default_variant"] == f"{SIZE}px"  # largest first
+    assert (m["input"]["width"], m["input"]["height"]) == (SIZE, SIZE)  # the bundle's: the default variant's
+    assert m["build"]["resolutions"] == [SIZE, SMALL]
+    for v, side in zip(m["variants"], (SIZE, SMALL)):
+        assert v["input"] == {"width": side, "height": side}
+        assert v["latency_ms"] > 0 and v["accuracy_int8"] is not None and v["feature_size"] == 16
+        assert v["head_source"].startswith("the model's own")  # the model's last layer, at every size
+    assert m["files"][m["variants"][0]["base"]]["sha256"] != m["files"][m["variants"][1]["base"]]["sha256"]
+    b = bundle_mod.load(two_resolutions)
+    small = b.variant(f"{SMALL}px")
+    assert (small.input["width"], small.input["height"]) == (SMALL, SMALL)
+    assert {k: small.input[k] for k in b.input if k not in ("width", "height")} == \
+        {k: b.input[k] for k in b.input if k not in ("width", "height")}  # the rest is the bundle's
+    assert b.variant().input == b.input
+
+
+def test_each_resolution_decodes_a_photo_at_its_own_size(two_resolutions, photos, tmp_path):
+    """The board's feature source decodes for a variant at that variant's size: the same features as decoding
+    at that size directly and running its base; the two sizes give different features."""
+    from autlearn.intake.imaging import load_input
+    from autlearn.learning.featcache import FeatureCache
+    from autlearn.learning.features import FeatureExtractor
+    from autlearn.learning.featsource import FeatureSource
+    from autlearn.runtime import bundle as bundle_mod
+
+    b = bundle_mod.load(two_resolutions)
+    data = sorted((photos / "red").glob("*.jpg"))[0].read_bytes()
+    cache = FeatureCache(tmp_path / "cache.sqlite", 1 << 20)
+    got = {}
+    for side in (SIZE, SMALL):
+        variant = b.variant(f"{side}px")
+        extractor = FeatureExtractor(variant, threads=1)
+        features, cached = FeatureSource(b, variant, extractor, cache, 1 << 24).for_bytes(data, "p.jpg")
+        x = load_input(data, "p.jpg", {**b.input, "width": side, "height": side}, 1 << 24)
+        assert x.shape == (side, side, 3) and not cached  # the cache key holds the base: no sharing
+        assert features.shape == (16,)
+        np.testing.assert_allclose(features, extractor(x[None])[0], atol=1e-6)
+        got[side] = features
+    assert not np.allclose(got[SIZE], got[SMALL])
+    cache.close()
+
+
+def test_a_budget_the_large_resolution_misses_selects_the_smaller_one(two_resolutions, tmp_path):
+    from autlearn.runtime import bundle as bundle_mod
+    from autlearn.runtime import measure as M, variants as V
+
+    b = bundle_mod.load(two_resolutions)
+    assert [M.probe_shape(b, b.variant(n)) for n in b.variant_names] == [(SIZE, SIZE, 3), (SMALL, SMALL, 3)]
+    measured = {m.name: m for m in M.measure_variants(b, threads=1, repeats=5, target_s=0.02)}
+    large, small = measured[f"{SIZE}px"], measured[f"{SMALL}px"]
+    assert large.tensor_bytes_batch > small.tensor_bytes_batch  # activations grow with the input's area
+    between = (large.memory_bytes + small.memory_bytes) / 2 / (1 << 20)
+    choice = V.choose_variant(b, "b1", tmp_path, 1, "cpu", V.Budget(max_memory_mb=between),
+                              repeats=5, target_s=0.02)
+    assert choice.name == f"{SMALL}px" and choice.fits
+    assert V.choose(b, list(measured.values()), V.Budget(max_memory_mb=large.memory_bytes / (1 << 20))).fits
+
+
+def test_resolutions_of_a_model_whose_weights_fix_its_input_size_are_refused_naming_it(photos, tmp_path, capsys):
+    import keras
+
+    inp = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Flatten()(keras.layers.Conv2D(4, 3, strides=4, name="conv")(inp))
+    keras.Model(inp, keras.layers.Dense(3, activation="softmax")(x)).save(tmp_path / "flat.keras")
+    out = tmp_path / "b"
+    assert _build(["--model", tmp_path / "flat.keras", "--data", photos, "--out", out, "--resolutions", "24"]) == 2
+    err = capsys.readouterr().err
+    assert f"fixed at {SIZE}x{SIZE}" in err and "24x24" in err and not out.exists()
+    assert _build(["--data", "mnist5k", "--out", out, "--resolutions", "24"]) == 2
+    assert "--model or --backbone" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _build(["--model", tmp_path / "flat.keras", "--data", photos, "--out", out, "--resolutions", "96,96"])
+    assert "twice" in capsys.readouterr().err

@@ -182,6 +182,38 @@ def test_accuracy_ties_and_missing_accuracy(two_variant_bundle, tmp_path):
     assert V.choose(b, ms, V.Budget()).name == "full"  # equal accuracy: the faster one
 
 
+@pytest.mark.parametrize("own, named", [
+    ({"width": 0, "height": 20}, "'width'"),
+    ({"color_mode": "CMYK"}, "'color_mode'"),
+    ({"resize_policy": "squash"}, "'resize_policy'"),
+    ({"width": 12, "height": 12}, "'fit_box'"),  # the bundle's MNIST framing box (20 px) no longer fits
+    ("20x20", "key 'input' is not a JSON object"),
+])
+def test_a_bad_per_variant_input_is_refused_naming_the_variant_and_field(two_variant_bundle, tmp_path, own, named):
+    root = tmp_path / "b"
+    shutil.copytree(two_variant_bundle, root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["variants"][1]["input"] = own
+    write_manifest(root, manifest)
+    with pytest.raises(AutlearnError) as e:
+        bundle_mod.load(root)
+    assert e.value.code == "bad_bundle" and "variant 'half'" in e.value.message and named in e.value.message
+
+
+def test_a_variant_with_its_own_input_size_is_decoded_and_measured_at_that_size(two_variant_bundle, tmp_path):
+    root = tmp_path / "b"
+    shutil.copytree(two_variant_bundle, root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["variants"][1]["input"] = {"width": 24, "height": 24}
+    write_manifest(root, manifest)
+    b = bundle_mod.load(root)
+    full, half = b.variant("full"), b.variant("half")
+    assert full.input == b.input and (b.input["width"], b.input["height"]) == (28, 28)
+    assert half.input == {**b.input, "width": 24, "height": 24}
+    assert M.probe_shape(b, full) == (28, 28, 1) and M.probe_shape(b, half) == (24, 24, 1)
+    assert [c.input for c in b.cut_variants("half")] == [half.input]  # its cuts share its input
+
+
 def test_budget_validation():
     with pytest.raises(ValueError):
         V.Budget(max_latency_ms=-1)

@@ -70,7 +70,7 @@ class FeatureSource:
                  max_pixels: int, max_file_bytes: int = 64 << 20):
         self.bundle, self.variant, self.extractor, self.cache = bundle, variant, extractor, cache
         self.max_pixels, self.max_file_bytes = max_pixels, max_file_bytes
-        self.prep_version = int(bundle.input.get("preprocessing_version", 1))
+        self.prep_version = int(variant.input.get("preprocessing_version", 1))
         self.files_read = 0  # stored samples read (hash-checked, decoded) for features missing from the cache
 
     def key(self, sha256: str, augmentation: str = "none") -> str:
@@ -144,7 +144,7 @@ class FeatureSource:
             log.info("sample %s changed since it was ingested; it waits for the next scan", shown(s.path))
             return None
         try:
-            return imaging.load_input(data, s.path, self.bundle.input, self.max_pixels)
+            return imaging.load_input(data, s.path, self.variant.input, self.max_pixels)
         except AutlearnError as e:
             log.warning("%s", shown(e.message))
             return None
@@ -156,7 +156,7 @@ class FeatureSource:
         found = self.cache.get_many([key])
         if key in found:
             return found[key], True
-        x = imaging.load_input(data, name, self.bundle.input, self.max_pixels)
+        x = imaging.load_input(data, name, self.variant.input, self.max_pixels)
         f = self.extractor(x[None])[0]
         self.cache.put_many({key: f}, self.extractor.cache_quant)  # cut: int8 cache
         return f, False

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,9 @@ class Variant:
     head_weights: tuple[str, ...]
     feature_size: int
     info: dict[str, Any]
+    # What an input of this variant is (image bundles: how a file is decoded for its base): the bundle's `input`
+    # updated by the variant's own (e.g. its input resolution, docs/bundle-format.md).
+    input: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -87,10 +90,11 @@ class Bundle:
     def variant_names(self) -> list[str]:
         return [v["name"] for v in self.manifest["variants"]]
 
-    def _variant_of(self, name: str, v: dict) -> Variant:
+    def _variant_of(self, name: str, v: dict, spec: dict | None = None) -> Variant:
         return Variant(name=name, base_path=self.root / v["base"], head_path=self.root / v["head"],
                        base_sha256=self.manifest["files"][v["base"]]["sha256"],
-                       head_weights=tuple(v["head_weights"]), feature_size=int(v["feature_size"]), info=v)
+                       head_weights=tuple(v["head_weights"]), feature_size=int(v["feature_size"]), info=v,
+                       input=spec if spec is not None else {**self.input, **v.get("input", {})})
 
     def variant(self, name: str = "") -> Variant:
         name = name or self.manifest.get("default_variant") or self.variant_names[0]
@@ -105,7 +109,8 @@ class Bundle:
         when absent), then each deeper cut it carries in `cuts` (docs/tail.md, "Choosing the cut"), named
         `<variant>@<cut>`; each is a whole Variant (its own stem as base, its tail as head)."""
         first = self.variant(name)
-        return [first] + [self._variant_of(f"{first.name}@{c['cut']}", c) for c in first.info.get("cuts", [])]
+        return [first] + [self._variant_of(f"{first.name}@{c['cut']}", c, first.input)
+                          for c in first.info.get("cuts", [])]
 
 
 def _require(m: dict, key: str, kind: type | tuple, where: str) -> Any:
@@ -163,6 +168,19 @@ def _check_image_input(spec: dict, where: str) -> None:
                                           f"resize_policy {policy!r}")
 
 
+def _check_variant_input(v: dict, spec: dict, task: str, where: str) -> None:
+    """A variant's own `input` (optional): an object that updates the bundle's (an image bundle's only), the
+    result checked as the bundle-level one is."""
+    if "input" not in v:
+        return
+    own = v["input"]
+    if not isinstance(own, dict):
+        raise AutlearnError("bad_bundle", f"{where}: key 'input' is not a JSON object")
+    if task != "image_classification":
+        raise AutlearnError("bad_bundle", f"{where}: key 'input' (a variant's own input) is for image bundles only")
+    _check_image_input({**spec, **own}, f"{where}: input")
+
+
 def load(root: str | Path) -> Bundle:
     """Load a bundle and verify every file's sha256; raise bad_bundle naming what is wrong."""
     root = Path(root)
@@ -202,6 +220,7 @@ def load(root: str | Path) -> Bundle:
         if not isinstance(v, dict):
             raise AutlearnError("bad_bundle", f"{mpath}: a variant is not a JSON object")
         _check_trainable_part(v, files, f"{mpath}: variant {v.get('name')!r}")
+        _check_variant_input(v, spec, task, f"{mpath}: variant {v.get('name')!r}")
         cuts = v.get("cuts", [])
         if not isinstance(cuts, list):
             raise AutlearnError("bad_bundle", f"{mpath}: variant {v.get('name')!r}: key 'cuts' is not a list")

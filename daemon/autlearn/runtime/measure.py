@@ -1,7 +1,8 @@
 """Timing every variant's base model on this board, and the record that spares a restart measuring again.
 
 What is measured (`measure_variants`), per variant, on the variant's int8 *base* (the part a delegate runs;
-the head is a few small matmuls on the CPU and costs the same order for every variant):
+the head is a few small matmuls on the CPU and costs the same order for every variant), fed inputs of the
+variant's own size (`Variant.input`: a bundle's variants may differ in input resolution):
 
 * `ms_per_sample` — batch 1, per sample: what one `predict` costs. The latency budget applies to this figure.
 * `ms_per_sample_batch` — per sample at batch `batch` (32, the training batch): feature-extraction throughput
@@ -45,7 +46,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from . import interpreter as runtime
-from .bundle import Bundle, sha256_file
+from .bundle import Bundle, Variant, sha256_file
 from ..durable import write_text_atomic
 from ..errors import AutlearnError
 
@@ -97,13 +98,24 @@ class Measurement:
 
 # ---------------------------------------------------------------------------------------- measuring
 
-def _timed(model: Path, threads: int, delegate: str, batch: int, repeats: int, target_s: float) -> dict:
+def _timed(model: Path, threads: int, delegate: str, batch: int, repeats: int, target_s: float,
+           shape: tuple[int, ...] | None = None) -> dict:
     """time_model with repeats adapted to the model: one probe invocation, then ~target_s of repeats."""
-    probe = runtime.time_model(model, threads, delegate, batch, None, repeats=1, warmup=1)
+    probe = runtime.time_model(model, threads, delegate, batch, shape, repeats=1, warmup=1)
     per_invoke_s = max(probe["ms_per_batch"], 1e-6) / 1000
     n = int(min(repeats, max(3, target_s / per_invoke_s)))
     warmup = 2 if per_invoke_s < 0.1 else 1
-    return runtime.time_model(model, threads, delegate, batch, None, repeats=n, warmup=warmup)
+    return runtime.time_model(model, threads, delegate, batch, shape, repeats=n, warmup=warmup)
+
+
+def probe_shape(bundle: Bundle, v: Variant) -> tuple[int, ...] | None:
+    """One sample's shape as the board feeds variant `v`'s base: its own input's height x width x channels
+    (image bundles; a variant may have its own resolution), else None (the model's own)."""
+    if bundle.task != "image_classification":
+        return None
+    spec = v.input
+    channels = spec.get("channels", 3 if spec.get("color_mode") == "RGB" else 1)  # bundle.py checked they agree
+    return int(spec["height"]), int(spec["width"]), int(channels)
 
 
 def measure_variants(bundle: Bundle, threads: int, delegate: str = "cpu", repeats: int = 100,
@@ -119,8 +131,9 @@ def measure_variants(bundle: Bundle, threads: int, delegate: str = "cpu", repeat
     for name in bundle.variant_names:
         v = bundle.variant(name)
         try:
-            one = _timed(v.base_path, threads, delegate, 1, repeats, target_s)
-            many = _timed(v.base_path, threads, delegate, batch, repeats, target_s)
+            shape = probe_shape(bundle, v)
+            one = _timed(v.base_path, threads, delegate, 1, repeats, target_s, shape)
+            many = _timed(v.base_path, threads, delegate, batch, repeats, target_s, shape)
         except Exception as e:  # noqa: BLE001 - one broken variant must not stop the others
             msg = " ".join(str(e).split()) or type(e).__name__
             log.warning("variant %s: cannot time its base model %s: %s", name, v.base_path.name, msg)

@@ -50,7 +50,7 @@ class Engine:
                                    config["model.threads"], budget, config["model.delegate"])
         self.ingestor = Ingestor(self.store, paths.quarantine, bundle_id, bundle.labels, bundle.class_capacity,
                                  config["training.holdout_fraction"], max_file_bytes,
-                                 config["data.max_pixels"], bundle.input, bundle.task)
+                                 config["data.max_pixels"], variant.input, bundle.task)
 
     def close(self) -> None:
         self.store.close()
