@@ -44,13 +44,14 @@ def log(msg: str) -> None:
 
 def ensure_bundle(work: Path, group: str, cut: str, data_args: list[str], variant: str = "",
                   extra: list[str] = ()) -> Path:
-    out = work / f"bundle-{group}-{cut}{variant}"
+    """The bundle of `group` built with `--tail cut` (a list of cuts: named `chosen`), once."""
+    out = work / f"bundle-{group}-{'chosen' if ',' in cut else cut}{variant}"
     if (out / "manifest.json").exists():
         return out
     cmd = [str(BIN / "autlearn-build"), "image", *data_args, "--epochs", "8", "--seed", "0", "--degrade", "1",
            "--tail", cut, "--out", str(out), "--force", *extra]
     log(f"   building: {' '.join(cmd[1:])}")
-    logf = work / f"build-{group}-{cut}{variant}.log"
+    logf = work / f"{out.name}.log"
     with open(logf, "w") as f:
         if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode != 0:
             raise SystemExit(f"autlearn-build failed; see {logf}")
@@ -198,11 +199,12 @@ def whole_model_step_ms(train_batch: int = 32) -> float:
     return train_step_ms(model, 28 * 28, 16, train_batch, image_input=(28, 28, 1))
 
 
-def cut_info(bundle: Path) -> dict:
+def cut_info(bundle: Path, part: dict | None = None) -> dict:
+    """The measured cost of the bundle's variant (or of `part`, one of its deeper `cuts`)."""
     from autlearn_build.tail_build import train_step_ms
 
     m = json.loads((bundle / "manifest.json").read_text())
-    v = m["variants"][0]
+    v = part or m["variants"][0]
     t = v.get("tail", {})
     if not t:  # head-only: time its train signature the same way
         step = train_step_ms((bundle / v["head"]).read_bytes(), v["feature_size"], m["class_capacity"],
@@ -214,6 +216,12 @@ def cut_info(bundle: Path) -> dict:
             "train_ms_per_sample": t.get("train_ms_per_sample"), "train_ms_per_epoch": t.get("train_ms_per_epoch"),
             "cache_bytes_per_sample": t.get("cache_bytes_per_sample", v["feature_size"]),  # int8: 1 B/value
             "base_latency_ms": v["latency_ms"]}
+
+
+def cuts_info(bundle: Path) -> dict:
+    """cut_info of each cut a multi-cut bundle's variant carries, head-only first."""
+    v = json.loads((bundle / "manifest.json").read_text())["variants"][0]
+    return {"head": cut_info(bundle), **{c["cut"]: cut_info(bundle, c) for c in v.get("cuts", [])}}
 
 
 class Memo:

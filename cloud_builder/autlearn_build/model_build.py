@@ -90,12 +90,11 @@ def build_model_bundle(opts: ImageOptions, progress: Callable[[str], None] = pri
 
     active = active_mask(opts.class_capacity, n_classes)
     notes: list[str] = []
-    if opts.tail != "head":  # issue 14: a trainable tail below the feature layer (tail_build.py)
-        from .tail_build import finish_backbone_tail
+    from .tail_build import finish_backbone_tail, finish_cuts  # issue 14: tails below the feature layer
 
-        variant = finish_backbone_tail(user, train, val, active, opts, progress, quiet_call, predict)
-    else:
-        variant = _head_variant(user, model, train, val, active, opts, source, feature_size, notes, progress)
+    variant = finish_cuts(opts, lambda o: _head_variant(user, model, train, val, active, o, source, feature_size,
+                                                        notes, progress),
+                          lambda o: finish_backbone_tail(user, train, val, active, o, progress, quiet_call, predict))
     source_model = source if opts.backbone is None else f"{source}: {BACKBONES[opts.backbone][2]}"
     build = build_record(opts, data.description, source_model=source_model, images_used=len(data),
                          train_images=len(train), val_images=len(val), tail=opts.tail,
