@@ -275,7 +275,12 @@ def main(argv=None) -> int:
                          "camera: head-only against --tail last_conv on MobileNetV2 (--bundles: head,last_conv)")
     ap.add_argument("--bundles", default="", help="with --group cache|camera: CUT=DIR,… bundles already built")
     ap.add_argument("--camera-per-class", type=int, default=30, help="camera: user photos per class")
-    ap.add_argument("--cuts", default=",".join(CUTS))
+    ap.add_argument("--cuts", default=",".join(CUTS),
+                    help="the one-cut bundles to measure, and/or chosen: one bundle carrying every cut, the board "
+                         "choosing per user (tools/eval_tail_chosen.py)")
+    ap.add_argument("--chosen-build-args", default="",
+                    help="extra autlearn-build options of the chosen bundle, e.g. '--limit 2500 --epochs 4' (smaller)")
+    ap.add_argument("--uci-users", type=int, default=10, help="the first N of make eval's 10 UCI users")
     ap.add_argument("--new-users", type=int, default=2)
     ap.add_argument("--per-class", type=int, default=200)
     ap.add_argument("--local-epochs", type=int, default=30)
@@ -306,31 +311,56 @@ def main(argv=None) -> int:
         from eval_tail_camera import camera_group
 
         result["camera"] = camera_group({c: Path(d) for c, d in given.items()}, args.work, args.camera_per_class)
+    fixed = [c for c in cuts if c != "chosen"]
+    chosen_args = args.chosen_build_args.split()
+
+    def bundles_of(group: str, data_args: list[str]) -> dict[str, Path]:
+        """The one-cut bundles of `fixed`, and the multi-cut one (`chosen`) when asked for."""
+        out = {c: ensure_bundle(args.work, group, c, data_args, *tail_variant(c)) for c in fixed}
+        if "chosen" in cuts:
+            out["chosen"] = ensure_bundle(args.work, group, ",".join(CUTS), data_args, extra=chosen_args)
+        return out
+
+    def chosen(name: str, data, bundle: Path, local: list[float]) -> None:
+        from eval_tail_chosen import chosen_group
+
+        result.setdefault("chosen", {})["build_args"] = args.chosen_build_args
+        result["chosen"][name] = chosen_group(name, data, bundle, args.work, memo, local, cuts_info)
+
     if args.group in ("uci", "all"):
         import eval_image as ei
 
         log("== uci users (make eval's partition)")
-        bundles = {c: ensure_bundle(args.work, "uci", c, ["--data", "mnist5k"], *tail_variant(c)) for c in cuts}
-        spec = json.loads((bundles[cuts[0]] / "manifest.json").read_text())["input"]
+        bundles = bundles_of("uci", ["--data", "mnist5k"])
+        spec = json.loads((next(iter(bundles.values())) / "manifest.json").read_text())["input"]
         data = ei.load_users(args.work, spec, 10, 0.5, 0.3, 0)
+        data.users = data.users[:args.uci_users]
         ev = json.loads(args.eval_json.read_text())["image"]["methods"]
-        g = run_group("uci", data, bundles, args.work, ev["local_only"]["per_user"], memo)
-        g["reference"] = {m: {"mean": ev[m]["mean"], "per_user": ev[m]["per_user"]}
-                          for m in ("centralised", "fedavg", "autlearn_offline_aug")}
-        g["reference_source"] = str(args.eval_json)
-        result["uci" + args.variant] = g
+        local = ev["local_only"]["per_user"][:args.uci_users]
+        if fixed:
+            g = run_group("uci", data, {c: bundles[c] for c in fixed}, args.work, local, memo)
+            g["reference"] = {m: {"mean": ev[m]["mean"], "per_user": ev[m]["per_user"]}
+                              for m in ("centralised", "fedavg", "autlearn_offline_aug")}
+            g["reference_source"] = str(args.eval_json)
+            result["uci" + args.variant] = g
+        if "chosen" in bundles:
+            chosen("uci", data, bundles["chosen"], local)
     if args.group in ("new_classes", "all"):
         log("== new-classes users (base on digits 0-4, users bring 5-9)")
         public, data = new_class_data(args.work, args.new_users, args.per_class)
-        bundles = {c: ensure_bundle(args.work, "new04", c, ["--data", str(public), "--fit-box", "20"],
-                                    *tail_variant(c)) for c in cuts}
-        decode(data, json.loads((bundles[cuts[0]] / "manifest.json").read_text())["input"])
+        bundles = bundles_of("new04", ["--data", str(public), "--fit-box", "20"])
+        decode(data, json.loads((next(iter(bundles.values())) / "manifest.json").read_text())["input"])
         local = [memo.get(f"new_classes/{u['name']}/local_only", lambda: local_only(
             data.x[u["train"]], data.labels[u["train"]] - 5, data.x[u["test"]], data.labels[u["test"]] - 5, 5,
             args.local_epochs, 0)) for u in data.users]
         log(f"   local only: {[round(a, 3) for a in local]}")
-        result["new_classes" + args.variant] = g = run_group("new_classes", data, bundles, args.work, local, memo)
-        g["per_class_train"] = args.per_class
+        if fixed:
+            result["new_classes" + args.variant] = g = run_group(
+                "new_classes", data, {c: bundles[c] for c in fixed}, args.work, local, memo)
+            g["per_class_train"] = args.per_class
+        if "chosen" in bundles:
+            chosen("new_classes", data, bundles["chosen"], local)
+            result["chosen"]["new_classes"]["per_class_train"] = args.per_class
     for key in ("uci", "new_classes"):
         if key + args.variant in result and args.variant:
             result[key + args.variant]["tail_args"] = args.tail_args
@@ -339,8 +369,9 @@ def main(argv=None) -> int:
         out_json.write_text(json.dumps(result, indent=2) + "\n")
         log(f"wrote {out_json}")
         return 0
-    result["whole_model_train_ms_per_sample"] = memo.get("whole_model_train_ms_per_sample",
-                                                         lambda: round(whole_model_step_ms() / 32, 5))
+    if fixed:  # the baseline of the one-cut bundles' costs, timed in the same run
+        result["whole_model_train_ms_per_sample"] = memo.get("whole_model_train_ms_per_sample",
+                                                             lambda: round(whole_model_step_ms() / 32, 5))
     result["seconds_last_run"] = round(time.monotonic() - t0, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(result, indent=2) + "\n")
@@ -394,6 +425,10 @@ def markdown(r: dict) -> str:
             lines.append(f"* {c}: mean {pct(mean)}; ≥ local-only for {beats} of {len(local)} users; target "
                          + "; ".join(targets) + ".")
         lines.append("")
+    if "chosen" in r:
+        from eval_tail_chosen import markdown as chosen_markdown
+
+        lines += chosen_markdown(r["chosen"])
     return "\n".join(lines) + "\n"
 
 
