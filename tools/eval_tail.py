@@ -9,6 +9,10 @@ local-only (the same CNN from scratch on the user's own images, Keras), for two 
                base never saw, `--per-class` training images per class, 50 test images per class), which the
                board puts into free class slots.
 
+With `chosen` among --cuts (the default), one more bundle per group carries every cut (`--tail
+head,last_block,last2_blocks`, options as the others plus --chosen-build-args) and the board chooses the cut per
+user by the holdout in one round each, scored against each cut's candidate of that round (tools/eval_tail_chosen.py).
+
 Writes <out>/tail.json and <out>/tail.md. Bundles are built once under <work> with the real builder.
 
 Two smaller measurements on bundles given with --bundles CUT=DIR,… (written into <out>/tail.json only):
@@ -32,6 +36,7 @@ import numpy as np
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
 
+from eval_tail_data import decode, new_class_data  # noqa: E402
 from partition import summarise  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -56,61 +61,6 @@ def ensure_bundle(work: Path, group: str, cut: str, data_args: list[str], varian
         if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode != 0:
             raise SystemExit(f"autlearn-build failed; see {logf}")
     return out
-
-
-def mnist_pixels():
-    """MNIST-5k as uint8 [N, 28, 28] and labels, in the builder's fixed public order."""
-    from autlearn_build.datasets import ImageSpec, load_mnist5k
-
-    pub = load_mnist5k(ImageSpec())
-    return np.clip(np.round(pub.x[..., 0] * 255.0), 0, 255).astype(np.uint8), pub.y
-
-
-def write_pngs(images: np.ndarray, paths: list[Path]) -> None:
-    from PIL import Image
-
-    for img, p in zip(images, paths):
-        if not p.exists():
-            p.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img, "L").save(p)
-
-
-def new_class_data(work: Path, n_users: int, per_class: int, test_per_class: int = 50):
-    """The public folder of digits 0-4 (for the base) and users holding digits 5-9 (PNG files)."""
-    from eval_image import ImageUsers
-
-    pixels, labels = mnist_pixels()
-    public = work / "mnist04"
-    low = np.flatnonzero(labels < 5)
-    write_pngs(pixels[low], [public / str(labels[i]) / f"m{i:05d}.png" for i in low])
-    high = np.flatnonzero(labels >= 5)
-    files = [work / "mnist59" / f"m{i:05d}.png" for i in range(len(labels))]
-    write_pngs(pixels[high], [files[i] for i in high])
-    users = []
-    rng = np.random.default_rng(0)
-    for u in range(n_users):
-        train, test = [], []
-        for c in range(5, 10):
-            idx = np.flatnonzero(labels == c)
-            need = per_class + test_per_class
-            part = idx[u * need:(u + 1) * need]
-            if len(part) < need:
-                raise SystemExit(f"MNIST-5k has too few images of digit {c} for {n_users} users x {need}")
-            train.append(part[:per_class])
-            test.append(part[per_class:])
-        stream = np.concatenate(train)
-        users.append({"name": f"new{u:02d}", "train": stream[rng.permutation(len(stream))],
-                      "test": np.concatenate(test)})
-    return public, ImageUsers(x=np.zeros(0), labels=labels.astype(np.int64), files=files, users=users)
-
-
-def decode(data, spec: dict) -> None:
-    from reference import decode_pngs
-
-    idx = np.unique(np.concatenate([np.concatenate([u["train"], u["test"]]) for u in data.users]))
-    x = np.zeros((len(data.labels), 28, 28, 1), np.float32)
-    x[idx] = decode_pngs([data.files[i] for i in idx], spec)
-    data.x = x
 
 
 def board_round(data, user: dict, bundle: Path, work: Path, float_cache: bool = False, **overrides) -> dict:
@@ -275,7 +225,7 @@ def main(argv=None) -> int:
                          "camera: head-only against --tail last_conv on MobileNetV2 (--bundles: head,last_conv)")
     ap.add_argument("--bundles", default="", help="with --group cache|camera: CUT=DIR,… bundles already built")
     ap.add_argument("--camera-per-class", type=int, default=30, help="camera: user photos per class")
-    ap.add_argument("--cuts", default=",".join(CUTS),
+    ap.add_argument("--cuts", default=",".join((*CUTS, "chosen")),
                     help="the one-cut bundles to measure, and/or chosen: one bundle carrying every cut, the board "
                          "choosing per user (tools/eval_tail_chosen.py)")
     ap.add_argument("--chosen-build-args", default="",
