@@ -5,8 +5,10 @@
 #
 # Head-only vs last_block vs last2_blocks tails through real daemon rounds, for make eval's UCI-digits users
 # (centralised/FedAvg/local-only read from reports/eval.json) and a new-classes group (base on digits 0-4,
-# users bring 5-9). Six bundles are built once under build/tail/ (~10 min each on a busy 2-core machine);
-# measured rounds are kept in build/tail/rounds.json. `make eval-tail-clean` removes both.
+# users bring 5-9), and `chosen`: a bundle carrying all three cuts, the board choosing per user by the holdout.
+# Eight bundles are built once under build/tail/ (~10 min each on a busy 2-core machine); measured rounds are
+# kept in build/tail/rounds.json. `make eval-tail-clean` removes both. The chosen column alone, smaller (~25 min):
+#   make eval-tail TAIL_ARGS="--cuts chosen --chosen-build-args '--limit 2500 --epochs 4' --work build/tail-chosen"
 
 BIN   ?= .venv/bin
 STAMP ?= .venv/.installed

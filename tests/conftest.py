@@ -24,8 +24,9 @@ from resign import write_manifest  # noqa: E402  (tools/ is on the path from her
 # daemon subprocess or TensorFlow training. Tests that use one of these fixtures are marked slow automatically;
 # others carry @pytest.mark.slow by hand. `pytest -m "not slow"` is the fast part (about a minute);
 # `make test` runs everything.
-BUILT_FIXTURES = {"tiny_bundle", "tiny_tail_bundle", "text_bundle", "text_variant_bundle", "two_variant_bundle",
-                  "image_bundle", "photos", "saved_models", "whole_model", "tiny_users", "daemon_wheel", "board_check", "board",
+BUILT_FIXTURES = {"tiny_bundle", "tiny_tail_bundle", "tiny_cuts_bundle", "text_bundle", "text_variant_bundle",
+                  "two_variant_bundle", "image_bundle", "photos", "saved_models", "whole_model", "tiny_users",
+                  "daemon_wheel", "board_check", "board",
                   "digits"}
 
 
@@ -56,6 +57,17 @@ def tiny_tail_bundle(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "tiny-tail"
     subprocess.run([str(BIN / "autlearn-build"), "image", "--data", "mnist5k", "--limit", "600", "--epochs", "1",
                     "--head-epochs", "1", "--tail", "last_block", "--out", str(out), "--seed", "0"],
+                   check=True, capture_output=True, timeout=900)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_cuts_bundle(tmp_path_factory) -> Path:
+    """A small real bundle carrying two cuts (`--tail last_block,head`, listed deepest first on purpose): the
+    head-only variant with the last_block cut (its own stem and tail) in its `cuts`. Built once per session."""
+    out = tmp_path_factory.mktemp("bundle") / "tiny-cuts"
+    subprocess.run([str(BIN / "autlearn-build"), "image", "--data", "mnist5k", "--limit", "600", "--epochs", "1",
+                    "--head-epochs", "1", "--tail", "last_block,head", "--out", str(out), "--seed", "0"],
                    check=True, capture_output=True, timeout=900)
     return out
 

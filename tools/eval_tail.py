@@ -9,6 +9,10 @@ local-only (the same CNN from scratch on the user's own images, Keras), for two 
                base never saw, `--per-class` training images per class, 50 test images per class), which the
                board puts into free class slots.
 
+With `chosen` among --cuts (the default), one more bundle per group carries every cut (`--tail
+head,last_block,last2_blocks`, options as the others plus --chosen-build-args) and the board chooses the cut per
+user by the holdout in one round each, scored against each cut's candidate of that round (tools/eval_tail_chosen.py).
+
 Writes <out>/tail.json and <out>/tail.md. Bundles are built once under <work> with the real builder.
 
 Two smaller measurements on bundles given with --bundles CUT=DIR,… (written into <out>/tail.json only):
@@ -32,6 +36,7 @@ import numpy as np
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
 
+from eval_tail_data import decode, new_class_data  # noqa: E402
 from partition import summarise  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -44,72 +49,18 @@ def log(msg: str) -> None:
 
 def ensure_bundle(work: Path, group: str, cut: str, data_args: list[str], variant: str = "",
                   extra: list[str] = ()) -> Path:
-    out = work / f"bundle-{group}-{cut}{variant}"
+    """The bundle of `group` built with `--tail cut` (a list of cuts: named `chosen`), once."""
+    out = work / f"bundle-{group}-{'chosen' if ',' in cut else cut}{variant}"
     if (out / "manifest.json").exists():
         return out
     cmd = [str(BIN / "autlearn-build"), "image", *data_args, "--epochs", "8", "--seed", "0", "--degrade", "1",
            "--tail", cut, "--out", str(out), "--force", *extra]
     log(f"   building: {' '.join(cmd[1:])}")
-    logf = work / f"build-{group}-{cut}{variant}.log"
+    logf = work / f"{out.name}.log"
     with open(logf, "w") as f:
         if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode != 0:
             raise SystemExit(f"autlearn-build failed; see {logf}")
     return out
-
-
-def mnist_pixels():
-    """MNIST-5k as uint8 [N, 28, 28] and labels, in the builder's fixed public order."""
-    from autlearn_build.datasets import ImageSpec, load_mnist5k
-
-    pub = load_mnist5k(ImageSpec())
-    return np.clip(np.round(pub.x[..., 0] * 255.0), 0, 255).astype(np.uint8), pub.y
-
-
-def write_pngs(images: np.ndarray, paths: list[Path]) -> None:
-    from PIL import Image
-
-    for img, p in zip(images, paths):
-        if not p.exists():
-            p.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img, "L").save(p)
-
-
-def new_class_data(work: Path, n_users: int, per_class: int, test_per_class: int = 50):
-    """The public folder of digits 0-4 (for the base) and users holding digits 5-9 (PNG files)."""
-    from eval_image import ImageUsers
-
-    pixels, labels = mnist_pixels()
-    public = work / "mnist04"
-    low = np.flatnonzero(labels < 5)
-    write_pngs(pixels[low], [public / str(labels[i]) / f"m{i:05d}.png" for i in low])
-    high = np.flatnonzero(labels >= 5)
-    files = [work / "mnist59" / f"m{i:05d}.png" for i in range(len(labels))]
-    write_pngs(pixels[high], [files[i] for i in high])
-    users = []
-    rng = np.random.default_rng(0)
-    for u in range(n_users):
-        train, test = [], []
-        for c in range(5, 10):
-            idx = np.flatnonzero(labels == c)
-            need = per_class + test_per_class
-            part = idx[u * need:(u + 1) * need]
-            if len(part) < need:
-                raise SystemExit(f"MNIST-5k has too few images of digit {c} for {n_users} users x {need}")
-            train.append(part[:per_class])
-            test.append(part[per_class:])
-        stream = np.concatenate(train)
-        users.append({"name": f"new{u:02d}", "train": stream[rng.permutation(len(stream))],
-                      "test": np.concatenate(test)})
-    return public, ImageUsers(x=np.zeros(0), labels=labels.astype(np.int64), files=files, users=users)
-
-
-def decode(data, spec: dict) -> None:
-    from reference import decode_pngs
-
-    idx = np.unique(np.concatenate([np.concatenate([u["train"], u["test"]]) for u in data.users]))
-    x = np.zeros((len(data.labels), 28, 28, 1), np.float32)
-    x[idx] = decode_pngs([data.files[i] for i in idx], spec)
-    data.x = x
 
 
 def board_round(data, user: dict, bundle: Path, work: Path, float_cache: bool = False, **overrides) -> dict:
@@ -198,11 +149,12 @@ def whole_model_step_ms(train_batch: int = 32) -> float:
     return train_step_ms(model, 28 * 28, 16, train_batch, image_input=(28, 28, 1))
 
 
-def cut_info(bundle: Path) -> dict:
+def cut_info(bundle: Path, part: dict | None = None) -> dict:
+    """The measured cost of the bundle's variant (or of `part`, one of its deeper `cuts`)."""
     from autlearn_build.tail_build import train_step_ms
 
     m = json.loads((bundle / "manifest.json").read_text())
-    v = m["variants"][0]
+    v = part or m["variants"][0]
     t = v.get("tail", {})
     if not t:  # head-only: time its train signature the same way
         step = train_step_ms((bundle / v["head"]).read_bytes(), v["feature_size"], m["class_capacity"],
@@ -214,6 +166,12 @@ def cut_info(bundle: Path) -> dict:
             "train_ms_per_sample": t.get("train_ms_per_sample"), "train_ms_per_epoch": t.get("train_ms_per_epoch"),
             "cache_bytes_per_sample": t.get("cache_bytes_per_sample", v["feature_size"]),  # int8: 1 B/value
             "base_latency_ms": v["latency_ms"]}
+
+
+def cuts_info(bundle: Path) -> dict:
+    """cut_info of each cut a multi-cut bundle's variant carries, head-only first."""
+    v = json.loads((bundle / "manifest.json").read_text())["variants"][0]
+    return {"head": cut_info(bundle), **{c["cut"]: cut_info(bundle, c) for c in v.get("cuts", [])}}
 
 
 class Memo:
@@ -267,7 +225,12 @@ def main(argv=None) -> int:
                          "camera: head-only against --tail last_conv on MobileNetV2 (--bundles: head,last_conv)")
     ap.add_argument("--bundles", default="", help="with --group cache|camera: CUT=DIR,… bundles already built")
     ap.add_argument("--camera-per-class", type=int, default=30, help="camera: user photos per class")
-    ap.add_argument("--cuts", default=",".join(CUTS))
+    ap.add_argument("--cuts", default=",".join((*CUTS, "chosen")),
+                    help="the one-cut bundles to measure, and/or chosen: one bundle carrying every cut, the board "
+                         "choosing per user (tools/eval_tail_chosen.py)")
+    ap.add_argument("--chosen-build-args", default="",
+                    help="extra autlearn-build options of the chosen bundle, e.g. '--limit 2500 --epochs 4' (smaller)")
+    ap.add_argument("--uci-users", type=int, default=10, help="the first N of make eval's 10 UCI users")
     ap.add_argument("--new-users", type=int, default=2)
     ap.add_argument("--per-class", type=int, default=200)
     ap.add_argument("--local-epochs", type=int, default=30)
@@ -298,31 +261,56 @@ def main(argv=None) -> int:
         from eval_tail_camera import camera_group
 
         result["camera"] = camera_group({c: Path(d) for c, d in given.items()}, args.work, args.camera_per_class)
+    fixed = [c for c in cuts if c != "chosen"]
+    chosen_args = args.chosen_build_args.split()
+
+    def bundles_of(group: str, data_args: list[str]) -> dict[str, Path]:
+        """The one-cut bundles of `fixed`, and the multi-cut one (`chosen`) when asked for."""
+        out = {c: ensure_bundle(args.work, group, c, data_args, *tail_variant(c)) for c in fixed}
+        if "chosen" in cuts:
+            out["chosen"] = ensure_bundle(args.work, group, ",".join(CUTS), data_args, extra=chosen_args)
+        return out
+
+    def chosen(name: str, data, bundle: Path, local: list[float]) -> None:
+        from eval_tail_chosen import chosen_group
+
+        result.setdefault("chosen", {})["build_args"] = args.chosen_build_args
+        result["chosen"][name] = chosen_group(name, data, bundle, args.work, memo, local, cuts_info)
+
     if args.group in ("uci", "all"):
         import eval_image as ei
 
         log("== uci users (make eval's partition)")
-        bundles = {c: ensure_bundle(args.work, "uci", c, ["--data", "mnist5k"], *tail_variant(c)) for c in cuts}
-        spec = json.loads((bundles[cuts[0]] / "manifest.json").read_text())["input"]
+        bundles = bundles_of("uci", ["--data", "mnist5k"])
+        spec = json.loads((next(iter(bundles.values())) / "manifest.json").read_text())["input"]
         data = ei.load_users(args.work, spec, 10, 0.5, 0.3, 0)
+        data.users = data.users[:args.uci_users]
         ev = json.loads(args.eval_json.read_text())["image"]["methods"]
-        g = run_group("uci", data, bundles, args.work, ev["local_only"]["per_user"], memo)
-        g["reference"] = {m: {"mean": ev[m]["mean"], "per_user": ev[m]["per_user"]}
-                          for m in ("centralised", "fedavg", "autlearn_offline_aug")}
-        g["reference_source"] = str(args.eval_json)
-        result["uci" + args.variant] = g
+        local = ev["local_only"]["per_user"][:args.uci_users]
+        if fixed:
+            g = run_group("uci", data, {c: bundles[c] for c in fixed}, args.work, local, memo)
+            g["reference"] = {m: {"mean": ev[m]["mean"], "per_user": ev[m]["per_user"]}
+                              for m in ("centralised", "fedavg", "autlearn_offline_aug")}
+            g["reference_source"] = str(args.eval_json)
+            result["uci" + args.variant] = g
+        if "chosen" in bundles:
+            chosen("uci", data, bundles["chosen"], local)
     if args.group in ("new_classes", "all"):
         log("== new-classes users (base on digits 0-4, users bring 5-9)")
         public, data = new_class_data(args.work, args.new_users, args.per_class)
-        bundles = {c: ensure_bundle(args.work, "new04", c, ["--data", str(public), "--fit-box", "20"],
-                                    *tail_variant(c)) for c in cuts}
-        decode(data, json.loads((bundles[cuts[0]] / "manifest.json").read_text())["input"])
+        bundles = bundles_of("new04", ["--data", str(public), "--fit-box", "20"])
+        decode(data, json.loads((next(iter(bundles.values())) / "manifest.json").read_text())["input"])
         local = [memo.get(f"new_classes/{u['name']}/local_only", lambda: local_only(
             data.x[u["train"]], data.labels[u["train"]] - 5, data.x[u["test"]], data.labels[u["test"]] - 5, 5,
             args.local_epochs, 0)) for u in data.users]
         log(f"   local only: {[round(a, 3) for a in local]}")
-        result["new_classes" + args.variant] = g = run_group("new_classes", data, bundles, args.work, local, memo)
-        g["per_class_train"] = args.per_class
+        if fixed:
+            result["new_classes" + args.variant] = g = run_group(
+                "new_classes", data, {c: bundles[c] for c in fixed}, args.work, local, memo)
+            g["per_class_train"] = args.per_class
+        if "chosen" in bundles:
+            chosen("new_classes", data, bundles["chosen"], local)
+            result["chosen"]["new_classes"]["per_class_train"] = args.per_class
     for key in ("uci", "new_classes"):
         if key + args.variant in result and args.variant:
             result[key + args.variant]["tail_args"] = args.tail_args
@@ -331,8 +319,9 @@ def main(argv=None) -> int:
         out_json.write_text(json.dumps(result, indent=2) + "\n")
         log(f"wrote {out_json}")
         return 0
-    result["whole_model_train_ms_per_sample"] = memo.get("whole_model_train_ms_per_sample",
-                                                         lambda: round(whole_model_step_ms() / 32, 5))
+    if fixed:  # the baseline of the one-cut bundles' costs, timed in the same run
+        result["whole_model_train_ms_per_sample"] = memo.get("whole_model_train_ms_per_sample",
+                                                             lambda: round(whole_model_step_ms() / 32, 5))
     result["seconds_last_run"] = round(time.monotonic() - t0, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(result, indent=2) + "\n")
@@ -386,6 +375,10 @@ def markdown(r: dict) -> str:
             lines.append(f"* {c}: mean {pct(mean)}; ≥ local-only for {beats} of {len(local)} users; target "
                          + "; ".join(targets) + ".")
         lines.append("")
+    if "chosen" in r:
+        from eval_tail_chosen import markdown as chosen_markdown
+
+        lines += chosen_markdown(r["chosen"])
     return "\n".join(lines) + "\n"
 
 

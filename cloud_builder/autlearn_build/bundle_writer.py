@@ -38,6 +38,7 @@ class Variant:
     accuracy_int8: float
     accuracy_float: float
     extra: dict = field(default_factory=dict)
+    cuts: list["Variant"] = field(default_factory=list)  # deeper cuts the variant carries (docs/tail.md)
 
     @property
     def base_file(self) -> str:
@@ -61,7 +62,16 @@ class Variant:
             "accuracy_int8": metric(self.accuracy_int8),
             "accuracy_float": metric(self.accuracy_float),
             **self.extra,
+            **({"cuts": [{k: v for k, v in c.to_manifest().items() if k != "name"} for c in self.cuts]}
+               if self.cuts else {}),
         }
+
+    def models(self) -> dict[str, bytes]:
+        """File name → bytes of its base and head, and of each deeper cut's stem and tail."""
+        files = {self.base_file: self.base_model, self.head_file: self.head_model}
+        for c in self.cuts:
+            files.update(c.models())
+        return files
 
 
 def metric(value: float):
@@ -132,8 +142,7 @@ def write_bundle(out: str | Path, *, task: str, input_spec: dict, labels: list[s
     check_output_dir(out, force)
     blobs: dict[str, bytes] = {}
     for variant in variants:
-        blobs[variant.base_file] = variant.base_model
-        blobs[variant.head_file] = variant.head_model
+        blobs.update(variant.models())
     for name, data in (extra_files or {}).items():
         if name in blobs or name in (MANIFEST_NAME, MANIFEST_DIGEST_NAME) or "/" in name or name.startswith("."):
             raise ValueError(f"bad extra bundle file name {name!r}")

@@ -107,11 +107,14 @@ def _finish_variant(name: str, classifier, train, val, active: np.ndarray, opts:
 
     The head starts from the classifier's dense layers and is trained `opts.head_epochs` epochs on the int8
     features of the public training images with the head's own train step (what the board runs).
-    With `opts.tail` below the head, the base is the stem below that cut and the head the tail above it."""
-    if opts.tail != "head":
-        from .tail_build import finish_tail_variant
+    With `opts.tail` below the head, the base is the stem below that cut and the head the tail above it; with a
+    list of cuts, the head-only variant carries each deeper one."""
+    if opts.tail != "head":  # one cut below the head, or a list of cuts (tail_build.finish_cuts)
+        from .tail_build import finish_cuts, finish_tail_variant
 
-        return finish_tail_variant(name, classifier, train, val, active, opts, progress, quiet_call, predict)
+        return finish_cuts(opts, lambda o: _finish_variant(name, classifier, train, val, active, o, progress),
+                           lambda o: finish_tail_variant(name, classifier, train, val, active, o, progress,
+                                                         quiet_call, predict))
     import tensorflow as tf
 
     from . import image_model

@@ -28,7 +28,6 @@ BACKBONES = {
 # (BACKBONE_CUTS; issue 14, docs/tail.md).
 CNN_TAILS = ("head", "last_block", "last2_blocks")
 BACKBONE_TAILS = ("head", "last_conv", "last_block")
-TAILS = ("head", "last_block", "last2_blocks", "last_conv")
 HEAD_EPOCHS = 3  # --head-epochs when not given: a base pretrained here …
 MODEL_HEAD_EPOCHS = 30  # … and a head trained on --data for a --model/--backbone (its own last layer ships as it is)
 
@@ -109,11 +108,14 @@ class ImageOptions(Options):
                             help="add low-resolution copies of this fraction (0-1) of the public training images "
                                  "(re-sampled through 6-14 px): features that survive blurry, coarse board cameras "
                                  "and scanners; pretraining takes (1 + FRACTION) times as long per epoch")
-    tail: str = option("head", choices=TAILS,
+    tail: str = option("head", metavar="CUT[,CUT…]",
                        help="what the board trains: only the head, or the last (two) depthwise-separable blocks as "
-                            "well (built-in CNN); with --model/--backbone the last 1x1 convolution (last_conv) or "
-                            "the last inverted-residual block too (last_block); the base is then the int8 stem "
-                            "below that cut and the board caches its int8 activation (docs/tail.md)")
+                            "well (built-in CNN: head, last_block, last2_blocks); with --model/--backbone the last "
+                            "1x1 convolution (last_conv) or the last inverted-residual block too (last_block); the "
+                            "base is then the int8 stem below that cut and the board caches its int8 activation. "
+                            "A comma-separated list with head (e.g. head,last_block,last2_blocks) writes the "
+                            "head-only variant carrying each deeper cut, and the board chooses per user by the "
+                            "holdout (docs/tail.md)")
     tail_l2: float = option(1e-3, metavar="L2", parse=float, rule=between(0, 100),
                             help="with --tail below the head: weight of the squared distance of the tail's "
                                  "convolution weights from the pretrained ones in the board's loss")
@@ -171,11 +173,27 @@ class ImageOptions(Options):
     def validate(self) -> None:
         super().validate()
         allowed = BACKBONE_TAILS if self.from_model else CNN_TAILS
-        if self.tail not in allowed:
-            what = "a --model/--backbone" if self.from_model else "the built-in CNN"
-            raise InputError(f"--tail {self.tail!r} is not a cut of {what} (known: {', '.join(allowed)})")
+        cuts = [c.strip() for c in self.tail.split(",")]
+        for c in cuts:
+            if c not in allowed:
+                what = "a --model/--backbone" if self.from_model else "the built-in CNN"
+                raise InputError(f"--tail {c!r} is not a cut of {what} (known: {', '.join(allowed)})")
+            if cuts.count(c) > 1:
+                raise InputError(f"--tail lists {c!r} twice")
+        if len(cuts) > 1 and "head" not in cuts:
+            raise InputError(f"--tail {self.tail}: a list of cuts must include head (the variant itself is the "
+                             "head-only cut; the board trains the deeper ones beside it)")
+
+    @property
+    def tails(self) -> tuple[str, ...]:
+        """The cuts of --tail, shallowest first (head, then deeper)."""
+        return tuple(c.strip() for c in self.tail.split(","))
 
     def __post_init__(self) -> None:
+        order = BACKBONE_TAILS if self.from_model else CNN_TAILS
+        cuts = [c.strip() for c in self.tail.split(",")]
+        if set(cuts) <= set(order) and len(set(cuts)) == len(cuts):  # else validate() names what is wrong
+            self.tail = ",".join(c for c in order if c in cuts)
         if self.head_epochs is None:
             self.head_epochs = MODEL_HEAD_EPOCHS if self.from_model else HEAD_EPOCHS
 

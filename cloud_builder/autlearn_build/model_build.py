@@ -71,6 +71,8 @@ def build_model_bundle(opts: ImageOptions, progress: Callable[[str], None] = pri
     if opts.resolutions and opts.tail != "head":
         raise InputError(f"--resolutions does not combine with --tail {opts.tail} (only with --tail head)")
     notes: list[str] = []
+    from .tail_build import finish_backbone_tail, finish_cuts
+
     variants: list[Variant] = []
     # One variant per --resolutions side, largest first (the default); without it, the model's own size ("full").
     for side in sorted(opts.resolutions or [None], key=lambda s: -(s or 0)):
@@ -87,14 +89,11 @@ def build_model_bundle(opts: ImageOptions, progress: Callable[[str], None] = pri
         progress(f"  {len(data)} images, {n_classes} classes: {len(train)} for training (and calibration), "
                  f"{len(val)} held out")
         active = active_mask(opts.class_capacity, n_classes)
-        if opts.tail != "head":  # issue 14: a trainable tail below the feature layer (tail_build.py)
-            from .tail_build import finish_backbone_tail
-
-            variants.append(finish_backbone_tail(user, train, val, active, opts, progress, quiet_call, predict))
-        else:
-            name = "full" if side is None else f"{side}px"
-            own = None if side is None else {"width": side, "height": side}
-            variants.append(_head_variant(user, sized, train, val, active, opts, source, notes, progress, name, own))
+        name = "full" if side is None else f"{side}px"
+        own = None if side is None else {"width": side, "height": side}
+        variants.append(finish_cuts(  # issue 14: tails below the feature layer (tail_build.py)
+            opts, lambda o: _head_variant(user, sized, train, val, active, o, source, notes, progress, name, own),
+            lambda o: finish_backbone_tail(user, train, val, active, o, progress, quiet_call, predict)))
         if not variants[1:]:
             bundle_spec, train_size, val_size = spec, len(train), len(val)
     source_model = source if opts.backbone is None else f"{source}: {BACKBONES[opts.backbone][2]}"

@@ -2,6 +2,7 @@
 
 A pretrained classifier (the built-in CNN: `--tail last_block|last2_blocks`; a --model/--backbone: `--tail
 last_conv|last_block`) → int8 stem (the base: activation at the cut, flattened) + builtin-only tail, measured.
+With a list (`--tail head,last_block,last2_blocks`) the head-only variant carries each deeper cut (`finish_cuts`).
 
 What is measured per cut and written into the variant (docs/bundle-format.md, "Cut below the head"): the
 public-validation accuracy of int8 stem + shipped tail, the tail's train step through the LiteRT interpreter
@@ -61,6 +62,23 @@ def train_step_ms(model: bytes, feature_size: int, class_capacity: int, train_ba
         train(**args)
         best = min(best, time.perf_counter() - t0)
     return best * 1000.0
+
+
+def finish_cuts(opts, head_only: Callable, below: Callable) -> Variant:
+    """The variant for `opts.tail`: one cut as it is (`head_only(opts)` or `below(opts)`); a list (`--tail
+    head,last_block,…`) gives the head-only variant carrying each deeper cut, built by `below` with that one cut,
+    in its `cuts` (shallowest first; files named `<part>_<variant>_<cut>`; docs/bundle-format.md)."""
+    from dataclasses import replace
+
+    cuts = opts.tails
+    if len(cuts) == 1:
+        return (head_only if cuts[0] == "head" else below)(opts)
+    variant = head_only(replace(opts, tail="head"))
+    for cut in cuts[1:]:
+        deeper = below(replace(opts, tail=cut))
+        deeper.name = f"{variant.name}_{cut}"
+        variant.cuts.append(deeper)
+    return variant
 
 
 def finish_tail_variant(name: str, classifier, train, val, active: np.ndarray, opts,

@@ -87,9 +87,30 @@ def test_a_value_the_parser_refuses_names_the_flag_exit_2(tmp_path, capsys):
     assert exc.value.code == 2
     assert capsys.readouterr().err == ("autlearn-build text: error: argument --epochs: must be at least 1: '0' "
                                        "(see --help)\n")
-    with pytest.raises(SystemExit):
-        main(["image", "--data", "x", "--out", str(tmp_path / "o"), "--tail", "below"])
-    assert "choose from 'head', 'last_block', 'last2_blocks'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tail, error", [
+    ("below", "--tail 'below' is not a cut of the built-in CNN (known: head, last_block, last2_blocks)"),
+    ("head,last_block,middle", "--tail 'middle' is not a cut of the built-in CNN"),
+    ("head,last_conv", "--tail 'last_conv' is not a cut of the built-in CNN"),
+    ("head,last_block,head", "--tail lists 'head' twice"),
+    ("last_block,last2_blocks", "--tail last_block,last2_blocks: a list of cuts must include head"),
+])
+def test_a_bad_tail_or_list_of_tails_names_the_bad_cut_exit_2(tmp_path, capsys, tail, error):
+    out = tmp_path / "o"
+    assert main(["image", "--data", "mnist5k", "--out", str(out), "--tail", tail]) == 2
+    assert capsys.readouterr().err.startswith(f"autlearn-build: error: {error}")
+    assert not out.exists()
+
+
+def test_a_list_of_tails_is_ordered_shallowest_first_for_the_cnn_and_a_backbone():
+    assert ImageOptions(data="x", out="y", tail="last2_blocks, head,last_block").tails == \
+        ("head", "last_block", "last2_blocks")
+    assert ImageOptions(data="x", out="y", tail="last_block").tails == ("last_block",)
+    assert ImageOptions(data="x", out="y", backbone="mobilenet_v2", tail="last_block,head,last_conv").tails == \
+        ("head", "last_conv", "last_block")
+    with pytest.raises(InputError, match="'last2_blocks' is not a cut of a --model/--backbone"):
+        ImageOptions(data="x", out="y", backbone="mobilenet_v2", tail="head,last2_blocks").validate()
 
 
 def test_validate_refuses_a_choice_given_in_code():

@@ -49,44 +49,40 @@ def test_a_deeper_cut_that_loses_or_ties_on_the_holdout_is_not_promoted():
     assert choose([Trained(HEAD, 0.5)], 10).reason == "trained head only"
 
 
-def _merged(tmp_path: Path, head_dir: Path, tail_dir: Path) -> Path:
-    """One bundle carrying both trainable parts: the head-only variant, with the tail bundle's as its deeper cut."""
-    out = tmp_path / "multi"
-    shutil.copytree(head_dir, out)
-    m = json.loads((out / "manifest.json").read_text())
-    tm = json.loads((tail_dir / "manifest.json").read_text())
-    tv = tm["variants"][0]
-    cut = {k: tv[k] for k in ("cut", "feature_size", "head_weights", "tail", "cache_quantization")}
-    for key in ("base", "head"):
-        name = f"cut_{tv['cut']}_{tv[key]}"
-        shutil.copyfile(tail_dir / tv[key], out / name)
-        m["files"][name] = tm["files"][tv[key]]
-        cut[key] = name
-    m["variants"][0]["cuts"] = [cut]
-    write_manifest(out, m)
-    return out
-
-
-def test_a_bundle_carries_a_deeper_cut_per_variant_and_a_broken_one_is_refused_naming_it(tmp_path, tiny_bundle,
-                                                                                        tiny_tail_bundle):
-    b = bundle_mod.load(_merged(tmp_path, tiny_bundle, tiny_tail_bundle))
+def test_the_builder_writes_a_bundle_with_several_cuts_that_the_board_lists_shallowest_first(
+        tmp_path, tiny_cuts_bundle, tiny_bundle, tiny_tail_bundle):
+    from autlearn.learning.features import FeatureExtractor
+    b = bundle_mod.load(tiny_cuts_bundle)  # verifies every sha256, the cuts' stems and tails too
+    m = b.manifest
+    v, one_head, one_tail = (json.loads((d / "manifest.json").read_text())["variants"][0]
+                             for d in (tiny_cuts_bundle, tiny_bundle, tiny_tail_bundle))
+    assert m["build"]["tail"] == "head,last_block"  # given as last_block,head: shallowest first
+    # the same shapes as a one-cut bundle's: the head-only variant plus `cuts`, each cut a tail variant (no name)
+    assert set(v) == set(one_head) | {"cuts"} and set(v["cuts"][0]) == set(one_tail) - {"name"}
     cuts = cuts_of(b)
     assert [c.name for c in cuts] == ["head", "last_block"] and [c.depth for c in cuts] == [0, 1]
-    assert cuts[1].variant.feature_size == 7 * 7 * 128 and cuts[1].variant.base_path.is_file()
+    deep = v["cuts"][0]
+    assert cuts[1].variant.feature_size == 7 * 7 * 128 == deep["tail"]["cache_bytes_per_sample"]
+    assert cuts[1].train_ms_per_sample == deep["tail"]["train_ms_per_sample"] > 0  # the builder's measure
+    assert cuts[1].cache_bytes_per_sample == 7 * 7 * 128 and deep["tail"]["train_ms_per_epoch"] > 0
+    assert 0 <= deep["accuracy_int8"] <= 1 and cuts[1].variant.head_weights[:2] == ("dw3_w", "dw3_b")
+    assert {deep["base"], deep["head"]} == {"base_full_last_block_int8.tflite", "head_full_last_block.tflite"}
     assert cuts[1].variant.base_sha256 != cuts[0].variant.base_sha256  # its own stem: its own cache keys
-    assert cuts[1].train_ms_per_sample > 0 and cuts[1].cache_bytes_per_sample == 7 * 7 * 128
-    assert b.variant().name == cuts[0].variant.name  # the served variant is still the head-only one
+    quant = FeatureExtractor(cuts[1].variant, 1).cache_quant  # the declaration agrees with the stem's output
+    assert quant == (pytest.approx(deep["cache_quantization"]["scale"]), deep["cache_quantization"]["zero_point"])
+    assert b.variant().name == cuts[0].variant.name == "full"  # the served variant is still the head-only one
 
-    m = json.loads((b.root / "manifest.json").read_text())
+    root = tmp_path / "broken"
+    shutil.copytree(tiny_cuts_bundle, root)
     m["variants"][0]["cuts"][0]["base"] = "missing.tflite"
-    write_manifest(b.root, m)
+    write_manifest(root, m)
     with pytest.raises(AutlearnError, match="cut 'last_block': base file not listed"):
-        bundle_mod.load(b.root)
+        bundle_mod.load(root)
 
 
-def _board(tmp_path, tiny_bundle, tiny_tail_bundle, user_digits, write_user, **overrides):
+def _board(tmp_path, tiny_cuts_bundle, user_digits, write_user, **overrides):
     from eval_board import engine_of, make_service
-    svc = make_service(tmp_path / "root", _merged(tmp_path, tiny_bundle, tiny_tail_bundle),
+    svc = make_service(tmp_path / "root", tiny_cuts_bundle,
                        **{"training.augment_copies": 0, **overrides})
     images, labels = user_digits
     write_user(svc.paths.state.parent / "inbox", images[:200], labels[:200])
@@ -108,12 +104,12 @@ def _through(cut: Cut, weights_file: Path, data: bytes, svc) -> np.ndarray:
 
 
 def test_a_deeper_cut_that_wins_on_the_holdout_is_promoted_and_predict_and_rollback_use_its_stem(
-        tmp_path, tiny_bundle, tiny_tail_bundle, user_digits, write_user):
+        tmp_path, tiny_cuts_bundle, user_digits, write_user):
     from eval_board import never, no_progress
     from autlearn.learning.head import load_weights, save_weights
     # The head-only cut starts from a broken head (all zeros: it answers one class) and trains one epoch at a
     # small learning rate, so it stays bad; the tail starts from the bundle's trained tail: it must win.
-    svc, eng = _board(tmp_path, tiny_bundle, tiny_tail_bundle, user_digits, write_user,
+    svc, eng = _board(tmp_path, tiny_cuts_bundle, user_digits, write_user,
                       **{"training.epochs": 1, "training.min_steps": 0, "training.learning_rate": 1e-4})
     v1 = svc.paths.heads / "head-v1.npz"
     save_weights({k: np.zeros_like(v) for k, v in load_weights(v1).items()}, v1)
@@ -151,9 +147,9 @@ def test_a_deeper_cut_that_wins_on_the_holdout_is_promoted_and_predict_and_rollb
 
 
 def test_a_deeper_cut_over_the_budget_is_not_trained_and_the_version_says_why(
-        tmp_path, tiny_bundle, tiny_tail_bundle, user_digits, write_user):
+        tmp_path, tiny_cuts_bundle, user_digits, write_user):
     from eval_board import never, no_progress
-    svc, eng = _board(tmp_path, tiny_bundle, tiny_tail_bundle, user_digits, write_user,
+    svc, eng = _board(tmp_path, tiny_cuts_bundle, user_digits, write_user,
                       **{"training.cut_budget_s": 0.0})
     try:
         r = eng.round("test", no_progress, never)
@@ -169,10 +165,10 @@ def test_a_deeper_cut_over_the_budget_is_not_trained_and_the_version_says_why(
 
 
 def test_a_deeper_cut_that_loses_on_the_holdout_in_a_round_keeps_the_head_only_candidate(
-        tmp_path, tiny_bundle, tiny_tail_bundle, user_digits, write_user):
+        tmp_path, tiny_cuts_bundle, user_digits, write_user):
     from eval_board import never, no_progress
     from autlearn.learning.head import Head, save_weights
-    svc, eng = _board(tmp_path, tiny_bundle, tiny_tail_bundle, user_digits, write_user,
+    svc, eng = _board(tmp_path, tiny_cuts_bundle, user_digits, write_user,
                       **{"training.epochs": 1, "training.min_steps": 0, "training.learning_rate": 1e-4})
     try:
         # an earlier tail version that is broken (all zeros: one class for every input) is where the tail's

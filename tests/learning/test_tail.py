@@ -300,9 +300,10 @@ def test_a_backbone_tail_with_tf_nn_relu6_is_refused_naming_the_gradient_op():
 
 
 @pytest.mark.slow
-def test_a_backbone_tail_bundle_builds_and_the_board_caches_its_int8_activation(tmp_path):
+def test_a_backbone_bundle_with_a_list_of_cuts_builds_and_the_board_caches_each_int8_activation(tmp_path):
     from PIL import Image
 
+    from autlearn.learning.cuts import cuts_of
     from autlearn.learning.features import FeatureExtractor
     from autlearn.runtime import bundle as bundle_mod
     from autlearn_build.image_options import ImageOptions
@@ -314,17 +315,26 @@ def test_a_backbone_tail_bundle_builds_and_the_board_caches_its_int8_activation(
         for i in range(16):
             px = np.clip(rng.normal(60 + 70 * c, 40, (24, 24, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(px, "RGB").save(tmp_path / "data" / f"c{c}" / f"{i}.png")
-    opts = ImageOptions(data=str(tmp_path / "data"), out=tmp_path / "b", model="tiny", tail="last_block",
-                        head_epochs=2, calibration=20, class_capacity=8, train_batch=8)
+    opts = ImageOptions(data=str(tmp_path / "data"), out=tmp_path / "b", model="tiny",
+                        tail="last_block,head,last_conv", head_epochs=2, calibration=20, class_capacity=8,
+                        train_batch=8)
     build_model_bundle(opts, progress=lambda s: None, keras_model=_tiny_mobilenet_like(n_classes=7))
     b = bundle_mod.load(tmp_path / "b")
-    v = b.variant()
-    assert v.info["cut"] == "last_block" and v.feature_size == 5 * 5 * 10
+    assert b.manifest["build"]["tail"] == "head,last_conv,last_block"
+    cuts = cuts_of(b)
+    assert [c.name for c in cuts] == ["head", "last_conv", "last_block"]
+    assert cuts[0].variant.feature_size == 24 and list(cuts[0].variant.head_weights) == ["w0", "b0"]
+    assert cuts[1].variant.feature_size == 5 * 5 * 12 and cuts[2].variant.feature_size == 5 * 5 * 10
+    v = cuts[2].variant
+    assert v.info["cut"] == "last_block" and v.name == "full@last_block"
     assert list(v.head_weights) == [f"block_16_{p}_{k}" for p in ("expand", "depthwise", "project") for k in "wb"] \
         + ["conv_w", "conv_b", "w0", "b0"]
-    assert v.info["tail"]["cache_bytes_per_sample"] == v.feature_size and b.manifest["build"]["tail"] == "last_block"
-    quant = FeatureExtractor(v, 1).cache_quant  # the declaration agrees with the stem's output tensor
-    assert quant == (pytest.approx(v.info["cache_quantization"]["scale"]), v.info["cache_quantization"]["zero_point"])
+    for c in cuts[1:]:  # each cut's measured cost and the int8 activation at it, as the board caches it
+        info = c.variant.info
+        assert info["tail"]["cache_bytes_per_sample"] == c.variant.feature_size == c.cache_bytes_per_sample
+        assert c.train_ms_per_sample == info["tail"]["train_ms_per_sample"] > 0
+        quant = FeatureExtractor(c.variant, 1).cache_quant  # the declaration agrees with the stem's output tensor
+        assert quant == (pytest.approx(info["cache_quantization"]["scale"]), info["cache_quantization"]["zero_point"])
     with pytest.raises(Exception, match="not a cut of a --model/--backbone"):
         ImageOptions(data="x", out=tmp_path / "c", model="m", tail="last2_blocks").validate()
     with pytest.raises(Exception, match="not a cut of the built-in CNN"):

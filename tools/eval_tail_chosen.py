@@ -1,0 +1,142 @@
+"""`make eval-tail`'s `chosen` column (issue 14): one bundle carrying head, last_block and last2_blocks
+(`autlearn-build image --tail head,last_block,last2_blocks`), the board choosing the cut per user by the holdout
+in a real daemon round, against each cut's own candidate of that same round.
+
+The round trains a candidate at every cut its budget admits, from the same samples, augmented copies, seed and
+epochs a one-cut board would use, and keeps the deeper one only when it beats every shallower one on the holdout
+(daemon/autlearn/learning/cuts.py). Here every candidate the round fits is recorded (the Head objects and the
+holdout scores `choose` saw) and scored on the user's test images through its own stem: the *fixed* figure of a
+cut is its candidate's test accuracy (before the gate against the served version), the *chosen* figure what the
+board serves after the round, and *best fixed* the best of the candidates for that user (an oracle: it knows
+the test images).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import numpy as np
+
+MULTI = ("head", "last_block", "last2_blocks")
+
+
+@contextlib.contextmanager
+def recording():
+    """Within: (fitted, scored): every head a round fits, by its variant's name (`full`, `full@last_block`, …),
+    and the holdout accuracy of each cut's candidate as the round's `choose` saw it."""
+    from autlearn.learning import head as head_mod
+    from autlearn.learning import learner as learner_mod
+
+    fitted, scored = {}, {}
+    fit, choose = head_mod.Head.fit, learner_mod.choose
+
+    def fit_recorded(self, *args, **kwargs):
+        out = fit(self, *args, **kwargs)
+        fitted[self.variant.name] = self
+        return out
+
+    def choose_recorded(results, holdout_n):
+        scored.update({r.cut.name: r.holdout_accuracy for r in results})
+        return choose(results, holdout_n)
+
+    head_mod.Head.fit, learner_mod.choose = fit_recorded, choose_recorded
+    try:
+        yield fitted, scored
+    finally:
+        head_mod.Head.fit, learner_mod.choose = fit, choose
+
+
+def labels_at(board, cut, weights, x: np.ndarray) -> np.ndarray:
+    """The labels (as ints) a head with `weights` at `cut` predicts for images `x`, through that cut's stem."""
+    from autlearn.learning.features import FeatureExtractor
+
+    lr = board.eng.learner
+    head = lr.new_head(cut)
+    head.set_weights(weights)
+    probs = head.predict(FeatureExtractor(cut.variant, 2)(x), lr.active())
+    names = {slot: name for name, slot in board.slots().items()}
+    return np.array([int(names[int(s)]) for s in np.argmax(probs, axis=1)])
+
+
+def chosen_round(data, user: dict, bundle: Path, work: Path) -> dict:
+    """One user's round on the multi-cut bundle (the daemon's defaults, as eval_tail.board_round)."""
+    from eval_board import open_board
+    from eval_image import _write_inbox
+
+    b = open_board(work / f"{user['name']}-{bundle.name}", bundle, **{"training.seed": 0})
+    try:
+        _write_inbox(b, data, user["train"])
+        b.scan()
+        x, y = data.x[user["test"]], data.labels[user["test"]]
+        lr = b.eng.learner
+        t0 = time.monotonic()
+        with recording() as (fitted, scored):
+            r = b.round()
+        secs = time.monotonic() - t0
+        score = lambda cut, w: float(np.mean(labels_at(b, cut, w, x) == y))  # noqa: E731
+        served = lr.version_cut(b.version())
+        return {"chosen": score(served, lr.current_weights(b.version())), "served_cut": served.name,
+                "round_cut": r.cut, "cut_reason": r.cut_reason, "outcome": r.outcome,
+                "pretrained": score(lr.cuts[0], lr.current_weights(b.initial_version())),
+                "test": {c.name: score(c, fitted[c.variant.name].get_weights()) for c in lr.cuts
+                         if c.variant.name in fitted},
+                "holdout": scored, "holdout_before": r.accuracy_before, "n_train": r.n_train,
+                "n_augmented": r.n_augmented, "n_holdout": r.n_holdout, "round_seconds": round(secs, 2)}
+    finally:
+        b.close()
+
+
+def chosen_group(name: str, data, bundle: Path, work: Path, memo, local: list[float], cut_info) -> dict:
+    """Every user of `data` through `chosen_round`; per user the cut chosen and the best fixed one."""
+    from partition import summarise
+
+    rows = []
+    for u, loc in zip(data.users, local):
+        r = memo.get(f"chosen/{name}/{u['name']}", lambda: chosen_round(data, u, bundle, work / "boards"))
+        best = max(r["test"], key=lambda c: (r["test"][c], -MULTI.index(c)))  # ties: the shallower cut
+        rows.append({"name": u["name"], "n_test": int(len(u["test"])), **r, "best_fixed": best,
+                     "best_fixed_accuracy": r["test"][best], "local_only": loc,
+                     "matches_best": r["chosen"] >= r["test"][best] - 1e-9})
+        print(f"   chosen {name} {u['name']}: served {r['served_cut']} {r['chosen']:.3f}; candidates "
+              + ", ".join(f"{c} {a:.3f} (holdout {r['holdout'].get(c) or 0:.3f})" for c, a in r["test"].items())
+              + f"; {r['round_seconds']:.0f}s", flush=True)
+    per = {c: [row["test"].get(c) for row in rows] for c in MULTI}
+    methods = {c: summarise(v).as_dict() | {"per_user": [round(a, 4) for a in v]}
+               for c, v in per.items() if all(a is not None for a in v)}
+    for key in ("chosen", "best_fixed_accuracy", "local_only", "pretrained"):
+        v = [row[key] for row in rows]
+        methods[key] = summarise(v).as_dict() | {"per_user": [round(a, 4) for a in v]}
+    return {"users": rows, "methods": methods, "bundle": bundle.name, "cuts": cut_info(bundle),
+            "matches_best": sum(row["matches_best"] for row in rows),
+            "round_seconds": round(float(np.mean([row["round_seconds"] for row in rows])), 2)}
+
+
+def markdown(chosen: dict) -> list[str]:
+    """The chosen section of reports/tail.md."""
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    lines = ["## chosen: the board picks the cut per user (one bundle carrying head, last_block, last2_blocks)", "",
+             f"Bundles: `autlearn-build image --tail {','.join(MULTI)} {chosen.get('build_args', '')}` (the options "
+             "of the one-cut bundles above otherwise). Per user one real daemon round (defaults, as above) trains a "
+             "candidate at every cut and keeps the deeper one only when it beats every shallower one on the "
+             "holdout; *fixed* = that cut's candidate of the same round on the user's test images (before the gate "
+             "against the served version); *chosen* = what the board serves after the round; *best fixed* = the "
+             "best candidate for that user (an oracle that knows the test images).", ""]
+    for group, g in ((k, v) for k, v in chosen.items() if isinstance(v, dict) and "users" in v):
+        m = g["methods"]
+        lines += [f"### {group} ({len(g['users'])} users; mean round {g['round_seconds']} s)", "",
+                  "| user | train / holdout | holdout head / last_block / last2_blocks | test head / last_block / "
+                  "last2_blocks | served cut | chosen test | best fixed | match |", "|---|---|---|---|---|---|---|---|"]
+        for u in g["users"]:
+            hold = " / ".join(pct(u["holdout"].get(c)) for c in MULTI)
+            test = " / ".join(pct(u["test"].get(c)) for c in MULTI)
+            lines.append(f"| {u['name']} | {u['n_train']} / {u['n_holdout']} | {hold} | {test} | {u['served_cut']} "
+                         f"| {pct(u['chosen'])} | {u['best_fixed']} {pct(u['best_fixed_accuracy'])} | "
+                         f"{'yes' if u['matches_best'] else 'no'} |")
+        lines += ["", "| method | mean | min |", "|---|---|---|"]
+        for key in (*MULTI, "chosen", "best_fixed_accuracy", "local_only"):
+            if key in m:
+                lines.append(f"| {key} | {pct(m[key]['mean'])} % | {pct(m[key]['min'])} % |")
+        lines += ["", f"The choice matches the best fixed cut for {g['matches_best']} of {len(g['users'])} users.", ""]
+    return lines
