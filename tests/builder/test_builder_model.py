@@ -293,3 +293,22 @@ def test_resolutions_of_a_model_whose_weights_fix_its_input_size_are_refused_nam
     with pytest.raises(SystemExit):
         _build(["--model", tmp_path / "flat.keras", "--data", photos, "--out", out, "--resolutions", "96,96"])
     assert "twice" in capsys.readouterr().err
+    assert _build(["--model", tmp_path / "flat.keras", "--data", photos, "--out", out, "--resolutions", "24",
+                   "--tail", "last_conv"]) == 2
+    assert "--tail last_conv" in capsys.readouterr().err
+
+
+def test_a_model_of_variable_input_size_is_built_at_the_resolutions_given(photos, tmp_path, capsys):
+    import keras
+
+    inp = keras.Input((None, None, 3))
+    x = keras.layers.ReLU(6.0)(keras.layers.Conv2D(8, 3, strides=2, padding="same", name="conv")(inp))
+    keras.Model(inp, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))).save(
+        tmp_path / "any.keras")
+    args = ["--model", tmp_path / "any.keras", "--data", photos, "--calibration", 20]
+    assert _build([*args, "--out", tmp_path / "b"]) == 2
+    assert "--resolutions gives it sizes" in capsys.readouterr().err
+    assert _build([*args, "--out", tmp_path / "b", "--resolutions", "20"]) == 0
+    m = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert [v["name"] for v in m["variants"]] == ["20px"] and m["variants"][0]["input"] == {"width": 20, "height": 20}
+    assert (m["input"]["width"], m["input"]["height"]) == (20, 20)
