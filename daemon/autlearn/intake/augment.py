@@ -149,17 +149,9 @@ def warp(img: np.ndarray, matrix: np.ndarray, fill: np.ndarray | float | None = 
         ch = a[:, :, k]
         plane[...] = fill[k]
         plane[1:-1, 1:-1] = ch
-        flat_plane.take(i00, out=top)
-        top *= gx
-        flat_plane.take(i01, out=t)
-        t *= fx
-        top += t
+        _lerp(flat_plane, i00, i01, gx, fx, top, t)
         top *= gy
-        flat_plane.take(i10, out=bottom)
-        bottom *= gx
-        flat_plane.take(i11, out=t)
-        t *= fx
-        bottom += t
+        _lerp(flat_plane, i10, i11, gx, fx, bottom, t)
         bottom *= fy
         top += bottom
         lo, hi = np.minimum(ch.min(), fill[k]), np.maximum(ch.max(), fill[k])
@@ -265,3 +257,13 @@ def text_variants(n_copies: int, base_seed: int, sample_sha: str, rate: float = 
         raise ValueError("n_copies must be >= 0")
     seeds = [_seed_from(f"{SYN_VERSION}|{int(base_seed)}|{sample_sha}|{i}") for i in range(n_copies)]
     return [(f"{SYN_VERSION}:{rate:g}:{s}", s) for s in seeds]
+
+
+def _lerp(flat: np.ndarray, ia: np.ndarray, ib: np.ndarray, wa: np.ndarray, wb: np.ndarray, out: np.ndarray,
+          tmp: np.ndarray) -> None:
+    """out = flat[ia] * wa + flat[ib] * wb, in place (one row of the bilinear blend; `tmp` is scratch)."""
+    flat.take(ia, out=out)
+    out *= wa
+    flat.take(ib, out=tmp)
+    tmp *= wb
+    out += tmp
