@@ -246,7 +246,7 @@ def main() -> int:
     from autlearn.runtime import bundle as bundle_mod
 
     b = bundle_mod.load(bundle)
-    spec = b.input
+    spec = b.variant().input  # the served variant's own input (a --resolutions bundle differs per variant)
     test_paths, test_y = [p for p, _ in test], np.array([c for _, c in test])
 
     log("camera bench: the daemon's rounds …")

@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,14 @@ class Tally:
 
     def problem(self, text: str) -> None:
         self.problems.append(text)
+
+    def end(self, daemon, started: float, mounts=()) -> None:
+        """A scenario's teardown: SIGKILL the daemon if it is still alive, unmount its file systems, time it."""
+        if daemon is not None and daemon.proc.poll() is None:
+            daemon.kill9()
+        for m in mounts:
+            umount(m)
+        self.seconds = time.monotonic() - started
 
 
 def integrity(db: Path) -> str:
@@ -92,7 +101,7 @@ class HeadOracle:
         return None
 
     def probs(self, weights: Path, image: bytes, slots: list[int]) -> np.ndarray:
-        x = imaging.load_input(image, "probe", self.bundle.input, 10 ** 8)
+        x = imaging.load_input(image, "probe", self.variant.input, 10 ** 8)
         self.head.set_weights(load_weights(weights))
         active = np.zeros(self.bundle.class_capacity, np.float32)
         active[slots] = 1.0

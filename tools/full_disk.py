@@ -141,11 +141,7 @@ def full_disk(work: Path, bundle: Path, images: np.ndarray, labels: np.ndarray, 
             t.problem("SIGTERM did not end the daemon cleanly")
         t.trials += 1
     finally:
-        if d is not None and d.proc.poll() is None:
-            d.kill9()
-        for m in mounts:
-            umount(m)
-        t.seconds = time.monotonic() - t0
+        t.end(d, t0, mounts)
     say(f"full disk: {dict(t.detail)}")
     return t
 
@@ -236,10 +232,6 @@ def enospc_mid_round(work: Path, bundle: Path, images: np.ndarray, labels: np.nd
         failed = query(root / "state" / "autlearn.sqlite", "SELECT COUNT(*) FROM rounds WHERE outcome = 'failed'")
         t.detail["rounds recorded as failed"] = failed[0][0]
     finally:
-        if d is not None and d.proc.poll() is None:
-            d.kill9()
-        for m in mounts:
-            umount(m)
-        t.seconds = time.monotonic() - t0
+        t.end(d, t0, mounts)
     say(f"disk full mid-write: {dict(t.detail)}; known: {t.known}")
     return t

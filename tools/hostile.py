@@ -358,10 +358,8 @@ def hostile_files(work: Path, bundle: Path, images: np.ndarray, labels: np.ndarr
             t.crashes += 1
             t.problem(f"the daemon exited with {code}")
     finally:
-        if d.proc.poll() is None:
-            d.kill9()
+        t.end(d, t0)
         remove_deep(d.inbox / "5" / "d")
         remove_deep(stage / "5" / "d")
-        t.seconds = time.monotonic() - t0
     say(f"hostile files: {t.trials} files, {t.bad_inputs} bad: {dict(t.detail)}")
     return t

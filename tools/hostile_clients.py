@@ -74,9 +74,7 @@ def hostile_clients(work: Path, bundle: Path, examples: int, seed: int | None, c
         if d.stop() != 0:
             t.problem("the daemon did not stop cleanly")
     finally:
-        if d.proc.poll() is None:
-            d.kill9()
-        t.seconds = time.monotonic() - t0
+        t.end(d, t0)
     say(f"hostile clients: seed {seed if seed is not None else 'derandomized'}, {dict(t.detail)}")
     return t
 
@@ -147,8 +145,6 @@ def curve_gate(work: Path, bundle: Path, attempts: int = 3, say=print) -> Tally:
         if d.stop() != 0:
             t.problem("the daemon did not stop cleanly")
     finally:
-        if d.proc.poll() is None:
-            d.kill9()
-        t.seconds = time.monotonic() - t0
+        t.end(d, t0)
     say(f"curve gate: {dict(t.detail)}")
     return t

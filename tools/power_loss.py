@@ -217,8 +217,6 @@ def install_cut(work: Path, bundle: Path, trials: int, seed: int, say=print) -> 
                 if d.stop() != 0:
                     t.problem(f"trial {trial}: SIGTERM did not end the daemon cleanly")
     finally:
-        if d.proc.poll() is None:
-            d.kill9()
-        t.seconds = time.monotonic() - t0
+        t.end(d, t0)
     say(f"power loss during a bundle install: seed {seed}, {dict(t.detail)}")
     return t

@@ -125,8 +125,6 @@ def tampered_daemon(work: Path, bundle: Path, rng: random.Random, per_file: int 
                     t.problem(f"{name} @{offset}: SIGTERM did not end the daemon cleanly")
                 shutil.rmtree(bad)
     finally:
-        if d.proc.poll() is None:
-            d.kill9()
-        t.seconds = time.monotonic() - t0
+        t.end(d, t0)
     say(f"tampered bundle given to the daemon: {dict(t.detail)}")
     return t
