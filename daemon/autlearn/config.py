@@ -141,7 +141,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("model", "max_latency_ms", 0.0, _number(0.0, 1e6),
             "Budget for choosing a variant: base latency per sample (ms, batch 1) on this board; 0 = no limit."),
     Setting("model", "max_memory_mb", 0.0, _number(0.0, 1e6),
-            "Budget for choosing a variant: model plus tensor memory (MiB); 0 = no limit."),
+            "Budget for choosing a variant: base model and tensor memory plus the training head's state (MiB); "
+            "0 = no limit."),
     Setting("model", "delegate", "auto", _delegate,
             "Delegate for the base model: auto, cpu (XNNPACK), gpu, nnapi or external:<library>."),
     Setting("model", "threads", 2, _number(1, 64, integer=True),

@@ -14,12 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from autlearn.runtime import bundle as bundle_mod
 from autlearn.runtime import interpreter as runtime
 from autlearn.runtime import measure as M, variants as V
 from autlearn.runtime.variant_table import format_table
+from autlearn.learning.head import Head
 from autlearn.errors import AutlearnError
 from resign import write_manifest
 
@@ -64,7 +66,10 @@ def test_measure_times_every_variant_at_both_batches(bundle, measured):
         assert m.delegate == runtime.CPU and m.delegate_requested == "cpu"
         assert m.model_bytes == bundle.variant(m.name).base_path.stat().st_size
         assert m.tensor_bytes_batch > m.tensor_bytes > 0  # batch 32 holds larger activations than batch 1
-        assert m.memory_bytes == m.model_bytes + m.tensor_bytes_batch
+        assert m.memory_bytes == m.model_bytes + m.tensor_bytes_batch + m.head_bytes
+        v = bundle.variant(m.name)  # the head's training state: weights, gradients, Adam's m and v
+        head = Head(v, bundle.class_capacity, bundle.train_batch, 1)
+        assert m.head_bytes == 4 * sum(w.astype(np.float32).nbytes for w in head.get_weights().values()) > 0
         assert m.repeats >= 3 and m.repeats_batch >= 3
     full, half = measured
     # deterministic, order-independent memory figure: the half-width model is the smaller one

@@ -8,7 +8,10 @@ variant's own size (`Variant.input`: a bundle's variants may differ in input res
 * `ms_per_sample_batch` — per sample at batch `batch` (32, the training batch): feature-extraction throughput
   for training rounds. Shown in the table; no budget applies to it.
 * `memory_bytes` — the figure the memory budget applies to: `model_bytes + tensor_bytes` at batch `batch`
-  (the larger of the two batch sizes the daemon runs). Why this one and not an RSS figure:
+  (the larger of the two batch sizes the daemon runs), plus `head_bytes`, the trainable head's state while it
+  trains (its float32 weights, their gradients and Adam's two moments: four copies of the weights that the
+  variant's `get_weights` signature returns; a pruned variant's head is smaller too).
+  Why this one and not an RSS figure:
   in a long-lived process RSS measures the allocator rather than the model. On the development board the
   first variant timed showed a +10 MB resident-set jump (the runtime initialising itself, whatever the model),
   later ones +24…45 kB whatever their size, depending on the order in which they were timed, because freed
@@ -45,6 +48,8 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import numpy as np
+
 from . import interpreter as runtime
 from .bundle import Bundle, Variant, sha256_file
 from ..durable import write_text_atomic
@@ -52,7 +57,7 @@ from ..errors import AutlearnError
 
 log = logging.getLogger(__name__)
 
-MEASURE_VERSION = 1  # changes whenever what or how we measure changes: old records are then ignored
+MEASURE_VERSION = 2  # changes whenever what or how we measure changes: old records are then ignored
 STORE_FORMAT = 1
 STORE_FILE = "variant_measurements.json"
 MAX_RECORDS = 16  # records kept in the file (bundles and delegates come and go); the oldest are dropped
@@ -66,7 +71,7 @@ class Measurement:
     ms_per_sample: float  # batch 1: the cost of one predict
     ms_per_sample_batch: float  # per sample at `batch`: throughput for training
     batch: int
-    memory_bytes: int  # model_bytes + tensor_bytes at `batch`: what the memory budget is checked against
+    memory_bytes: int  # model_bytes + tensor_bytes at `batch` + head_bytes: what the memory budget is checked against
     model_bytes: int
     tensor_bytes: int  # at batch 1
     tensor_bytes_batch: int  # at `batch`
@@ -77,6 +82,7 @@ class Measurement:
     delegate_reason: str
     repeats: int  # median over this many invocations at batch 1
     repeats_batch: int  # … and at `batch`
+    head_bytes: int = 0  # the head's training state: 4 x its float32 weights (weights, gradients, Adam's m and v)
     error: str | None = None  # set when the variant could not be timed; it is then never chosen
 
     def as_dict(self) -> dict:
@@ -85,7 +91,7 @@ class Measurement:
     @classmethod
     def from_dict(cls, d: dict) -> "Measurement":
         names = {f.name for f in fields(cls)}
-        missing = [f.name for f in fields(cls) if f.name not in d and f.name != "error"]
+        missing = [f.name for f in fields(cls) if f.name not in d and f.name not in ("error", "head_bytes")]
         if missing:
             raise ValueError(f"measurement lacks {', '.join(missing)}")
         return cls(**{k: v for k, v in d.items() if k in names})
@@ -93,7 +99,7 @@ class Measurement:
     @classmethod
     def failed(cls, name: str, threads: int, delegate: str, error: str) -> "Measurement":
         nan = float("nan")
-        return cls(name, nan, nan, TRAIN_BATCH, 0, 0, 0, 0, None, threads, "", delegate, "", 0, 0, error)
+        return cls(name, nan, nan, TRAIN_BATCH, 0, 0, 0, 0, None, threads, "", delegate, "", 0, 0, error=error)
 
 
 # ---------------------------------------------------------------------------------------- measuring
@@ -106,6 +112,13 @@ def _timed(model: Path, threads: int, delegate: str, batch: int, repeats: int, t
     n = int(min(repeats, max(3, target_s / per_invoke_s)))
     warmup = 2 if per_invoke_s < 0.1 else 1
     return runtime.time_model(model, threads, delegate, batch, shape, repeats=n, warmup=warmup)
+
+
+def head_state_bytes(v: Variant) -> int:
+    """The bytes a training round holds for variant `v`'s head: its float32 weights (as its `get_weights`
+    signature returns them), their gradients and Adam's two moments — four copies."""
+    weights = runtime.make_cpu_interpreter(v.head_path, 1).get_signature_runner("get_weights")()
+    return 4 * sum(int(np.asarray(w).nbytes) for w in weights.values())
 
 
 def probe_shape(bundle: Bundle, v: Variant) -> tuple[int, ...] | None:
@@ -134,6 +147,7 @@ def measure_variants(bundle: Bundle, threads: int, delegate: str = "cpu", repeat
             shape = probe_shape(bundle, v)
             one = _timed(v.base_path, threads, delegate, 1, repeats, target_s, shape)
             many = _timed(v.base_path, threads, delegate, batch, repeats, target_s, shape)
+            head_bytes = head_state_bytes(v)
         except Exception as e:  # noqa: BLE001 - one broken variant must not stop the others
             msg = " ".join(str(e).split()) or type(e).__name__
             log.warning("variant %s: cannot time its base model %s: %s", name, v.base_path.name, msg)
@@ -144,7 +158,7 @@ def measure_variants(bundle: Bundle, threads: int, delegate: str = "cpu", repeat
             ms_per_sample=float(one["ms_per_sample"]),
             ms_per_sample_batch=float(many["ms_per_sample"]),
             batch=batch,
-            memory_bytes=int(many["model_bytes"]) + int(many["tensor_bytes"]),
+            memory_bytes=int(many["model_bytes"]) + int(many["tensor_bytes"]) + head_bytes,
             model_bytes=int(many["model_bytes"]),
             tensor_bytes=int(one["tensor_bytes"]),
             tensor_bytes_batch=int(many["tensor_bytes"]),
@@ -155,6 +169,7 @@ def measure_variants(bundle: Bundle, threads: int, delegate: str = "cpu", repeat
             delegate_reason=many["delegate_reason"],
             repeats=int(one["repeats"]),
             repeats_batch=int(many["repeats"]),
+            head_bytes=head_bytes,
         ))
     if all(m.error is not None for m in out):
         raise AutlearnError("bad_bundle", "no variant of the bundle could be timed: "
