@@ -58,8 +58,10 @@ class ImageOptions(Options):
                   "head follows it. When the model's last layer has one output per class folder of --data (folders "
                   "sorted by name = the model's output order) the head starts from it, so the board's first "
                   "answers are the model's; otherwise a head is trained on --data. The input size and colour mode "
-                  "come from the model. --epochs, --feature-size, --width-mult, --fit-box, --degrade and --budget "
-                  "do not apply."),
+                  "come from the model. --epochs, --feature-size, --width-mult, --fit-box and --degrade do not "
+                  "apply. --budget prunes the expansion channels of the model's inverted-residual blocks (every "
+                  "block keeps the same fraction, highest-norm filters first; --prune-finetune distils the "
+                  "pruned features from the unpruned model's), one variant per budget (and per --resolutions)."),
     }
 
     data: str = option(metavar="mnist5k|PATH",
@@ -136,7 +138,9 @@ class ImageOptions(Options):
                                   group="prune",
                                   help="brief retraining of every candidate, in epochs of the public training images")
     prune_finetune: float = option(1.0, metavar="EPOCHS", parse=float, rule=between(0, 100), group="prune",
-                                   help="retraining of a pruned model before it becomes a variant (0: none)")
+                                   help="retraining of a pruned model before it becomes a variant (0: none; with "
+                                        "--model/--backbone: its features distilled from the unpruned model's, "
+                                        "after a BatchNorm recalibration)")
     prune_max_rounds: int = option(100, metavar="N", parse=positive_int, rule=between(1, 10000), group="prune",
                                    help="stop the search after N rounds even if budgets are unmet")
     model: str | None = option(None, metavar="FILE", group="model",
