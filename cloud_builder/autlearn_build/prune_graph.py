@@ -50,16 +50,12 @@ class Chain:
 # ------------------------------------------------------------------------------------------- the graph
 
 
-def _history(tensor):
-    return tensor._keras_history.operation
-
-
 def _inputs(layer) -> list:
     tensors = layer.input
     return list(tensors) if isinstance(tensors, (list, tuple)) else [tensors]
 
 
-def _calls(layer) -> int:
+def _calls(layer) -> int:  # how many times the layer is called in its model's graph
     return len(getattr(layer, "_inbound_nodes", []) or [])
 
 
@@ -84,9 +80,9 @@ def _walk(model, scope: tuple[str, ...], chains: list[Chain], reasons: list[str]
         if _calls(layer) != 1:
             continue
         for t in _inputs(layer):
-            consumers.setdefault(id(_history(t)), []).append(layer)
+            consumers.setdefault(id(t._keras_history.operation), []).append(layer)
     for t in model.outputs:
-        consumers.setdefault(id(_history(t)), []).append(None)  # None: the model's output
+        consumers.setdefault(id(t._keras_history.operation), []).append(None)  # None: the model's output
     for layer in layers:
         if hasattr(layer, "layers"):
             _walk(layer, (*scope, layer.name), chains, reasons)
@@ -220,11 +216,10 @@ def filter_norms(model, chain: Chain) -> np.ndarray:
     layers = {(s, layer.name): layer for s, layer in leaves(model)}
     kernel = np.asarray(layers[(chain.scope, chain.producer)].get_weights()[0], np.float64)
     norms = np.linalg.norm(kernel.reshape(-1, kernel.shape[-1]), axis=0)
-    if chain.carriers:
-        bn = layers[(chain.scope, chain.carriers[0])]
-        if type(bn).__name__ == "BatchNormalization":
-            gamma = np.asarray(bn.gamma.numpy(), np.float64) if bn.gamma is not None else 1.0
-            norms = norms * np.abs(gamma / np.sqrt(np.asarray(bn.moving_variance.numpy(), np.float64) + bn.epsilon))
+    bn = layers[(chain.scope, chain.carriers[0])]  # a chain has at least its depthwise carrier
+    if type(bn).__name__ == "BatchNormalization":
+        gamma = np.asarray(bn.gamma.numpy(), np.float64) if bn.gamma is not None else 1.0
+        norms = norms * np.abs(gamma / np.sqrt(np.asarray(bn.moving_variance.numpy(), np.float64) + bn.epsilon))
     return norms
 
 

@@ -164,3 +164,28 @@ def test_a_model_without_an_expansion_chain_is_refused_saying_why(photos, tmp_pa
     err = capsys.readouterr().err
     assert "--budget cannot prune" in err and "conv_a: no DepthwiseConv2D before conv_b" in err
     assert "conv_b: its channels reach GlobalAveragePooling2D" in err and not out.exists()
+
+
+def test_each_budget_gets_the_largest_kept_fraction_that_meets_it():
+    from autlearn_build import prune_graph as G
+    from autlearn_build.prune import parse_budgets
+
+    model = _tiny_mobilenet()
+    chains, _ = G.find_chains(model)
+    full = G.model_cost(model, chains)
+    flops, params, latency = parse_budgets(f"flops={int(full['flops'] * 0.7)},params={full['params'] - 1000},"
+                                           "latency_ms=0.5")
+    for budget in (flops, params):
+        fraction, widths, cost, _ = G.plan(model, chains, budget, (0, 0))
+        assert cost[budget.metric] <= budget.limit < \
+            G.model_cost(model, chains, G.uniform_widths(chains, fraction + G.STEP))[budget.metric]
+    # a latency budget bisects over the fractions with the latency measured: here one that grows with the widths
+    seen = []
+
+    def latency_of(widths):
+        seen.append(sum(widths.values()))
+        return sum(widths.values()) / sum(c.size for c in chains)
+
+    fraction, widths, _, measured = G.plan(model, chains, latency, (0, 0), latency_of)
+    assert measured <= 0.5 < latency_of(G.uniform_widths(chains, fraction + G.STEP))
+    assert len(seen) <= 9  # bisection: a few measurements, not one per fraction
