@@ -50,7 +50,9 @@ class ImageOptions(Options):
                   "block, and the head's hidden dense layer; never the last convolution, which defines the feature "
                   "vector) loses its lowest-L2-norm filters, is retrained briefly and measured on the held-out "
                   "images; the choice that loses least accuracy is kept. Each budget, when met, gives one more "
-                  "variant in the bundle (int8 base + its own head) named after it, e.g. 'flops-1.5M'."),
+                  "variant in the bundle (int8 base + its own head) named after it, e.g. 'flops-1.5M'. With "
+                  "--model/--backbone the expansion channels of the model's blocks are pruned instead "
+                  "(docs/builder.md)."),
         "model": ("from a pretrained model (instead of pretraining)",
                   "With --model or --backbone no base is pretrained: the given Keras classifier is cut at its "
                   "feature layer (default: the input of its last Dense layer), everything below the cut is "
