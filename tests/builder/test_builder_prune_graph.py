@@ -164,6 +164,9 @@ def test_a_model_without_an_expansion_chain_is_refused_saying_why(photos, tmp_pa
     err = capsys.readouterr().err
     assert "--budget cannot prune" in err and "conv_a: no DepthwiseConv2D before conv_b" in err
     assert "conv_b: its channels reach GlobalAveragePooling2D" in err and not out.exists()
+    assert _build(["--model", tmp_path / "plain.keras", "--data", photos, "--out", out, "--budget", "flops=1k",
+                   "--tail", "last_conv"]) == 2
+    assert "--budget does not combine with --tail last_conv" in capsys.readouterr().err
 
 
 def test_each_budget_gets_the_largest_kept_fraction_that_meets_it():
