@@ -55,10 +55,6 @@ def _inputs(layer) -> list:
     return list(tensors) if isinstance(tensors, (list, tuple)) else [tensors]
 
 
-def _calls(layer) -> int:  # how many times the layer is called in its model's graph
-    return len(getattr(layer, "_inbound_nodes", []) or [])
-
-
 def _is_carrier(layer) -> str | None:
     """None when channels pass `layer` one to one; else why not."""
     kind = type(layer).__name__
@@ -74,14 +70,15 @@ def _is_carrier(layer) -> str | None:
 
 
 def _walk(model, scope: tuple[str, ...], chains: list[Chain], reasons: list[str]) -> None:
+    graph = getattr(model, "_functional", None) or model  # a Sequential through the Functional it wraps
     layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
+    calls: dict[int, int] = {}  # the calls in this graph (a layer's _inbound_nodes also count stale ones)
     consumers: dict[int, list] = {}
-    for layer in layers:
-        if _calls(layer) != 1:
-            continue
-        for t in _inputs(layer):
-            consumers.setdefault(id(t._keras_history.operation), []).append(layer)
-    for t in model.outputs:
+    for node in (n for depth in graph._nodes_by_depth.values() for n in depth):
+        calls[id(node.operation)] = calls.get(id(node.operation), 0) + 1
+        for t in node.input_tensors:
+            consumers.setdefault(id(t._keras_history.operation), []).append(node.operation)
+    for t in graph.outputs:
         consumers.setdefault(id(t._keras_history.operation), []).append(None)  # None: the model's output
     for layer in layers:
         if hasattr(layer, "layers"):
@@ -90,8 +87,8 @@ def _walk(model, scope: tuple[str, ...], chains: list[Chain], reasons: list[str]
         if type(layer).__name__ != "Conv2D" or int(getattr(layer, "groups", 1)) != 1:
             continue
         where = "/".join((*scope, layer.name))
-        if _calls(layer) != 1:
-            reasons.append(f"{where}: used {_calls(layer)} times")
+        if calls.get(id(layer), 0) != 1:
+            reasons.append(f"{where}: called {calls.get(id(layer), 0)} times")
             continue
         carriers, cur = [], layer
         while True:
@@ -101,6 +98,9 @@ def _walk(model, scope: tuple[str, ...], chains: list[Chain], reasons: list[str]
                 reasons.append(f"{where}: {cur.name} {what}")
                 break
             nxt = nxt[0]
+            if calls.get(id(nxt), 0) != 1:
+                reasons.append(f"{where}: its channels reach {nxt.name}, called {calls.get(id(nxt), 0)} times")
+                break
             if type(nxt).__name__ in ("Conv2D", "Dense") and int(getattr(nxt, "groups", 1)) == 1:
                 if not any(type(c).__name__ == "DepthwiseConv2D" for c in carriers):
                     reasons.append(f"{where}: no DepthwiseConv2D before {nxt.name} (not a block's expansion)")

@@ -192,3 +192,28 @@ def test_each_budget_gets_the_largest_kept_fraction_that_meets_it():
     fraction, widths, _, measured = G.plan(model, chains, latency, (0, 0), latency_of)
     assert measured <= 0.5 < latency_of(G.uniform_widths(chains, fraction + G.STEP))
     assert len(seen) <= 9  # bisection: a few measurements, not one per fraction
+
+
+def test_a_saved_sequential_model_is_pruned_too(tmp_path):
+    """Keras rebuilds a loaded Sequential layer by layer, leaving each layer stale call nodes: the chains are read
+    from the graph the model runs."""
+    import keras
+
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    keras.Sequential([keras.Input((SIZE, SIZE, 3)), L.Conv2D(16, 1, name="expand"), L.BatchNormalization(),
+                      L.ReLU(6.0), L.DepthwiseConv2D(3, padding="same"), L.BatchNormalization(), L.ReLU(6.0),
+                      L.Conv2D(8, 1, name="project"), L.GlobalAveragePooling2D(), L.Dense(3)]).save(tmp_path / "s.keras")
+    model = keras.models.load_model(tmp_path / "s.keras")
+    from autlearn_build import prune_graph as G
+
+    chains, _ = G.find_chains(model)
+    assert [(c.producer, c.consumer, c.size) for c in chains] == [("expand", "project", 16)]
+    keep = G.kept_filters(model, chains, {chains[0].key: 8})
+    pruned = G.prune_model(model, chains, keep)
+    assert [c.size for c in G.find_chains(pruned)[0]] == [8]
+    x = np.random.default_rng(0).uniform(-1, 1, (2, SIZE, SIZE, 3)).astype(np.float32)
+    assert pruned(x).shape == (2, 3)
+    from autlearn_build.model_import import cut_model
+
+    assert cut_model(pruned, None, "s").base(x).shape == (2, 8)  # the builder cuts it as any model
