@@ -155,6 +155,9 @@ def _pruned_variants(model, budgets, train, val, active: np.ndarray, opts: Image
                                 notes, progress, name, own)
         variant.extra.update({"budget": p.budget.to_manifest(), "keep_fraction": p.keep_fraction,
                               "widths": p.widths, "budget_cost": p.cost})
+        if p.budget.metric == "latency_ms" and variant.latency_ms > p.budget.limit:
+            notes.append(f"variant {name}: re-measured latency {variant.latency_ms:.4f} ms is above the budget (the "
+                         f"search measured {p.latency_ms:.4f} ms; timing noise)")
         variants.append(variant)
     return variants
 

@@ -391,7 +391,8 @@ def prune_for_budgets(model, base_of: Callable[[object], object], x: np.ndarray,
         distill(base_of(pruned), teacher, x, epochs=opts.prune_finetune, lr=opts.learning_rate / 4,
                 batch_size=opts.batch_size, seed=opts.seed)
         progress(f"  budget {budget.metric}={budget.text}: every chain keeps {fraction:.2f} of its filters → "
-                 f"{cost['params']} params, {cost['flops'] / 1e6:.1f} MFLOPs; features distilled "
+                 f"{cost['params']} params, {cost['flops'] / 1e6:.1f} MFLOPs"
+                 + (f", {latency:.3f} ms" if latency is not None else "") + "; features distilled "
                  f"{opts.prune_finetune:g} epoch(s), {time.perf_counter() - t0:.1f} s")
         out.append(Pruned(budget, pruned, widths, cost, fraction, latency))
     return out, notes
