@@ -50,7 +50,9 @@ class ImageOptions(Options):
                   "block, and the head's hidden dense layer; never the last convolution, which defines the feature "
                   "vector) loses its lowest-L2-norm filters, is retrained briefly and measured on the held-out "
                   "images; the choice that loses least accuracy is kept. Each budget, when met, gives one more "
-                  "variant in the bundle (int8 base + its own head) named after it, e.g. 'flops-1.5M'."),
+                  "variant in the bundle (int8 base + its own head) named after it, e.g. 'flops-1.5M'. With "
+                  "--model/--backbone the expansion channels of the model's blocks are pruned instead "
+                  "(docs/builder.md)."),
         "model": ("from a pretrained model (instead of pretraining)",
                   "With --model or --backbone no base is pretrained: the given Keras classifier is cut at its "
                   "feature layer (default: the input of its last Dense layer), everything below the cut is "
@@ -58,8 +60,10 @@ class ImageOptions(Options):
                   "head follows it. When the model's last layer has one output per class folder of --data (folders "
                   "sorted by name = the model's output order) the head starts from it, so the board's first "
                   "answers are the model's; otherwise a head is trained on --data. The input size and colour mode "
-                  "come from the model. --epochs, --feature-size, --width-mult, --fit-box, --degrade and --budget "
-                  "do not apply."),
+                  "come from the model. --epochs, --feature-size, --width-mult, --fit-box and --degrade do not "
+                  "apply. --budget prunes the expansion channels of the model's inverted-residual blocks (every "
+                  "block keeps the same fraction, highest-norm filters first; --prune-finetune distils the "
+                  "pruned features from the unpruned model's), one variant per budget (and per --resolutions)."),
     }
 
     data: str = option(metavar="mnist5k|PATH",
@@ -136,7 +140,9 @@ class ImageOptions(Options):
                                   group="prune",
                                   help="brief retraining of every candidate, in epochs of the public training images")
     prune_finetune: float = option(1.0, metavar="EPOCHS", parse=float, rule=between(0, 100), group="prune",
-                                   help="retraining of a pruned model before it becomes a variant (0: none)")
+                                   help="retraining of a pruned model before it becomes a variant (0: none; with "
+                                        "--model/--backbone: its features distilled from the unpruned model's, "
+                                        "after a BatchNorm recalibration)")
     prune_max_rounds: int = option(100, metavar="N", parse=positive_int, rule=between(1, 10000), group="prune",
                                    help="stop the search after N rounds even if budgets are unmet")
     model: str | None = option(None, metavar="FILE", group="model",

@@ -51,13 +51,20 @@ def backbone_path(name: str) -> Path:
 def build_model_bundle(opts: ImageOptions, progress: Callable[[str], None] = print,
                        keras_model=None) -> BuildResult:
     """Build a bundle from a pretrained classifier (`keras_model`, when given, instead of loading opts.model).
-    Of the image options, the pretraining ones (--epochs, --budget, --strategy …) do not apply; --tail
-    last_conv|last_block cuts a backbone below its feature layer (tail_build.finish_backbone_tail)."""
+    Of the image options, the pretraining ones (--epochs, --strategy …) do not apply; --budget prunes the
+    model's expansion channels (prune_graph); --tail last_conv|last_block cuts a backbone below its feature layer
+    (tail_build.finish_backbone_tail)."""
     from .model_import import at_resolution, cut_model, detect_preprocessing, load_keras_model
 
     start = time.perf_counter()
     check_model_options(opts)
     out = prepare(opts, distributed=False)
+    for flag, given in (("--resolutions", opts.resolutions), ("--budget", opts.budgets)):
+        if given and opts.tail != "head":
+            raise InputError(f"{flag} does not combine with --tail {opts.tail} (only with --tail head)")
+    from .prune import parse_budgets
+
+    budgets = parse_budgets(opts.budgets)  # before any work: a typo fails fast
     if opts.backbone is not None:
         path, source = backbone_path(opts.backbone), f"--backbone {opts.backbone}"
     else:
@@ -68,8 +75,10 @@ def build_model_bundle(opts: ImageOptions, progress: Callable[[str], None] = pri
     progress(f"loading {source} …")
     model = keras_model if keras_model is not None else quiet_call(load_keras_model, path)
     prep = opts.preprocess or detect_preprocessing(model)
-    if opts.resolutions and opts.tail != "head":
-        raise InputError(f"--resolutions does not combine with --tail {opts.tail} (only with --tail head)")
+    if budgets:
+        from .prune_graph import require_chains
+
+        require_chains(model, source)  # before any work: a model that cannot be pruned says why
     notes: list[str] = []
     from .tail_build import finish_backbone_tail, finish_cuts
 
@@ -94,20 +103,63 @@ def build_model_bundle(opts: ImageOptions, progress: Callable[[str], None] = pri
         variants.append(finish_cuts(  # issue 14: tails below the feature layer (tail_build.py)
             opts, lambda o: _head_variant(user, sized, train, val, active, o, source, notes, progress, name, own),
             lambda o: finish_backbone_tail(user, train, val, active, o, progress, quiet_call, predict)))
-        if not variants[1:]:
+        if len(variants) == 1:
             bundle_spec, train_size, val_size = spec, len(train), len(val)
+        if budgets:
+            variants += _pruned_variants(sized, budgets, train, val, active, opts, source, notes, progress, side)
     source_model = source if opts.backbone is None else f"{source}: {BACKBONES[opts.backbone][2]}"
     build = build_record(opts, data.description, source_model=source_model, images_used=len(data),
                          train_images=train_size, val_images=val_size, tail=opts.tail,
                          latency=latency_record(LATENCY_THREADS, LATENCY_BATCH))
     if opts.resolutions:
         build["resolutions"] = sorted(opts.resolutions, reverse=True)
+    if budgets:
+        build["pruning"] = {"budgets": [{**b.to_manifest(), "text": b.text} for b in budgets],
+                            "method": "expansion channels of every block, one kept fraction for all (multiples "
+                                      "of 8), highest L2 norm of the BatchNorm-folded filter (prune_graph)",
+                            "finetune_epochs": opts.prune_finetune,
+                            "finetune": "BatchNorm recalibration + feature distillation from the unpruned model"}
     manifest = write_verified(out, opts, task=TASK,
                               input_spec={**bundle_spec.to_manifest(), "source_preprocessing": prep},
                               labels=data.labels, class_capacity=opts.class_capacity, variants=variants,
                               build=build)
     return BuildResult(out=out, manifest=manifest, seconds=time.perf_counter() - start, train_size=train_size,
                        val_size=val_size, notes=notes)
+
+
+def _pruned_variants(model, budgets, train, val, active: np.ndarray, opts: ImageOptions, source: str,
+                     notes: list[str], progress: Callable[[str], None], side: int | None) -> list[Variant]:
+    """One variant per --budget not met by `model` itself: its expansion channels pruned (prune_graph), then
+    finished like the unpruned one (int8 base, head, measurements), named after the budget."""
+    from .convert import convert_base_int8
+    from .evaluate import BaseRunner
+    from .model_import import cut_model
+    from .prune_graph import prune_for_budgets
+
+    def base_of(classifier):
+        return cut_model(classifier, opts.cut, source).base
+
+    def latency_fn(classifier) -> float:  # int8 base as the board runs it, quick calibration
+        quick = quiet_call(convert_base_int8, base_of(classifier), train.x, max_calibration=32)
+        return BaseRunner(quick).latency_ms(val.x if len(val) else train.x, repeats=20, warmup=3)
+
+    features = int(base_of(model).output.shape[-1])
+    head = (features * opts.class_capacity + opts.class_capacity, 2 * features * opts.class_capacity)
+    found, found_notes = prune_for_budgets(model, base_of, train.x, budgets, head, opts, source, latency_fn, progress)
+    notes += [n if side is None else f"{side}px: {n}" for n in found_notes]
+    variants = []
+    own = None if side is None else {"width": side, "height": side}
+    for p in found:
+        name = p.budget.name if side is None else f"{side}px-{p.budget.name}"
+        variant = _head_variant(cut_model(p.model, opts.cut, source), p.model, train, val, active, opts, source,
+                                notes, progress, name, own)
+        variant.extra.update({"budget": p.budget.to_manifest(), "keep_fraction": p.keep_fraction,
+                              "widths": p.widths, "budget_cost": p.cost})
+        if p.budget.metric == "latency_ms" and variant.latency_ms > p.budget.limit:
+            notes.append(f"variant {name}: re-measured latency {variant.latency_ms:.4f} ms is above the budget (the "
+                         f"search measured {p.latency_ms:.4f} ms; timing noise)")
+        variants.append(variant)
+    return variants
 
 
 def _input_spec(model, source: str, prep: str, opts: ImageOptions) -> ImageSpec:
