@@ -25,7 +25,7 @@ MULTI = ("head", "last_block", "last2_blocks")
 @contextlib.contextmanager
 def recording():
     """Within: (fitted, scored): every head a round fits, by its variant's name (`full`, `full@last_block`, …),
-    and the holdout accuracy of each cut's candidate as the round's `choose` saw it."""
+    and the holdout accuracy and loss of each cut's candidate as the round's `choose` saw them."""
     from autlearn.learning import head as head_mod
     from autlearn.learning import learner as learner_mod
 
@@ -38,7 +38,7 @@ def recording():
         return out
 
     def choose_recorded(results, holdout_n):
-        scored.update({r.cut.name: r.holdout_accuracy for r in results})
+        scored.update({r.cut.name: (r.holdout_accuracy, r.holdout_loss) for r in results})
         return choose(results, holdout_n)
 
     head_mod.Head.fit, learner_mod.choose = fit_recorded, choose_recorded
@@ -82,8 +82,9 @@ def chosen_round(data, user: dict, bundle: Path, work: Path) -> dict:
                 "pretrained": score(lr.cuts[0], lr.current_weights(b.initial_version())),
                 "test": {c.name: score(c, fitted[c.variant.name].get_weights()) for c in lr.cuts
                          if c.variant.name in fitted},
-                "holdout": scored, "holdout_before": r.accuracy_before, "n_train": r.n_train,
-                "n_augmented": r.n_augmented, "n_holdout": r.n_holdout, "round_seconds": round(secs, 2)}
+                "holdout": {c: a for c, (a, _) in scored.items()},
+                "holdout_loss": {c: loss for c, (_, loss) in scored.items()}, "holdout_before": r.accuracy_before,
+                "n_train": r.n_train, "n_augmented": r.n_augmented, "n_holdout": r.n_holdout, "round_seconds": round(secs, 2)}
     finally:
         b.close()
 
@@ -100,7 +101,8 @@ def chosen_group(name: str, data, bundle: Path, work: Path, memo, local: list[fl
                      "best_fixed_accuracy": r["test"][best], "local_only": loc,
                      "matches_best": r["chosen"] >= r["test"][best] - 1e-9})
         print(f"   chosen {name} {u['name']}: served {r['served_cut']} {r['chosen']:.3f}; candidates "
-              + ", ".join(f"{c} {a:.3f} (holdout {r['holdout'].get(c) or 0:.3f})" for c, a in r["test"].items())
+              + ", ".join(f"{c} {a:.3f} (holdout {r['holdout'].get(c) or 0:.3f}, loss "
+                        f"{r['holdout_loss'].get(c) or 0:.3f})" for c, a in r["test"].items())
               + f"; {r['round_seconds']:.0f}s", flush=True)
     per = {c: [row["test"].get(c) for row in rows] for c in MULTI}
     methods = {c: summarise(v).as_dict() | {"per_user": [round(a, 4) for a in v]}
@@ -120,19 +122,23 @@ def markdown(chosen: dict) -> list[str]:
              f"Bundles: `autlearn-build image --tail {','.join(MULTI)} {chosen.get('build_args', '')}` (the options "
              "of the one-cut bundles above otherwise). Per user one real daemon round (defaults, as above) trains a "
              "candidate at every cut and keeps the deeper one only when it beats every shallower one on the "
-             "holdout; *fixed* = that cut's candidate of the same round on the user's test images (before the gate "
-             "against the served version); *chosen* = what the board serves after the round; *best fixed* = the "
+             "holdout, by accuracy or, at equal accuracy, by a holdout loss (mean cross-entropy) at least "
+             f"{100 * chosen.get('loss_margin', 0.1):.0f} % lower; *fixed* = that cut's candidate of the same round "
+             "on the user's test images (before the gate against the served version); *chosen* = what the board serves after the round; *best fixed* = the "
              "best candidate for that user (an oracle that knows the test images).", ""]
     for group, g in ((k, v) for k, v in chosen.items() if isinstance(v, dict) and "users" in v):
         m = g["methods"]
         lines += [f"### {group} ({len(g['users'])} users; mean round {g['round_seconds']} s)", "",
-                  "| user | train / holdout | holdout head / last_block / last2_blocks | test head / last_block / "
-                  "last2_blocks | served cut | chosen test | best fixed | match |", "|---|---|---|---|---|---|---|---|"]
+                  "| user | train / holdout | holdout head / last_block / last2_blocks | holdout loss | test head / "
+                  "last_block / last2_blocks | served cut | chosen test | best fixed | match |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for u in g["users"]:
             hold = " / ".join(pct(u["holdout"].get(c)) for c in MULTI)
+            loss = " / ".join("n/a" if u.get("holdout_loss", {}).get(c) is None else f"{u['holdout_loss'][c]:.3f}"
+                              for c in MULTI)
             test = " / ".join(pct(u["test"].get(c)) for c in MULTI)
-            lines.append(f"| {u['name']} | {u['n_train']} / {u['n_holdout']} | {hold} | {test} | {u['served_cut']} "
-                         f"| {pct(u['chosen'])} | {u['best_fixed']} {pct(u['best_fixed_accuracy'])} | "
+            lines.append(f"| {u['name']} | {u['n_train']} / {u['n_holdout']} | {hold} | {loss} | {test} | "
+                         f"{u['served_cut']} | {pct(u['chosen'])} | {u['best_fixed']} {pct(u['best_fixed_accuracy'])} | "
                          f"{'yes' if u['matches_best'] else 'no'} |")
         lines += ["", "| method | mean | min |", "|---|---|---|"]
         for key in (*MULTI, "chosen", "best_fixed_accuracy", "local_only"):

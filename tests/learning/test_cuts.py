@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -42,11 +43,31 @@ def test_a_deeper_cut_that_loses_or_ties_on_the_holdout_is_not_promoted():
     assert lost.keep.cut is HEAD and "no deeper cut beat it on 40 holdout samples" in lost.reason
     assert "last_block 0.800" in lost.reason and "head 0.850" in lost.reason
     assert choose([Trained(HEAD, 0.85), Trained(TAIL, 0.85)], 40).keep.cut is HEAD  # a tie keeps the cheaper cut
+    # less accurate on the holdout: never kept, however much lower its loss
+    assert choose([Trained(HEAD, 0.85, 0.9), Trained(TAIL, 0.80, 0.1)], 40).keep.cut is HEAD
     won = choose([Trained(HEAD, 0.85), Trained(TAIL, 0.90)], 40)
     assert won.keep.cut is TAIL and won.reason.startswith("last_block beat the shallower cuts")
     blind = choose([Trained(HEAD, None), Trained(TAIL, None)], 0)
     assert blind.keep.cut is HEAD and "no holdout" in blind.reason
     assert choose([Trained(HEAD, 0.5)], 10).reason == "trained head only"
+
+
+def test_at_equal_holdout_accuracy_a_deeper_cut_is_kept_only_with_a_loss_lower_by_the_margin():
+    from autlearn.learning.cuts import LOSS_MARGIN
+    deep2 = _cut("last2_blocks", 2, 1.9, 12544)
+    won = choose([Trained(HEAD, 1.0, 0.20), Trained(TAIL, 1.0, 0.10)], 26)
+    assert won.keep.cut is TAIL and won.reason.startswith(
+        "last_block matched the best shallower cut's accuracy on 26 holdout samples with a loss at least 10 % lower")
+    assert "head 1.000 (loss 0.200)" in won.reason and "last_block 1.000 (loss 0.100)" in won.reason
+    near = (1.0 - LOSS_MARGIN / 2) * 0.20  # lower, but by less than the margin
+    kept = choose([Trained(HEAD, 1.0, 0.20), Trained(TAIL, 1.0, near)], 26)
+    assert kept.keep.cut is HEAD and "by a loss 10 % lower at equal accuracy" in kept.reason
+    assert choose([Trained(HEAD, 1.0, 0.20), Trained(TAIL, 1.0, 0.30)], 26).keep.cut is HEAD
+    # each deeper cut against the best so far: last_block wins on accuracy, last2_blocks ties it with a lower loss
+    chain = choose([Trained(HEAD, 0.9, 0.3), Trained(TAIL, 1.0, 0.2), Trained(deep2, 1.0, 0.1)], 30)
+    assert chain.keep.cut is deep2 and "matched the best shallower cut's accuracy" in chain.reason
+    # ... but a loss lower than the head's only does not displace a more accurate last_block
+    assert choose([Trained(HEAD, 0.9, 0.3), Trained(TAIL, 1.0, 0.2), Trained(deep2, 0.9, 0.01)], 30).keep.cut is TAIL
 
 
 def test_the_builder_writes_a_bundle_with_several_cuts_that_the_board_lists_shallowest_first(
@@ -183,6 +204,48 @@ def test_a_deeper_cut_that_loses_on_the_holdout_in_a_round_keeps_the_head_only_c
         assert "last_block 0." in r.cut_reason  # it was trained and scored
         row = svc.versions({})["versions"][-1]
         assert row["version"] == r.version and row["cut"] == "head" and row["cut_reason"] == r.cut_reason
+    finally:
+        eng.close()
+        svc.stop()
+
+
+def _one_class(w: dict, slot: int, logit: float) -> dict:
+    """`w` zeroed but for the last bias (the logits'), `logit` at `slot`: the head answers `slot` for every input,
+    with a confidence that `logit` sets."""
+    out = {k: np.zeros_like(v) for k, v in w.items()}
+    out[list(w)[-1]][slot] = logit
+    return out
+
+
+@pytest.mark.parametrize("head_logit, tail_logit, kept", [(5.0, 1.0, "last_block"), (1.0, 5.0, "head")])
+def test_at_equal_holdout_accuracy_a_round_keeps_the_deeper_cut_only_when_its_holdout_loss_is_lower(
+        tmp_path, tiny_cuts_bundle, user_digits, write_user, head_logit, tail_logit, kept):
+    from eval_board import never, no_progress
+    from autlearn.learning.head import Head, load_weights, save_weights
+    # Both cuts' candidates start from a head that answers one class for every input (so they tie on any holdout),
+    # one more sure of it than the other, and train one epoch at a tiny learning rate (the answer stays): the one
+    # that is less sure has the lower cross-entropy on the holdout (9 of its 10 classes are wrong either way).
+    svc, eng = _board(tmp_path, tiny_cuts_bundle, user_digits, write_user,
+                      **{"training.epochs": 1, "training.min_steps": 0, "training.learning_rate": 1e-6})
+    try:
+        slot = svc.store.classes(svc.bundle_id)[str(int(user_digits[1][0]))]
+        v1 = svc.paths.heads / "head-v1.npz"
+        save_weights(_one_class(load_weights(v1), slot, head_logit), v1)
+        tail = cuts_of(svc.bundle)[1]
+        w = Head(tail.variant, svc.bundle.class_capacity, svc.bundle.train_batch, 1).get_weights()
+        save_weights(_one_class(w, slot, tail_logit), svc.paths.heads / "tail-one.npz")
+        svc.store.add_head(svc.bundle_id, svc.variant.name, "promoted", "tail-one.npz", cut="last_block")
+        r = eng.round("test", no_progress, never)
+        assert r.cut == kept, r.detail
+        if kept == "last_block":
+            assert r.cut_reason.startswith(f"last_block matched the best shallower cut's accuracy on {r.n_holdout} "
+                                           "holdout samples with a loss at least 10 % lower"), r.cut_reason
+        else:
+            assert r.cut_reason.startswith(f"kept head: no deeper cut beat it on {r.n_holdout} holdout samples")
+        acc = [float(a) for a in re.findall(r"(?:head|last_block) (\d\.\d+) \(loss", r.cut_reason)]
+        assert len(acc) == 2 and acc[0] == acc[1]  # they tied on accuracy: the loss decided
+        row = {v["version"]: v for v in svc.versions({})["versions"]}.get(r.version)
+        assert row is None or (row["cut"] == kept and row["cut_reason"] == r.cut_reason)
     finally:
         eng.close()
         svc.stop()

@@ -1,7 +1,8 @@
 """Which cut a round trains and which it keeps (issue 14, docs/tail.md "Choosing the cut by holdout").
 
 A deeper tail trains only within the board's budget and is kept only when it beats the shallower cut on the
-user's holdout; the reason in words is for `status` and `versions`."""
+user's holdout (by accuracy, or by a lower loss at equal accuracy); the reason in words is for `status` and
+`versions`."""
 
 from __future__ import annotations
 
@@ -80,9 +81,11 @@ def plan(cuts: list[Cut], samples: int, epochs: int, budget: Budget) -> Plan:
 
 @dataclass(frozen=True)
 class Trained:
-    """One cut's candidate after the round: its accuracy on the user's holdout (None: no holdout)."""
+    """One cut's candidate after the round: its accuracy and mean cross-entropy on the user's holdout (None: no
+    holdout, or the loss not measured)."""
     cut: Cut
     holdout_accuracy: float | None
+    holdout_loss: float | None = None
 
 
 @dataclass(frozen=True)
@@ -91,26 +94,49 @@ class Decision:
     reason: str
 
 
+# At equal holdout accuracy a deeper cut is kept when its holdout loss is at least this share lower than the best
+# shallower one's: a holdout of 10-40 images mostly ties the cuts (often all at 1.000), and the loss still tells
+# how confidently each candidate answers it.
+LOSS_MARGIN = 0.10
+
+
+def _beats(r: Trained, best: Trained) -> str | None:
+    """Why the deeper candidate `r` displaces `best` ("accuracy" or "loss"), or None when it does not."""
+    if r.holdout_accuracy > best.holdout_accuracy:
+        return "accuracy"
+    if (r.holdout_accuracy == best.holdout_accuracy and r.holdout_loss is not None
+            and best.holdout_loss is not None and r.holdout_loss < (1.0 - LOSS_MARGIN) * best.holdout_loss):
+        return "loss"
+    return None
+
+
 def choose(results: list[Trained], holdout_n: int) -> Decision:
     """The candidate to compare with the served version: the head-only one, unless a deeper cut beats every
-    shallower one on the holdout (strictly: a tie keeps the shallower, cheaper cut, whose result is the one a
-    head-only round would have given). Without a holdout the head-only result is kept: nothing shows that the
-    deeper cut generalises."""
+    shallower one on the holdout, by accuracy, or at equal accuracy by a holdout loss LOSS_MARGIN lower (anything
+    less keeps the shallower, cheaper cut, whose result is the one a head-only round would have given). A deeper
+    cut less accurate on the holdout is never kept, whatever its loss. Without a holdout the head-only result is
+    kept: nothing shows that the deeper cut generalises."""
     if not results:
         raise ValueError("no cut was trained")
     results = sorted(results, key=lambda r: r.cut.depth)
-    best = results[0]
+    best, by = results[0], None
     if len(results) == 1:
         return Decision(best, f"trained {best.cut.name} only")
     if holdout_n == 0 or any(r.holdout_accuracy is None for r in results):
         return Decision(best, f"kept {best.cut.name}: no holdout to compare the cuts on")
     for r in results[1:]:
-        if r.holdout_accuracy > best.holdout_accuracy:
-            best = r
-    scores = ", ".join(f"{r.cut.name} {r.holdout_accuracy:.3f}" for r in results)
+        why = _beats(r, best)
+        if why:
+            best, by = r, why
+    scores = ", ".join(f"{r.cut.name} {r.holdout_accuracy:.3f}"
+                       + ("" if r.holdout_loss is None else f" (loss {r.holdout_loss:.3f})") for r in results)
+    margin = f"{100 * LOSS_MARGIN:.0f} %"
     if best.cut.depth == 0:
-        return Decision(best, f"kept {best.cut.name}: no deeper cut beat it on {holdout_n} holdout samples "
-                              f"({scores})")
+        return Decision(best, f"kept {best.cut.name}: no deeper cut beat it on {holdout_n} holdout samples, by "
+                              f"accuracy or by a loss {margin} lower at equal accuracy ({scores})")
+    if by == "loss":
+        return Decision(best, f"{best.cut.name} matched the best shallower cut's accuracy on {holdout_n} holdout "
+                              f"samples with a loss at least {margin} lower ({scores})")
     return Decision(best, f"{best.cut.name} beat the shallower cuts on {holdout_n} holdout samples ({scores})")
 
 

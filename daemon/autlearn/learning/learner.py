@@ -39,6 +39,13 @@ def accuracy(probs: np.ndarray, y: np.ndarray) -> float | None:
     return float(np.mean(np.argmax(probs, axis=1) == y))
 
 
+def cross_entropy(probs: np.ndarray, y: np.ndarray) -> float | None:
+    """Mean -log p(true label) (p floored at 1e-7, as a head that is sure and wrong costs 16, not infinity)."""
+    if len(y) == 0:
+        return None
+    return float(np.mean(-np.log(np.maximum(probs[np.arange(len(y)), y], 1e-7))))
+
+
 class Learner:
     """The image scenario's learner: the samples a round reads, the head it starts from; `run` plays one round
     of the template (round.run_round) with an ImageRound."""
@@ -251,7 +258,8 @@ class ImageRound(RoundScenario):
             losses = head.fit(xtr, self.ytr, self.active, epochs, self.learning_rate, self.seed + round_id,
                               ctx.checkpoint, events)
             heads[c.name] = (head, losses)
-            results.append(Trained(c, accuracy(head.predict(xho, self.active), self.yho)))
+            probs = head.predict(xho, self.active)
+            results.append(Trained(c, accuracy(probs, self.yho), cross_entropy(probs, self.yho)))
         decision = choose(results, len(self.yho))
         self.head, self.losses = heads[decision.keep.cut.name]
         self.cut, self.after = decision.keep.cut.name, decision.keep.holdout_accuracy
