@@ -249,3 +249,47 @@ def test_at_equal_holdout_accuracy_a_round_keeps_the_deeper_cut_only_when_its_ho
     finally:
         eng.close()
         svc.stop()
+
+
+def test_a_round_training_two_cuts_decodes_each_file_once_and_feeds_each_stem_its_own_features(
+        tmp_path, tiny_cuts_bundle, user_digits, write_user):
+    from eval_board import never
+    from autlearn.intake import augment, imaging
+    from autlearn.learning.features import FeatureExtractor
+    svc, eng = _board(tmp_path, tiny_cuts_bundle, user_digits, write_user,
+                      **{"training.augment_copies": 1, "training.epochs": 1, "training.min_steps": 0})
+    try:
+        events = []
+        r = eng.round("test", lambda name, data: events.append((name, data)), never)
+        assert "last_block 0." in r.cut_reason  # both cuts trained and were scored
+        feats = next(d for name, d in events if name == "features")
+        n = r.n_train + r.n_holdout
+        assert n == 200 and feats["files_read"] == 200  # one read and decode per file for both stems
+        assert sum(eng.learner.source(c).files_read for c in cuts_of(svc.bundle)) == 200  # (400: once per stem)
+        # computed by each stem: every sample (the head-only stem's copies count in `augmented_computed`, the
+        # deeper stem's in features_computed, as before the shared pass)
+        assert r.extras.augmented_computed == r.extras.n_augmented > 0
+        assert r.features_computed == 200 + 200 + r.extras.n_augmented
+        # what each stem got is its own output for the sample (and for the copy made once for both stems)
+        samples = eng.learner.store.usable_samples()[:6]
+        for c in cuts_of(svc.bundle):
+            src = eng.learner.source(c)
+            train = [not s.holdout for s in samples]
+            (x, kept, computed, cached), (xa, kept_a, _, _) = src.with_copies(samples, train, 1, eng_seed(svc))
+            assert computed == 0 and cached == len(samples) and len(kept_a) == sum(train) > 0
+            inputs = [imaging.load_input(Path(s.path).read_bytes(), s.path, svc.bundle.input,
+                                         svc.config["data.max_pixels"]) for s in samples]
+            ext = FeatureExtractor(c.variant, 1)
+            np.testing.assert_allclose(x, ext(np.stack(inputs)), atol=1e-6)
+            copies = [augment.augment_image(inputs[i], vseed) for i, s in enumerate(samples) if train[i]
+                      for _, vseed in augment.image_variants(1, eng_seed(svc), s.sha256)]
+            np.testing.assert_allclose(xa, ext(np.stack(copies)), atol=1e-6)
+            assert x.shape[1] == (7 * 7 * 128 if c.depth else 64)
+    finally:
+        eng.close()
+        svc.stop()
+
+
+def eng_seed(svc) -> int:
+    """The seed a round's augmented copies are drawn with (training.seed)."""
+    return int(svc.config["training.seed"])
