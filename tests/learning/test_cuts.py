@@ -36,6 +36,14 @@ def test_a_deeper_cut_trains_only_within_the_time_and_cache_budget():
     assert [c.name for c in big.train] == ["head"] and "cached activations" in big.skipped[0][1]
     unknown = plan([HEAD, _cut("last2_blocks", 1, None, 100)], 10, 1, Budget(1e9, 1 << 40))
     assert [c.name for c in unknown.train] == ["head"] and "does not state" in unknown.skipped[0][1]
+    # the deeper cuts together: each fits alone (3 s, 6 s), both do not (9 s > 8 s): the shallower one trains
+    deep2 = _cut("last2_blocks", 2, 1.0, 12544)
+    assert [c.name for c in plan([HEAD, deep2], 200, 30, Budget(8.0, 10 << 20)).train] == ["head", "last2_blocks"]
+    both = plan([HEAD, TAIL, deep2], 200, 30, Budget(8.0, 10 << 20))
+    assert [c.name for c in both.train] == ["head", "last_block"]
+    assert both.skipped[0][1] == "its training would take ~6 s after ~3 s for last_block, over the 8 s budget"
+    held = plan([HEAD, TAIL, deep2], 200, 30, Budget(60.0, 3 << 20))  # 1.25 MB + 2.5 MB > 3.1 MB
+    assert [c.name for c in held.train] == ["head", "last_block"] and "besides 1.3 MB of last_block" in held.skipped[0][1]
 
 
 def test_a_deeper_cut_that_loses_or_ties_on_the_holdout_is_not_promoted():

@@ -56,26 +56,32 @@ class Plan:
 
 
 def plan(cuts: list[Cut], samples: int, epochs: int, budget: Budget) -> Plan:
-    """The cuts this round trains: always the shallowest; a deeper one when its training (samples x epochs x
-    its measured ms per sample) and its cached activations (samples x bytes per sample) both fit the budget.
-    A deeper cut whose cost the bundle does not state is not trained (its cost could be anything)."""
+    """The cuts this round trains: always the shallowest; deeper ones, shallowest first, while their training
+    (samples x epochs x each one's measured ms per sample) and their cached activations (samples x bytes per
+    sample), summed over the deeper cuts admitted so far, fit the budget: the round trains them one after the
+    other and the cache holds them all. A deeper cut whose cost the bundle does not state is not trained (its
+    cost could be anything)."""
     if not cuts:
         raise ValueError("a variant has at least its head-only cut")
     train, skipped = [cuts[0]], []
+    spent_s, spent_bytes = 0.0, 0
     for c in cuts[1:]:
         if c.train_ms_per_sample is None:
             skipped.append((c, "the bundle does not state its training cost"))
             continue
         seconds = samples * max(1, epochs) * c.train_ms_per_sample / 1000.0
         cache = samples * c.cache_bytes_per_sample
-        if seconds > budget.train_seconds:
-            skipped.append((c, f"its training would take ~{seconds:.0f} s, over the {budget.train_seconds:.0f} s "
-                               "budget"))
-        elif cache > budget.cache_bytes:
-            skipped.append((c, f"its cached activations would take {cache / 1e6:.1f} MB, over the "
+        before = f" after ~{spent_s:.0f} s for {', '.join(t.name for t in train[1:])}" if spent_s else ""
+        held = f" besides {spent_bytes / 1e6:.1f} MB of {', '.join(t.name for t in train[1:])}" if spent_bytes else ""
+        if spent_s + seconds > budget.train_seconds:
+            skipped.append((c, f"its training would take ~{seconds:.0f} s{before}, over the "
+                               f"{budget.train_seconds:.0f} s budget"))
+        elif spent_bytes + cache > budget.cache_bytes:
+            skipped.append((c, f"its cached activations would take {cache / 1e6:.1f} MB{held}, over the "
                                f"{budget.cache_bytes / 1e6:.1f} MB cache"))
         else:
             train.append(c)
+            spent_s, spent_bytes = spent_s + seconds, spent_bytes + cache
     return Plan(tuple(train), tuple(skipped))
 
 

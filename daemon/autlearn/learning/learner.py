@@ -19,7 +19,7 @@ from ..errors import AutlearnError
 from .cuts import HEAD, Budget, Cut, Plan, Trained, choose, cut_of_row, cuts_of, plan
 from .featsource import FeatureSource, with_copies_at
 from .features import FeatureExtractor
-from .head import Head, Weights, active_mask, load_weights, save_weights
+from .head import Head, Weights, active_mask, epochs_for, load_weights, save_weights
 from .round import (Checkpoint, ImageExtras, Prepared, Progress, RoundContext, RoundResult, RoundScenario, Skip,
                     epoch_events, run_round)
 from .store import Sample, Store
@@ -199,7 +199,8 @@ class ImageRound(RoundScenario):
         learner, cuts = self.learner, self.learner.cuts
         if len(cuts) == 1 or self.mode != "offline" or not self.gated or learner.budget is None:
             return Plan((self.current_cut if self.mode == "online" else cuts[0],), ())
-        return plan(cuts, n_train, self.epochs, learner.budget)
+        epochs = epochs_for(n_train, learner.bundle.train_batch, self.epochs, self.min_steps)  # as Head.fit runs
+        return plan(cuts, n_train, epochs, learner.budget)
 
     def _features_at(self, c: Cut, got: tuple, kept: list[Sample], hold: np.ndarray,
                      kept_a: list[Sample]) -> tuple[int, int]:
