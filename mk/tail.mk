@@ -7,7 +7,9 @@
 # (centralised/FedAvg/local-only read from reports/eval.json) and a new-classes group (base on digits 0-4,
 # users bring 5-9), and `chosen`: a bundle carrying all three cuts, the board choosing per user by the holdout.
 # Eight bundles are built once under build/tail/ (~10 min each on a busy 2-core machine); measured rounds are
-# kept in build/tail/rounds.json. `make eval-tail-clean` removes both. The chosen column alone, smaller (~25 min):
+# kept in build/tail/rounds.json. `make eval-tail-clean` removes both. The chosen column alone, smaller (~15 min: two
+# bundles ~2 min each, the rounds ~10 min; its rounds are kept in build/tail-chosen/rounds.json, delete them to
+# measure again):
 #   make eval-tail TAIL_ARGS="--cuts chosen --chosen-build-args '--limit 2500 --epochs 4' --work build/tail-chosen"
 
 BIN   ?= .venv/bin

@@ -272,9 +272,11 @@ def main(argv=None) -> int:
         return out
 
     def chosen(name: str, data, bundle: Path, local: list[float]) -> None:
+        from autlearn.learning.cuts import LOSS_MARGIN
         from eval_tail_chosen import chosen_group
 
         result.setdefault("chosen", {})["build_args"] = args.chosen_build_args
+        result["chosen"]["loss_margin"] = LOSS_MARGIN
         result["chosen"][name] = chosen_group(name, data, bundle, args.work, memo, local, cuts_info)
 
     if args.group in ("uci", "all"):

@@ -25,7 +25,7 @@ MULTI = ("head", "last_block", "last2_blocks")
 @contextlib.contextmanager
 def recording():
     """Within: (fitted, scored): every head a round fits, by its variant's name (`full`, `full@last_block`, …),
-    and the holdout accuracy of each cut's candidate as the round's `choose` saw it."""
+    and the holdout accuracy and loss of each cut's candidate as the round's `choose` saw them."""
     from autlearn.learning import head as head_mod
     from autlearn.learning import learner as learner_mod
 
@@ -38,7 +38,7 @@ def recording():
         return out
 
     def choose_recorded(results, holdout_n):
-        scored.update({r.cut.name: r.holdout_accuracy for r in results})
+        scored.update({r.cut.name: (r.holdout_accuracy, r.holdout_loss) for r in results})
         return choose(results, holdout_n)
 
     head_mod.Head.fit, learner_mod.choose = fit_recorded, choose_recorded
@@ -82,10 +82,26 @@ def chosen_round(data, user: dict, bundle: Path, work: Path) -> dict:
                 "pretrained": score(lr.cuts[0], lr.current_weights(b.initial_version())),
                 "test": {c.name: score(c, fitted[c.variant.name].get_weights()) for c in lr.cuts
                          if c.variant.name in fitted},
-                "holdout": scored, "holdout_before": r.accuracy_before, "n_train": r.n_train,
-                "n_augmented": r.n_augmented, "n_holdout": r.n_holdout, "round_seconds": round(secs, 2)}
+                "holdout": {c: a for c, (a, _) in scored.items()},
+                "holdout_loss": {c: loss for c, (_, loss) in scored.items()}, "holdout_before": r.accuracy_before,
+                "n_train": r.n_train, "n_augmented": r.n_augmented, "n_holdout": r.n_holdout, "round_seconds": round(secs, 2)}
     finally:
         b.close()
+
+
+def by_rule(r: dict) -> dict:
+    """Which candidate two other rules would have kept from this round's recorded holdout scores: `accuracy_only`
+    (cuts.choose without the losses: the rule before the loss tie-break) and `deeper_on_tie` (the deepest of the
+    most accurate cuts on the holdout). Each: the cut and its candidate's test accuracy."""
+    from autlearn.learning.cuts import Cut, Trained, choose
+
+    names = [c for c in MULTI if r["holdout"].get(c) is not None]
+    if not names:
+        return {}
+    stand_in = {c: Cut(c, None, MULTI.index(c), None, 0) for c in names}
+    old = choose([Trained(stand_in[c], r["holdout"][c]) for c in names], r["n_holdout"]).keep.cut.name
+    deep = max(names, key=lambda c: (r["holdout"][c], MULTI.index(c)))
+    return {rule: {"cut": c, "test": r["test"][c]} for rule, c in (("accuracy_only", old), ("deeper_on_tie", deep))}
 
 
 def chosen_group(name: str, data, bundle: Path, work: Path, memo, local: list[float], cut_info) -> dict:
@@ -96,11 +112,12 @@ def chosen_group(name: str, data, bundle: Path, work: Path, memo, local: list[fl
     for u, loc in zip(data.users, local):
         r = memo.get(f"chosen/{name}/{u['name']}", lambda: chosen_round(data, u, bundle, work / "boards"))
         best = max(r["test"], key=lambda c: (r["test"][c], -MULTI.index(c)))  # ties: the shallower cut
-        rows.append({"name": u["name"], "n_test": int(len(u["test"])), **r, "best_fixed": best,
+        rows.append({"name": u["name"], "n_test": int(len(u["test"])), **r, "rules": by_rule(r), "best_fixed": best,
                      "best_fixed_accuracy": r["test"][best], "local_only": loc,
                      "matches_best": r["chosen"] >= r["test"][best] - 1e-9})
         print(f"   chosen {name} {u['name']}: served {r['served_cut']} {r['chosen']:.3f}; candidates "
-              + ", ".join(f"{c} {a:.3f} (holdout {r['holdout'].get(c) or 0:.3f})" for c, a in r["test"].items())
+              + ", ".join(f"{c} {a:.3f} (holdout {r['holdout'].get(c) or 0:.3f}, loss "
+                        f"{r['holdout_loss'].get(c) or 0:.3f})" for c, a in r["test"].items())
               + f"; {r['round_seconds']:.0f}s", flush=True)
     per = {c: [row["test"].get(c) for row in rows] for c in MULTI}
     methods = {c: summarise(v).as_dict() | {"per_user": [round(a, 4) for a in v]}
@@ -108,9 +125,21 @@ def chosen_group(name: str, data, bundle: Path, work: Path, memo, local: list[fl
     for key in ("chosen", "best_fixed_accuracy", "local_only", "pretrained"):
         v = [row[key] for row in rows]
         methods[key] = summarise(v).as_dict() | {"per_user": [round(a, 4) for a in v]}
+    for rule in ("accuracy_only", "deeper_on_tie"):
+        if all(rule in row["rules"] for row in rows):
+            v = [row["rules"][rule]["test"] for row in rows]
+            methods[f"rule_{rule}"] = summarise(v).as_dict() | {"per_user": [round(a, 4) for a in v]}
     return {"users": rows, "methods": methods, "bundle": bundle.name, "cuts": cut_info(bundle),
             "matches_best": sum(row["matches_best"] for row in rows),
+            "matches_best_by_rule": {rule: sum(row["rules"][rule]["test"] >= row["best_fixed_accuracy"] - 1e-9
+                                               for row in rows) for rule in ("accuracy_only", "deeper_on_tie")
+                                     if all(rule in row["rules"] for row in rows)},
             "round_seconds": round(float(np.mean([row["round_seconds"] for row in rows])), 2)}
+
+
+RULES = {"chosen": "chosen (accuracy, then the loss on a tie)",
+         "rule_accuracy_only": "accuracy only (the previous rule)",
+         "rule_deeper_on_tie": "deeper cut on a tie (not the board's rule)"}
 
 
 def markdown(chosen: dict) -> list[str]:
@@ -120,23 +149,34 @@ def markdown(chosen: dict) -> list[str]:
              f"Bundles: `autlearn-build image --tail {','.join(MULTI)} {chosen.get('build_args', '')}` (the options "
              "of the one-cut bundles above otherwise). Per user one real daemon round (defaults, as above) trains a "
              "candidate at every cut and keeps the deeper one only when it beats every shallower one on the "
-             "holdout; *fixed* = that cut's candidate of the same round on the user's test images (before the gate "
-             "against the served version); *chosen* = what the board serves after the round; *best fixed* = the "
-             "best candidate for that user (an oracle that knows the test images).", ""]
+             "holdout, by accuracy or, at equal accuracy, by a holdout loss (mean cross-entropy) at least "
+             f"{100 * chosen.get('loss_margin', 0.1):.0f} % lower; *fixed* = that cut's candidate of the same round "
+             "on the user's test images (before the gate against the served version); *chosen* = what the board serves after the round; *best fixed* = the "
+             "best candidate for that user (an oracle that knows the test images). The two other rules are "
+             "applied afterwards to the holdout scores each round recorded: *accuracy only* keeps a deeper cut only "
+             "when it is more accurate (the rule before the loss tie-break), *deeper cut on a tie* takes the "
+             "deepest of the most accurate cuts.", ""]
     for group, g in ((k, v) for k, v in chosen.items() if isinstance(v, dict) and "users" in v):
         m = g["methods"]
         lines += [f"### {group} ({len(g['users'])} users; mean round {g['round_seconds']} s)", "",
-                  "| user | train / holdout | holdout head / last_block / last2_blocks | test head / last_block / "
-                  "last2_blocks | served cut | chosen test | best fixed | match |", "|---|---|---|---|---|---|---|---|"]
+                  "| user | train / holdout | holdout head / last_block / last2_blocks | holdout loss | test head / "
+                  "last_block / last2_blocks | served cut | chosen test | best fixed | match |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for u in g["users"]:
             hold = " / ".join(pct(u["holdout"].get(c)) for c in MULTI)
+            loss = " / ".join("n/a" if u.get("holdout_loss", {}).get(c) is None else f"{u['holdout_loss'][c]:.3f}"
+                              for c in MULTI)
             test = " / ".join(pct(u["test"].get(c)) for c in MULTI)
-            lines.append(f"| {u['name']} | {u['n_train']} / {u['n_holdout']} | {hold} | {test} | {u['served_cut']} "
-                         f"| {pct(u['chosen'])} | {u['best_fixed']} {pct(u['best_fixed_accuracy'])} | "
+            lines.append(f"| {u['name']} | {u['n_train']} / {u['n_holdout']} | {hold} | {loss} | {test} | "
+                         f"{u['served_cut']} | {pct(u['chosen'])} | {u['best_fixed']} {pct(u['best_fixed_accuracy'])} | "
                          f"{'yes' if u['matches_best'] else 'no'} |")
         lines += ["", "| method | mean | min |", "|---|---|---|"]
-        for key in (*MULTI, "chosen", "best_fixed_accuracy", "local_only"):
+        for key in (*MULTI, "chosen", "rule_accuracy_only", "rule_deeper_on_tie", "best_fixed_accuracy",
+                    "local_only"):
             if key in m:
-                lines.append(f"| {key} | {pct(m[key]['mean'])} % | {pct(m[key]['min'])} % |")
-        lines += ["", f"The choice matches the best fixed cut for {g['matches_best']} of {len(g['users'])} users.", ""]
+                lines.append(f"| {RULES.get(key, key)} | {pct(m[key]['mean'])} % | {pct(m[key]['min'])} % |")
+        by = g.get("matches_best_by_rule", {})
+        others = ", ".join(f"{RULES['rule_' + k]}: {n}" for k, n in by.items())
+        lines += ["", f"The choice matches the best fixed cut for {g['matches_best']} of {len(g['users'])} users"
+                  f"{' (on the same rounds, ' + others + ')' if others else ''}.", ""]
     return lines

@@ -212,8 +212,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("training", "memory_mb", 4.0, _number(0.0, 100_000.0),
             "Keyboard: the memory's size cap (float16 keys); the smaller of this and memory_entries applies."),
     Setting("training", "cut_budget_s", 600.0, _number(0.0, 7 * 86400.0),
-            "Image bundles with deeper cuts: seconds a round may spend training one deeper cut (the bundle's "
-            "measured cost per sample x samples x epochs); a deeper cut is kept only when it wins on the holdout."),
+            "Image bundles with deeper cuts: seconds a round may spend training its deeper cuts together (the "
+            "bundle's measured cost per sample x samples x epochs, summed); a deeper cut is kept only when it wins "
+            "on the holdout."),
     Setting("training", "augment_copies", 1, _number(0, 8, integer=True),
             "Augmented copies (random crop, rotation, shift) per training image; 1 is the paper's cap, 0 = off."),
     Setting("training", "learning_rate", 0.0, _number(0.0, 10.0),

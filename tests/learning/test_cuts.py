@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -35,6 +36,14 @@ def test_a_deeper_cut_trains_only_within_the_time_and_cache_budget():
     assert [c.name for c in big.train] == ["head"] and "cached activations" in big.skipped[0][1]
     unknown = plan([HEAD, _cut("last2_blocks", 1, None, 100)], 10, 1, Budget(1e9, 1 << 40))
     assert [c.name for c in unknown.train] == ["head"] and "does not state" in unknown.skipped[0][1]
+    # the deeper cuts together: each fits alone (3 s, 6 s), both do not (9 s > 8 s): the shallower one trains
+    deep2 = _cut("last2_blocks", 2, 1.0, 12544)
+    assert [c.name for c in plan([HEAD, deep2], 200, 30, Budget(8.0, 10 << 20)).train] == ["head", "last2_blocks"]
+    both = plan([HEAD, TAIL, deep2], 200, 30, Budget(8.0, 10 << 20))
+    assert [c.name for c in both.train] == ["head", "last_block"]
+    assert both.skipped[0][1] == "its training would take ~6 s after ~3 s for last_block, over the 8 s budget"
+    held = plan([HEAD, TAIL, deep2], 200, 30, Budget(60.0, 3 << 20))  # 1.25 MB + 2.5 MB > 3.1 MB
+    assert [c.name for c in held.train] == ["head", "last_block"] and "besides 1.3 MB of last_block" in held.skipped[0][1]
 
 
 def test_a_deeper_cut_that_loses_or_ties_on_the_holdout_is_not_promoted():
@@ -42,11 +51,31 @@ def test_a_deeper_cut_that_loses_or_ties_on_the_holdout_is_not_promoted():
     assert lost.keep.cut is HEAD and "no deeper cut beat it on 40 holdout samples" in lost.reason
     assert "last_block 0.800" in lost.reason and "head 0.850" in lost.reason
     assert choose([Trained(HEAD, 0.85), Trained(TAIL, 0.85)], 40).keep.cut is HEAD  # a tie keeps the cheaper cut
+    # less accurate on the holdout: never kept, however much lower its loss
+    assert choose([Trained(HEAD, 0.85, 0.9), Trained(TAIL, 0.80, 0.1)], 40).keep.cut is HEAD
     won = choose([Trained(HEAD, 0.85), Trained(TAIL, 0.90)], 40)
     assert won.keep.cut is TAIL and won.reason.startswith("last_block beat the shallower cuts")
     blind = choose([Trained(HEAD, None), Trained(TAIL, None)], 0)
     assert blind.keep.cut is HEAD and "no holdout" in blind.reason
     assert choose([Trained(HEAD, 0.5)], 10).reason == "trained head only"
+
+
+def test_at_equal_holdout_accuracy_a_deeper_cut_is_kept_only_with_a_loss_lower_by_the_margin():
+    from autlearn.learning.cuts import LOSS_MARGIN
+    deep2 = _cut("last2_blocks", 2, 1.9, 12544)
+    won = choose([Trained(HEAD, 1.0, 0.20), Trained(TAIL, 1.0, 0.10)], 26)
+    assert won.keep.cut is TAIL and won.reason.startswith(
+        "last_block matched the best shallower cut's accuracy on 26 holdout samples with a loss at least 10 % lower")
+    assert "head 1.000 (loss 0.200)" in won.reason and "last_block 1.000 (loss 0.100)" in won.reason
+    near = (1.0 - LOSS_MARGIN / 2) * 0.20  # lower, but by less than the margin
+    kept = choose([Trained(HEAD, 1.0, 0.20), Trained(TAIL, 1.0, near)], 26)
+    assert kept.keep.cut is HEAD and "by a loss 10 % lower at equal accuracy" in kept.reason
+    assert choose([Trained(HEAD, 1.0, 0.20), Trained(TAIL, 1.0, 0.30)], 26).keep.cut is HEAD
+    # each deeper cut against the best so far: last_block wins on accuracy, last2_blocks ties it with a lower loss
+    chain = choose([Trained(HEAD, 0.9, 0.3), Trained(TAIL, 1.0, 0.2), Trained(deep2, 1.0, 0.1)], 30)
+    assert chain.keep.cut is deep2 and "matched the best shallower cut's accuracy" in chain.reason
+    # ... but a loss lower than the head's only does not displace a more accurate last_block
+    assert choose([Trained(HEAD, 0.9, 0.3), Trained(TAIL, 1.0, 0.2), Trained(deep2, 0.9, 0.01)], 30).keep.cut is TAIL
 
 
 def test_the_builder_writes_a_bundle_with_several_cuts_that_the_board_lists_shallowest_first(
@@ -186,3 +215,89 @@ def test_a_deeper_cut_that_loses_on_the_holdout_in_a_round_keeps_the_head_only_c
     finally:
         eng.close()
         svc.stop()
+
+
+def _one_class(w: dict, slot: int, logit: float) -> dict:
+    """`w` zeroed but for the last bias (the logits'), `logit` at `slot`: the head answers `slot` for every input,
+    with a confidence that `logit` sets."""
+    out = {k: np.zeros_like(v) for k, v in w.items()}
+    out[list(w)[-1]][slot] = logit
+    return out
+
+
+@pytest.mark.parametrize("head_logit, tail_logit, kept", [(5.0, 1.0, "last_block"), (1.0, 5.0, "head")])
+def test_at_equal_holdout_accuracy_a_round_keeps_the_deeper_cut_only_when_its_holdout_loss_is_lower(
+        tmp_path, tiny_cuts_bundle, user_digits, write_user, head_logit, tail_logit, kept):
+    from eval_board import never, no_progress
+    from autlearn.learning.head import Head, load_weights, save_weights
+    # Both cuts' candidates start from a head that answers one class for every input (so they tie on any holdout),
+    # one more sure of it than the other, and train one epoch at a tiny learning rate (the answer stays): the one
+    # that is less sure has the lower cross-entropy on the holdout (9 of its 10 classes are wrong either way).
+    svc, eng = _board(tmp_path, tiny_cuts_bundle, user_digits, write_user,
+                      **{"training.epochs": 1, "training.min_steps": 0, "training.learning_rate": 1e-6})
+    try:
+        slot = svc.store.classes(svc.bundle_id)[str(int(user_digits[1][0]))]
+        v1 = svc.paths.heads / "head-v1.npz"
+        save_weights(_one_class(load_weights(v1), slot, head_logit), v1)
+        tail = cuts_of(svc.bundle)[1]
+        w = Head(tail.variant, svc.bundle.class_capacity, svc.bundle.train_batch, 1).get_weights()
+        save_weights(_one_class(w, slot, tail_logit), svc.paths.heads / "tail-one.npz")
+        svc.store.add_head(svc.bundle_id, svc.variant.name, "promoted", "tail-one.npz", cut="last_block")
+        r = eng.round("test", no_progress, never)
+        assert r.cut == kept, r.detail
+        if kept == "last_block":
+            assert r.cut_reason.startswith(f"last_block matched the best shallower cut's accuracy on {r.n_holdout} "
+                                           "holdout samples with a loss at least 10 % lower"), r.cut_reason
+        else:
+            assert r.cut_reason.startswith(f"kept head: no deeper cut beat it on {r.n_holdout} holdout samples")
+        acc = [float(a) for a in re.findall(r"(?:head|last_block) (\d\.\d+) \(loss", r.cut_reason)]
+        assert len(acc) == 2 and acc[0] == acc[1]  # they tied on accuracy: the loss decided
+        row = {v["version"]: v for v in svc.versions({})["versions"]}.get(r.version)
+        assert row is None or (row["cut"] == kept and row["cut_reason"] == r.cut_reason)
+    finally:
+        eng.close()
+        svc.stop()
+
+
+def test_a_round_training_two_cuts_decodes_each_file_once_and_feeds_each_stem_its_own_features(
+        tmp_path, tiny_cuts_bundle, user_digits, write_user):
+    from eval_board import never
+    from autlearn.intake import augment, imaging
+    from autlearn.learning.features import FeatureExtractor
+    svc, eng = _board(tmp_path, tiny_cuts_bundle, user_digits, write_user,
+                      **{"training.augment_copies": 1, "training.epochs": 1, "training.min_steps": 0})
+    try:
+        events = []
+        r = eng.round("test", lambda name, data: events.append((name, data)), never)
+        assert "last_block 0." in r.cut_reason  # both cuts trained and were scored
+        feats = next(d for name, d in events if name == "features")
+        n = r.n_train + r.n_holdout
+        assert n == 200 and feats["files_read"] == 200  # one read and decode per file for both stems
+        assert sum(eng.learner.source(c).files_read for c in cuts_of(svc.bundle)) == 200  # (400: once per stem)
+        # computed by each stem: every sample (the head-only stem's copies count in `augmented_computed`, the
+        # deeper stem's in features_computed, as before the shared pass)
+        assert r.extras.augmented_computed == r.extras.n_augmented > 0
+        assert r.features_computed == 200 + 200 + r.extras.n_augmented
+        # what each stem got is its own output for the sample (and for the copy made once for both stems)
+        samples = eng.learner.store.usable_samples()[:6]
+        for c in cuts_of(svc.bundle):
+            src = eng.learner.source(c)
+            train = [not s.holdout for s in samples]
+            (x, kept, computed, cached), (xa, kept_a, _, _) = src.with_copies(samples, train, 1, eng_seed(svc))
+            assert computed == 0 and cached == len(samples) and len(kept_a) == sum(train) > 0
+            inputs = [imaging.load_input(Path(s.path).read_bytes(), s.path, svc.bundle.input,
+                                         svc.config["data.max_pixels"]) for s in samples]
+            ext = FeatureExtractor(c.variant, 1)
+            np.testing.assert_allclose(x, ext(np.stack(inputs)), atol=1e-6)
+            copies = [augment.augment_image(inputs[i], vseed) for i, s in enumerate(samples) if train[i]
+                      for _, vseed in augment.image_variants(1, eng_seed(svc), s.sha256)]
+            np.testing.assert_allclose(xa, ext(np.stack(copies)), atol=1e-6)
+            assert x.shape[1] == (7 * 7 * 128 if c.depth else 64)
+    finally:
+        eng.close()
+        svc.stop()
+
+
+def eng_seed(svc) -> int:
+    """The seed a round's augmented copies are drawn with (training.seed)."""
+    return int(svc.config["training.seed"])

@@ -1,7 +1,8 @@
 """Which cut a round trains and which it keeps (issue 14, docs/tail.md "Choosing the cut by holdout").
 
 A deeper tail trains only within the board's budget and is kept only when it beats the shallower cut on the
-user's holdout; the reason in words is for `status` and `versions`."""
+user's holdout (by accuracy, or by a lower loss at equal accuracy); the reason in words is for `status` and
+`versions`."""
 
 from __future__ import annotations
 
@@ -55,34 +56,42 @@ class Plan:
 
 
 def plan(cuts: list[Cut], samples: int, epochs: int, budget: Budget) -> Plan:
-    """The cuts this round trains: always the shallowest; a deeper one when its training (samples x epochs x
-    its measured ms per sample) and its cached activations (samples x bytes per sample) both fit the budget.
-    A deeper cut whose cost the bundle does not state is not trained (its cost could be anything)."""
+    """The cuts this round trains: always the shallowest; deeper ones, shallowest first, while their training
+    (samples x epochs x each one's measured ms per sample) and their cached activations (samples x bytes per
+    sample), summed over the deeper cuts admitted so far, fit the budget: the round trains them one after the
+    other and the cache holds them all. A deeper cut whose cost the bundle does not state is not trained (its
+    cost could be anything)."""
     if not cuts:
         raise ValueError("a variant has at least its head-only cut")
     train, skipped = [cuts[0]], []
+    spent_s, spent_bytes = 0.0, 0
     for c in cuts[1:]:
         if c.train_ms_per_sample is None:
             skipped.append((c, "the bundle does not state its training cost"))
             continue
         seconds = samples * max(1, epochs) * c.train_ms_per_sample / 1000.0
         cache = samples * c.cache_bytes_per_sample
-        if seconds > budget.train_seconds:
-            skipped.append((c, f"its training would take ~{seconds:.0f} s, over the {budget.train_seconds:.0f} s "
-                               "budget"))
-        elif cache > budget.cache_bytes:
-            skipped.append((c, f"its cached activations would take {cache / 1e6:.1f} MB, over the "
+        before = f" after ~{spent_s:.0f} s for {', '.join(t.name for t in train[1:])}" if spent_s else ""
+        held = f" besides {spent_bytes / 1e6:.1f} MB of {', '.join(t.name for t in train[1:])}" if spent_bytes else ""
+        if spent_s + seconds > budget.train_seconds:
+            skipped.append((c, f"its training would take ~{seconds:.0f} s{before}, over the "
+                               f"{budget.train_seconds:.0f} s budget"))
+        elif spent_bytes + cache > budget.cache_bytes:
+            skipped.append((c, f"its cached activations would take {cache / 1e6:.1f} MB{held}, over the "
                                f"{budget.cache_bytes / 1e6:.1f} MB cache"))
         else:
             train.append(c)
+            spent_s, spent_bytes = spent_s + seconds, spent_bytes + cache
     return Plan(tuple(train), tuple(skipped))
 
 
 @dataclass(frozen=True)
 class Trained:
-    """One cut's candidate after the round: its accuracy on the user's holdout (None: no holdout)."""
+    """One cut's candidate after the round: its accuracy and mean cross-entropy on the user's holdout (None: no
+    holdout, or the loss not measured)."""
     cut: Cut
     holdout_accuracy: float | None
+    holdout_loss: float | None = None
 
 
 @dataclass(frozen=True)
@@ -91,26 +100,49 @@ class Decision:
     reason: str
 
 
+# At equal holdout accuracy a deeper cut is kept when its holdout loss is at least this share lower than the best
+# shallower one's: a holdout of 10-40 images mostly ties the cuts (often all at 1.000), and the loss still tells
+# how confidently each candidate answers it.
+LOSS_MARGIN = 0.10
+
+
+def _beats(r: Trained, best: Trained) -> str | None:
+    """Why the deeper candidate `r` displaces `best` ("accuracy" or "loss"), or None when it does not."""
+    if r.holdout_accuracy > best.holdout_accuracy:
+        return "accuracy"
+    if (r.holdout_accuracy == best.holdout_accuracy and r.holdout_loss is not None
+            and best.holdout_loss is not None and r.holdout_loss < (1.0 - LOSS_MARGIN) * best.holdout_loss):
+        return "loss"
+    return None
+
+
 def choose(results: list[Trained], holdout_n: int) -> Decision:
     """The candidate to compare with the served version: the head-only one, unless a deeper cut beats every
-    shallower one on the holdout (strictly: a tie keeps the shallower, cheaper cut, whose result is the one a
-    head-only round would have given). Without a holdout the head-only result is kept: nothing shows that the
-    deeper cut generalises."""
+    shallower one on the holdout, by accuracy, or at equal accuracy by a holdout loss LOSS_MARGIN lower (anything
+    less keeps the shallower, cheaper cut, whose result is the one a head-only round would have given). A deeper
+    cut less accurate on the holdout is never kept, whatever its loss. Without a holdout the head-only result is
+    kept: nothing shows that the deeper cut generalises."""
     if not results:
         raise ValueError("no cut was trained")
     results = sorted(results, key=lambda r: r.cut.depth)
-    best = results[0]
+    best, by = results[0], None
     if len(results) == 1:
         return Decision(best, f"trained {best.cut.name} only")
     if holdout_n == 0 or any(r.holdout_accuracy is None for r in results):
         return Decision(best, f"kept {best.cut.name}: no holdout to compare the cuts on")
     for r in results[1:]:
-        if r.holdout_accuracy > best.holdout_accuracy:
-            best = r
-    scores = ", ".join(f"{r.cut.name} {r.holdout_accuracy:.3f}" for r in results)
+        why = _beats(r, best)
+        if why:
+            best, by = r, why
+    scores = ", ".join(f"{r.cut.name} {r.holdout_accuracy:.3f}"
+                       + ("" if r.holdout_loss is None else f" (loss {r.holdout_loss:.3f})") for r in results)
+    margin = f"{100 * LOSS_MARGIN:.0f} %"
     if best.cut.depth == 0:
-        return Decision(best, f"kept {best.cut.name}: no deeper cut beat it on {holdout_n} holdout samples "
-                              f"({scores})")
+        return Decision(best, f"kept {best.cut.name}: no deeper cut beat it on {holdout_n} holdout samples, by "
+                              f"accuracy or by a loss {margin} lower at equal accuracy ({scores})")
+    if by == "loss":
+        return Decision(best, f"{best.cut.name} matched the best shallower cut's accuracy on {holdout_n} holdout "
+                              f"samples with a loss at least {margin} lower ({scores})")
     return Decision(best, f"{best.cut.name} beat the shallower cuts on {holdout_n} holdout samples ({scores})")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 
 import numpy as np
@@ -39,6 +40,7 @@ def read_sample(path: str, max_bytes: int) -> bytes | None:
 
 
 Got = tuple[np.ndarray, list[Sample], int, int]  # features, the samples they belong to, computed, from the cache
+Item = tuple[Sample, str, int | None]  # a sample, its augmentation's name ("none": the sample itself), its seed
 
 
 class _Part:
@@ -87,14 +89,14 @@ class FeatureSource:
         number of samples, while the decoded inputs held stay bounded by the chunk. Returns (features, kept
         samples, computed, cached) of the samples and the same of the copies; a copy is kept only with its
         sample."""
-        items: list[tuple[Sample, str, int | None]] = []
-        for s, t in zip(samples, train, strict=True):
-            items.append((s, "none", None))
-            if t and copies > 0:
-                items.extend((s, name, vseed) for name, vseed in augment.image_variants(copies, seed, s.sha256))
-        keys = [self.key(s.sha256, name) for s, name, _ in items]
-        found = self.cache.get_many(keys)
-        computed = self._compute(items, keys, found)
+        return with_copies_at([self], samples, train, copies, seed)[0]
+
+    def input_spec(self) -> str:
+        """What decoding a stored sample for this stem depends on: stems that agree decode it once for all."""
+        return json.dumps([self.variant.input, self.max_pixels, self.max_file_bytes], sort_keys=True, default=str)
+
+    def _got(self, items: list[Item], keys: list[str], found: dict[str, np.ndarray],
+             computed: dict[str, np.ndarray]) -> tuple[Got, Got]:
         parts: tuple[_Part, _Part] = (_Part(), _Part())
         sample_kept = False
         for (s, name, _), k in zip(items, keys):
@@ -107,36 +109,14 @@ class FeatureSource:
                 parts[name != "none"].add(s, v, k, k in computed)
         return parts[0].got(self.variant.feature_size), parts[1].got(self.variant.feature_size)
 
-    def _compute(self, items: list[tuple[Sample, str, int | None]], keys: list[str],
-                 found: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Features of the items missing from the cache, by the base a chunk at a time, cached as they come."""
-        computed: dict[str, np.ndarray] = {}
-        inputs, todo_keys, pending = [], [], set()
-        last: tuple[tuple[str, str] | None, np.ndarray | None] = (None, None)  # the sample decoded last, its input
-
-        def extract() -> None:  # a chunk at a time: 500 decoded photos at 160 px would be 150 MB of inputs
-            if inputs:
-                chunk = dict(zip(todo_keys, self.extractor(np.stack(inputs))))
-                self.cache.put_many(chunk, self.extractor.cache_quant)  # cut: int8 cache
-                computed.update(chunk)
-                inputs.clear()
-                todo_keys.clear()
-
-        for (s, _, vseed), k in zip(items, keys):
-            if k in found or k in computed or k in pending:
-                continue
-            if last[0] != (s.path, s.sha256):  # a sample's items are neighbours: one read for all of them
-                last = ((s.path, s.sha256), self._decode(s))
-                self.files_read += 1
-            x = last[1]
-            if x is not None:
-                inputs.append(x if vseed is None else augment.augment_image(x, vseed))
-                todo_keys.append(k)
-                pending.add(k)
-                if len(inputs) >= FEATURE_CHUNK or len(inputs) * x.nbytes >= self.DECODED_CHUNK_BYTES:
-                    extract()
-        extract()
-        return computed
+    def _extract(self, inputs: list[np.ndarray], keys: list[str], computed: dict[str, np.ndarray]) -> None:
+        """Features of a chunk of decoded inputs by the base, cached as they come (cut: int8 cache)."""
+        if inputs:
+            chunk = dict(zip(keys, self.extractor(np.stack(inputs))))
+            self.cache.put_many(chunk, self.extractor.cache_quant)
+            computed.update(chunk)
+            inputs.clear()
+            keys.clear()
 
     def _decode(self, s: Sample) -> np.ndarray | None:
         data = read_sample(s.path, self.max_file_bytes)
@@ -160,3 +140,51 @@ class FeatureSource:
         f = self.extractor(x[None])[0]
         self.cache.put_many({key: f}, self.extractor.cache_quant)  # cut: int8 cache
         return f, False
+
+
+
+def with_copies_at(sources: list[FeatureSource], samples: list[Sample], train: list[bool], copies: int,
+                   seed: int) -> list[tuple[Got, Got]]:
+    """FeatureSource.with_copies for several stems (a round training more than one cut) in one pass: a file is
+    read, hash-checked and decoded once, and each augmented copy made once, for every stem that misses its
+    features (stems whose decoding agrees, `input_spec`); each stem's decoded inputs are held a chunk at a time.
+    One (samples', copies') result per source, in order."""
+    items: list[Item] = []
+    for s, t in zip(samples, train, strict=True):
+        items.append((s, "none", None))
+        if t and copies > 0:
+            items.extend((s, name, vseed) for name, vseed in augment.image_variants(copies, seed, s.sha256))
+    keys = [[src.key(s.sha256, name) for s, name, _ in items] for src in sources]
+    found = [src.cache.get_many(k) for src, k in zip(sources, keys)]
+    computed: list[dict[str, np.ndarray]] = [{} for _ in sources]
+    chunks: list[tuple[list[np.ndarray], list[str]]] = [([], []) for _ in sources]
+    pending: list[set[str]] = [set() for _ in sources]
+    specs = [src.input_spec() for src in sources]
+    last: tuple[tuple[str, str] | None, dict[str, np.ndarray | None]] = (None, {})  # the sample decoded last
+    for j, (s, _, vseed) in enumerate(items):
+        need = [i for i in range(len(sources))
+                if not any(keys[i][j] in d for d in (found[i], computed[i], pending[i]))]
+        if not need:
+            continue
+        if last[0] != (s.path, s.sha256):  # a sample's items are neighbours: one read for all of them
+            last = ((s.path, s.sha256), {})
+        made: dict[str, np.ndarray] = {}  # this item's input, per input spec
+        for i in need:
+            src, spec = sources[i], specs[i]
+            if spec not in last[1]:
+                last[1][spec] = src._decode(s)
+                src.files_read += 1
+            x = last[1][spec]
+            if x is None:
+                continue
+            if spec not in made:
+                made[spec] = x if vseed is None else augment.augment_image(x, vseed)
+            inputs, todo = chunks[i]
+            inputs.append(made[spec])
+            todo.append(keys[i][j])
+            pending[i].add(keys[i][j])
+            if len(inputs) >= FEATURE_CHUNK or len(inputs) * x.nbytes >= src.DECODED_CHUNK_BYTES:
+                src._extract(inputs, todo, computed[i])  # 500 decoded photos at 160 px would be 150 MB
+    for i, src in enumerate(sources):
+        src._extract(*chunks[i], computed[i])
+    return [src._got(items, keys[i], found[i], computed[i]) for i, src in enumerate(sources)]

@@ -43,10 +43,7 @@ class Head:
         return float(out["loss"])
 
     def epochs_for(self, n: int, epochs: int, min_steps: int) -> int:
-        """`epochs` passes over `n` samples, or more when those would make fewer than `min_steps` optimiser
-        steps: a user with 80 images gets 3 batches an epoch, and 30 epochs of them leave the head underfit."""
-        batches = -(-n // self.batch)
-        return max(epochs, -(-min_steps // batches)) if batches else epochs
+        return epochs_for(n, self.batch, epochs, min_steps)
 
     def fit(self, x: np.ndarray, y: np.ndarray, active: np.ndarray, epochs: int, lr: float,
             seed: int, checkpoint=lambda: False, on_epoch=lambda epoch, epochs, loss: None) -> list[float]:
@@ -79,6 +76,14 @@ class Head:
         if len(x) == 0:
             return np.zeros((0, self.capacity), np.float32)
         return np.array(self._infer(x=x.astype(np.float32), active=active)["probs"], copy=True)
+
+
+def epochs_for(n: int, batch: int, epochs: int, min_steps: int) -> int:
+    """`epochs` passes over `n` samples, or more when those would make fewer than `min_steps` optimiser steps
+    (`batch` samples a step): a user with 80 images gets 3 batches an epoch, and 30 epochs of them leave the head
+    underfit."""
+    batches = -(-n // batch)
+    return max(epochs, -(-min_steps // batches)) if batches else epochs
 
 
 def active_mask(capacity: int, slots: Iterable[int], never: Iterable[int] = ()) -> np.ndarray:

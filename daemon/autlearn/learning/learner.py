@@ -17,9 +17,9 @@ import numpy as np
 from ..runtime.bundle import Bundle, Variant
 from ..errors import AutlearnError
 from .cuts import HEAD, Budget, Cut, Plan, Trained, choose, cut_of_row, cuts_of, plan
-from .featsource import FeatureSource
+from .featsource import FeatureSource, with_copies_at
 from .features import FeatureExtractor
-from .head import Head, Weights, active_mask, load_weights, save_weights
+from .head import Head, Weights, active_mask, epochs_for, load_weights, save_weights
 from .round import (Checkpoint, ImageExtras, Prepared, Progress, RoundContext, RoundResult, RoundScenario, Skip,
                     epoch_events, run_round)
 from .store import Sample, Store
@@ -37,6 +37,13 @@ def accuracy(probs: np.ndarray, y: np.ndarray) -> float | None:
     if len(y) == 0:
         return None
     return float(np.mean(np.argmax(probs, axis=1) == y))
+
+
+def cross_entropy(probs: np.ndarray, y: np.ndarray) -> float | None:
+    """Mean -log p(true label) (p floored at 1e-7, as a head that is sure and wrong costs 16, not infinity)."""
+    if len(y) == 0:
+        return None
+    return float(np.mean(-np.log(np.maximum(probs[np.arange(len(y)), y], 1e-7))))
 
 
 class Learner:
@@ -157,11 +164,16 @@ class ImageRound(RoundScenario):
         samples = [s for s in chosen if s.label in slots]
         augmenting = self.augment_copies > 0 and self.mode == "offline"
         train = [augmenting and not (s.holdout and self.gated) for s in samples]  # the holdout judges real data
-        read0 = learner.features.files_read
-        (x, kept, computed, cached), (xa, kept_a, aug_computed, aug_cached) = learner.features.with_copies(
-            samples, train, self.augment_copies, self.seed)  # a new file is read and decoded once for all
+        self.current_cut = learner.version_cut(ctx.version)
+        expected = sum(not (s.holdout and self.gated) for s in samples) + self.augment_copies * sum(train)
+        self.plan = self._plan(expected)  # from the samples chosen: a file that cannot be read makes it fewer
+        deeper = list({c.name: c for c in (*self.plan.train, self.current_cut) if c.depth}.values())
+        sources = [learner.features, *(learner.source(c) for c in deeper)]
+        read0 = sum(src.files_read for src in sources)
+        got = with_copies_at(sources, samples, train, self.augment_copies, self.seed)  # each file decoded once
+        (x, kept, computed, cached), (xa, kept_a, aug_computed, aug_cached) = got[0]
         ctx.progress("features", {"round_id": round_id, "computed": computed, "cached": cached,
-                                  "files_read": learner.features.files_read - read0})
+                                  "files_read": sum(src.files_read for src in sources) - read0})
         yield None  # waits here while training must pause
         y = np.array([slots[s.label] for s in kept], np.int32)
         hold = np.array([s.holdout and self.gated for s in kept], bool)
@@ -177,11 +189,8 @@ class ImageRound(RoundScenario):
         self.x, self.y, self.kept, self.hold, self.xtr, self.ytr = x, y, kept, hold, xtr, ytr
         self.active = learner.active()
         self.at = {HEAD: (x, xtr, self.xho)}  # per cut: all kept samples', training and holdout features
-        self.current_cut = learner.version_cut(ctx.version)
-        self.plan = self._plan(len(ytr))
-        for c in {c.name: c for c in (*self.plan.train, self.current_cut) if c.depth}.values():
-            yield None
-            more = self._features_at(c, kept, hold, kept_a)
+        for c, g in zip(deeper, got[1:]):
+            more = self._features_at(c, g, kept, hold, kept_a)
             computed, cached = computed + more[0], cached + more[1]
         yield Prepared(n_original, len(self.yho), computed, cached)
 
@@ -190,14 +199,15 @@ class ImageRound(RoundScenario):
         learner, cuts = self.learner, self.learner.cuts
         if len(cuts) == 1 or self.mode != "offline" or not self.gated or learner.budget is None:
             return Plan((self.current_cut if self.mode == "online" else cuts[0],), ())
-        return plan(cuts, n_train, self.epochs, learner.budget)
+        epochs = epochs_for(n_train, learner.bundle.train_batch, self.epochs, self.min_steps)  # as Head.fit runs
+        return plan(cuts, n_train, epochs, learner.budget)
 
-    def _features_at(self, c: Cut, kept: list[Sample], hold: np.ndarray, kept_a: list[Sample]) -> tuple[int, int]:
-        """The same samples (and augmented copies) through cut `c`'s stem; a cut that could not read exactly
-        the same samples is left out of the round (the current head's cut too: then the round is not ready)."""
-        src = self.learner.source(c)
-        train = [bool(kept_a) and not h for h in hold]
-        (xc, kc, computed, cached), (xa, ka, ca, ha) = src.with_copies(kept, train, self.augment_copies, self.seed)
+    def _features_at(self, c: Cut, got: tuple, kept: list[Sample], hold: np.ndarray,
+                     kept_a: list[Sample]) -> tuple[int, int]:
+        """Cut `c`'s features of the round's samples (and augmented copies), read in the same pass as the
+        head-only ones; a cut that could not read exactly the same samples is left out of the round (the current
+        head's cut too: then the round is not ready)."""
+        (xc, kc, computed, cached), (xa, ka, ca, ha) = got
         computed, cached = computed + ca, cached + ha
         if [s.id for s in kc] == [s.id for s in kept]:
             xtr = xc[~hold]
@@ -251,7 +261,8 @@ class ImageRound(RoundScenario):
             losses = head.fit(xtr, self.ytr, self.active, epochs, self.learning_rate, self.seed + round_id,
                               ctx.checkpoint, events)
             heads[c.name] = (head, losses)
-            results.append(Trained(c, accuracy(head.predict(xho, self.active), self.yho)))
+            probs = head.predict(xho, self.active)
+            results.append(Trained(c, accuracy(probs, self.yho), cross_entropy(probs, self.yho)))
         decision = choose(results, len(self.yho))
         self.head, self.losses = heads[decision.keep.cut.name]
         self.cut, self.after = decision.keep.cut.name, decision.keep.holdout_accuracy
