@@ -15,7 +15,8 @@ then 1,000 words are appended and the time runs from the append to the `round_fi
 timestamp), split by the events in between: `import` (inotify, the debounce `data.debounce_s`, the scan),
 `round_started` (the scheduler's tick) and the round itself; CPU seconds are the daemon process's (utime +
 stime of /proc/PID/stat over that span).
-Merges a `keyboard` object into reports/bench.json (other objects are kept).
+Merges a `keyboard` object into reports/bench.json (other objects are kept) and writes reports/bench_keyboard.md
+(`--rerender`: only that, from bench.json).
 """
 
 from __future__ import annotations
@@ -180,6 +181,41 @@ def compact_json(obj) -> str:
                   lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
 
 
+def markdown(kb: dict) -> str:
+    """reports/bench_keyboard.md from the `keyboard` object."""
+    out = ["# Benchmark: keyboard rounds at real scale (`make bench-keyboard`)", "",
+           "Written by tools/bench_keyboard.py (its docstring says what is measured); raw figures in "
+           "reports/bench.json under `keyboard`. Wall seconds carry other jobs' load on this shared machine "
+           f"(load average {kb['loadavg_before'][0]:.1f} before, {kb['loadavg'][0]:.1f} after, "
+           f"{kb['cpu_count']} cores); CPU seconds are the process's own (all threads).", "",
+           "| user's text | first round: wall / CPU s | features computed | peak RSS | outcome "
+           "| later round after 1,000 new words: wall / CPU s | features computed | peak RSS | outcome |",
+           "|---:|---:|---:|---:|---|---:|---:|---:|---|"]
+    for r in kb["rows"]:
+        if "error" in r:
+            out.append(f"| {r['words']:,} words | failed: {r['error']} | | | | | | | |")
+            continue
+        out.append(f"| {r['words']:,} words | {r['first_round_s']:.1f} / {r['first_round_cpu_s']:.1f} "
+                   f"| {r['first_features_computed']:,} | {r['first_peak_rss_mb']:.0f} MB | {r['first_outcome']} "
+                   f"| {r['later_round_s']:.1f} / {r['later_round_cpu_s']:.1f} | {r['later_features_computed']:,} "
+                   f"| {r['later_peak_rss_mb']:.0f} MB | {r['later_outcome']} |")
+    d = kb.get("daemon")
+    out.append("")
+    if d and "error" not in d:
+        out += ["Through a real `autlearnd` (shipped trigger and debounce), the later round on "
+                f"{d['words']:,} words: **{d['later_s']:.1f} s** from the append to `round_finished` "
+                f"({d['later_cpu_s']:.1f} CPU s of the daemon): {d['append_to_scanned_s']:.2f} s to the `import` "
+                f"event (inotify, the {d['debounce_s']:g} s debounce, the scan), "
+                f"{d['scanned_to_round_started_s']:.2f} s to `round_started` (trigger: {d['later_trigger']}), "
+                f"{d['round_s']:.1f} s the round ({d['later_outcome']}); daemon peak RSS {d['peak_rss_mb']:.0f} MB."]
+    elif d:
+        out.append(f"Through a real `autlearnd`: failed ({d['error']}).")
+    met = kb["met"]
+    out += ["", "Targets at 100,000 words: " + "; ".join(
+        f"{k} ≤ {v:g}: {'met' if met[k] else '**missed**'}" for k, v in kb["targets"].items()) + ".", ""]
+    return "\n".join(out)
+
+
 def merge_report(reports: Path, keyboard: dict) -> Path:
     out = reports / "bench.json"
     data = json.loads(out.read_text()) if out.exists() else {}
@@ -199,8 +235,14 @@ def main() -> int:
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="words of the first round, comma-separated")
     ap.add_argument("--daemon-words", type=int, default=SIZES[-1],
                     help="words of the user whose later round is also timed through autlearnd (0: skip)")
+    ap.add_argument("--rerender", action="store_true",
+                    help="measure nothing: write bench_keyboard.md again from the reports' bench.json")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.rerender:
+        kb = json.loads((args.reports / "bench.json").read_text())["keyboard"]
+        (args.reports / "bench_keyboard.md").write_text(markdown(kb), encoding="utf-8")
+        return 0
     args.work.mkdir(parents=True, exist_ok=True)
     bundle = args.bundle or build_bundle(args.work)
     if args.one is not None:
@@ -240,6 +282,7 @@ def main() -> int:
                         "(VmHWM, the engine of a started Service included), first round = scan + round on a fresh "
                         "state, later round = scan + round after 1,000 new words appended to the same file"}
     out = merge_report(args.reports, keyboard)
+    (args.reports / "bench_keyboard.md").write_text(markdown(keyboard), encoding="utf-8")
     log(f"== wrote the keyboard object into {out}")
     print(json.dumps({k: keyboard[k] for k in ("peak_rss_mb_100k", "first_round_s_100k", "later_round_s_100k",
                                                  "met")}))
