@@ -32,7 +32,8 @@ bench: $(STAMP)
 	$(MAKE) --no-print-directory bench-camera
 
 # The keyboard row (tools/bench_keyboard.py): a round's peak RSS and time at 5k / 25k / 100k words and a later
-# round after 1,000 new words; merged into $(BENCH_REPORTS)/bench.json as `keyboard`.
+# round after 1,000 new words (in-process, and through autlearnd from the append to round_finished); merged into
+# $(BENCH_REPORTS)/bench.json as `keyboard`, and $(BENCH_REPORTS)/bench_keyboard.md.
 bench-keyboard: $(STAMP)
 	$(BIN)/python tools/bench_keyboard.py --work $(BENCH_WORK)/keyboard --reports $(BENCH_REPORTS)
 

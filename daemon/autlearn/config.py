@@ -225,7 +225,8 @@ SETTINGS: tuple[Setting, ...] = (
             "round with nothing to judge or learn yet is skipped; automatic rounds then back off (30 s, doubling "
             "up to an hour) as after a failed round."),
     Setting("training", "promote_tolerance", 0.0, _number(0.0, 1.0),
-            "A candidate is promoted if its holdout accuracy is at least the current one minus this."),
+            "A candidate is promoted if its holdout accuracy is at least the current one minus this; a keyboard "
+            "candidate must gain: top-1 above the current one minus this, or within it and top-3 above."),
     Setting("training", "seed", 0, _number(0, 2**31 - 1, integer=True),
             "Seed for shuffling: the same data and seed give the same head."),
 )

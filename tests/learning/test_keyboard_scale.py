@@ -201,3 +201,51 @@ def test_bench_keyboard_merges_its_object_and_keeps_the_others(tmp_path):
     bench_keyboard.merge_report(tmp_path, {"rows": [], "peak_rss_mb_100k": 1.0})
     data = json.loads((tmp_path / "bench.json").read_text())
     assert data["summary"] == {"x": 1} and data["scale"] == {"y": 2} and data["keyboard"]["peak_rss_mb_100k"] == 1.0
+
+
+def test_a_keyboard_candidate_that_only_ties_the_current_head_is_rejected(tmp_path, text_bundle):
+    """The holdout gate wants a gain: a candidate that scores exactly what the current head scores (top-1 and
+    top-3) is not promoted under the shipped tolerance (0); a tolerance above 0 lets it through. A learning rate
+    of 1e-12 and no context memory make the candidate the cloud head to within rounding: the scores tie."""
+    tie = {"training.epochs": 1, "training.text_max_steps": 5, "training.augment_copies": 0,
+           "training.learning_rate": 1e-12, "training.memory_entries": 0}
+    for tolerance, outcome in ((0.0, "rejected"), (0.01, "promoted")):
+        svc = make_service(tmp_path / f"root-{tolerance}", text_bundle,
+                           **{**tie, "training.promote_tolerance": tolerance})
+        (svc.paths.state.parent / "inbox" / "notes.txt").write_text(sentences_text(150, 9), encoding="utf-8")
+        eng = engine_of(svc)
+        eng.scan()
+        r = eng.round("test", no_progress, never)
+        kb = r.extras
+        assert (kb.with_memory["top1"], kb.with_memory["top3"]) == (kb.current["top1"], kb.current["top3"]), kb
+        assert r.outcome == outcome, (tolerance, r.detail)
+        svc.stop()
+        eng.close()
+
+
+def test_a_round_becomes_due_after_a_switch_to_another_variant(tmp_path, text_variant_bundle):
+    """The words a round learnt are counted per variant: once `full` learnt the notes file no round of `full`
+    is due, but the board switched to `h16` (which has learnt nothing) counts the whole file as new words."""
+    root = tmp_path / "root"
+    svc = make_service(root, text_variant_bundle, **{"training.epochs": 1, "training.text_max_steps": 5,
+                                                     "model.variant": "full"})
+    (root / "inbox" / "notes.txt").write_text(sentences_text(150, 4), encoding="utf-8")
+    eng = engine_of(svc)
+    eng.scan()
+    words_before = svc.scheduler.pending()[0]
+    assert words_before >= svc.config["training.min_new_words"]
+    r = eng.round("test", no_progress, never)
+    assert r.outcome in ("promoted", "rejected")
+    assert svc.scheduler.pending()[0] == 0
+    svc.stop()
+    eng.close()
+    svc = make_service(root, text_variant_bundle, **{"training.epochs": 1, "model.variant": "h16"})
+    try:
+        assert svc.variant.name == "h16"
+        new, need, unit = svc.scheduler.pending()
+        assert unit == "words" and new >= need, (new, need)  # the shipped trigger fires for the new variant
+        from autlearn.learning.kbsample import BYTES_PER_WORD_KEY
+        per_word = float(svc.store.get_meta(BYTES_PER_WORD_KEY))  # measured by full's round
+        assert new == int((root / "inbox" / "notes.txt").stat().st_size / per_word)  # the whole file
+    finally:
+        svc.stop()

@@ -14,7 +14,8 @@ import numpy as np
 
 from .knn import Recent, Reservoir, entries_for
 
-LEARNT_BYTES_KEY, BYTES_PER_WORD_KEY = "keyboard:learnt_bytes", "keyboard:bytes_per_word"
+# each text file's size when the variant's last round learnt it (per variant, like its heads and learnt hashes)
+LEARNT_BYTES_KEY, BYTES_PER_WORD_KEY = "keyboard:learnt_bytes:{variant}", "keyboard:bytes_per_word"
 DEFAULT_BYTES_PER_WORD = 6.0  # English with spaces and punctuation; measured on the user's text by each round
 
 
@@ -43,17 +44,21 @@ def is_in(sorted_hashes: np.ndarray, h: int) -> bool:
     return i < len(sorted_hashes) and int(sorted_hashes[i]) == h
 
 
-def pending_words(store) -> int:
-    """About how many words of text the next round would learn that no round has: bytes added to each text
-    file since the round that last learnt it (a file that shrank or was rewritten counts whole), over the
-    bytes per word measured on the user's text. Cheap: it reads no file."""
-    learnt = json.loads(store.get_meta(LEARNT_BYTES_KEY) or "{}")
+def pending_words(store, variant: str) -> int:
+    """About how many words of text the next round of `variant` would learn that none of its rounds has: bytes
+    added to each text file since the variant's round that last learnt it, over the bytes per word measured on
+    the user's text. A file the variant never learnt (a new file, or any file after a switch to another
+    variant), one that shrank, or one rewritten since a round learnt it counts whole. Cheap: it reads no file."""
+    learnt = json.loads(store.get_meta(LEARNT_BYTES_KEY.format(variant=variant)) or "{}")
     per_word = float(store.get_meta(BYTES_PER_WORD_KEY) or DEFAULT_BYTES_PER_WORD)
     total = 0
-    for path, size in store.db.execute("SELECT path, size FROM samples WHERE status='ok' AND kind='text' "
-                                       "AND trained_round IS NULL"):
-        old = learnt.get(path, 0)
-        total += size - old if size > old else size
+    for path, size, trained in store.db.execute("SELECT path, size, trained_round IS NOT NULL FROM samples "
+                                                "WHERE status='ok' AND kind='text'"):
+        old = learnt.get(path)
+        if old is None or size < old or (size == old and not trained):
+            total += size
+        else:
+            total += size - old
     return int(total / per_word)
 
 

@@ -309,6 +309,14 @@ class KeyboardRound(RoundScenario):
         rep.with_memory = {"top1": after1, "top3": self.after3, "mix": self.memory.mix}
         return after1
 
+    def promotes(self, before: float, after: float, tolerance: float) -> bool:
+        """A keyboard candidate must gain on the holdout: top-1 above the current head's minus `tolerance`, or
+        top-1 within it and top-3 strictly above. A candidate that only ties (no gain in either) is rejected: on a
+        few hundred held-out words a tie is no evidence, and promoting it made every round a promotion."""
+        if after > before - tolerance:
+            return True
+        return after >= before - tolerance and self.after3 > self.before3
+
     def save(self, path: Path) -> None:
         save_weights(self.weights, path)
         self.memory.save(path.parent / memory_file(path.name), {"interpolation": self.interp})
@@ -330,7 +338,7 @@ class KeyboardRound(RoundScenario):
         total = sum(info["bytes"].values())
         if info["words"]:
             self.store.set_meta(BYTES_PER_WORD_KEY, repr(max(1.0, total / info["words"])))
-        self.store.set_meta(LEARNT_BYTES_KEY, json.dumps(info["bytes"]))
+        self.store.set_meta(LEARNT_BYTES_KEY.format(variant=self.variant_name), json.dumps(info["bytes"]))
         self.store.mark_trained([s.id for s in self.samples], round_id)
 
     def extras(self) -> KeyboardExtras:

@@ -216,6 +216,10 @@ class RoundScenario(ABC):
     def extras(self) -> ImageExtras | KeyboardExtras:
         """The scenario's extras for the result."""
 
+    def promotes(self, before: float, after: float, tolerance: float) -> bool:
+        """The holdout gate: the candidate's score is no worse than the current head's minus `tolerance`."""
+        return after >= before - tolerance
+
     def reported_prequential(self, chunks: list[tuple[int, int]]) -> list[tuple[int, int]] | None:
         """The result's `prequential`: the chunks predicted before learning, None when there were none."""
         return chunks or None
@@ -223,8 +227,9 @@ class RoundScenario(ABC):
 
 def run_round(sc: RoundScenario, version: int, trigger: str, tolerance: float, progress: Progress,
               checkpoint: Checkpoint) -> RoundResult:
-    """One round of `sc` from head `version`: the candidate is promoted when its holdout score is no worse than
-    the current head's minus `tolerance` (or always, when `sc` is not gated), else rejected and kept on record."""
+    """One round of `sc` from head `version`: the candidate is promoted when `sc.promotes` says its holdout score
+    passes the gate against the current head's (or always, when `sc` is not gated), else rejected and kept on
+    record."""
     t0 = time.monotonic()
     store = sc.store
     round_id = store.start_round(trigger)
@@ -268,7 +273,7 @@ def run_round(sc: RoundScenario, version: int, trigger: str, tolerance: float, p
     new_version = store.next_head_version()
     fname = f"head-v{new_version}.npz"
     sc.save(sc.heads_dir / fname)
-    promote = not sc.gated or after >= before - tolerance
+    promote = not sc.gated or sc.promotes(before, after, tolerance)
     status = "promoted" if promote else "rejected"
     store.add_head(sc.bundle_id, sc.variant_name, status, fname, after, before, counts.n_train, counts.n_holdout,
                    round_id, sc.cut, sc.cut_reason)

@@ -91,7 +91,7 @@ class Scheduler:
         svc = self.svc
         if svc.bundle.task == "next_word":
             from ..learning.keyboard import pending_words
-            return pending_words(svc.store), svc.config["training.min_new_words"], "words"
+            return pending_words(svc.store, svc.variant.name), svc.config["training.min_new_words"], "words"
         return svc.store.count_new(), svc.config["training.min_new_samples"], "samples"
 
     def blocking_reasons(self) -> list[str]:
