@@ -214,7 +214,8 @@ def main() -> int:
     ap.add_argument("--public-per-class", type=int, default=20)
     ap.add_argument("--test-per-class", type=int, default=20)
     ap.add_argument("--epochs", type=int, default=30, help="daemon training.epochs")
-    ap.add_argument("--max-epochs-whole", type=int, default=2)
+    ap.add_argument("--max-epochs-whole", type=int, default=40,
+                    help="Keras whole-model epochs at most: it stops at the first epoch that reaches the round's accuracy")
     ap.add_argument("--max-epochs-head", type=int, default=60)
     ap.add_argument("--skip-keras", action="store_true")
     ap.add_argument("--augment-copies", type=int, default=1, help="daemon training.augment_copies (its default: 1)")

@@ -250,3 +250,21 @@ def test_a_reader_that_goes_away_is_one_sentence_not_a_traceback(tmp_path, tiny_
             one_sentence(p.stderr, "autlearnctl")
     finally:
         assert d.stop() == 0
+
+
+def test_events_without_a_liveness_client_time_out_cleanly(tmp_path):
+    """A subscriber made without `alive` (as the bench harness makes one) whose poll returns a fraction of a
+    millisecond before the deadline waits on and raises TimeoutError, not an AttributeError on the absent client."""
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    sock = tmp_path / "events.sock"
+    pub.bind(f"ipc://{sock}")
+    try:
+        ev = Events(f"ipc://{sock}")
+        try:
+            for _ in range(20):  # 1.5 ms polls as 1 ms: each time the loop comes round before the deadline
+                with pytest.raises(TimeoutError):
+                    ev.next(0.0015)
+        finally:
+            ev.close()
+    finally:
+        pub.close(0)

@@ -132,7 +132,8 @@ class Events:
                 return json.loads(self._sock.recv_multipart()[-1])
             if end is not None and time.monotonic() >= end:
                 raise TimeoutError("no event")
-            self._alive.call("status")  # raises not_running when the daemon has gone
+            if self._alive is not None:  # else the poll came back a little early (whole milliseconds): wait on
+                self._alive.call("status")  # raises not_running when the daemon has gone
 
     def close(self) -> None:
         self._sock.close(0)
