@@ -36,3 +36,19 @@ eval: $(STAMP) eval-deps
 
 eval-clean:
 	rm -rf $(EVAL_WORK)
+
+# The RGB scenario (issue 13): users' own photo classes on a MobileNetV2 bundle -> reports/eval_camera.{json,md}.
+# Its photos include scikit-image's data images, read out of the scikit-image wheel that eval-camera-deps fetches
+# with pip (no run-time download; the wheel is not installed). A separate target: see the README for its time.
+EVAL_CAMERA_ARGS ?=
+SKIMAGE_WHEEL_VERSION = 0.26.0
+
+.PHONY: eval-camera eval-camera-deps
+
+eval-camera-deps:
+	@ls build/wheels/scikit_image-$(SKIMAGE_WHEEL_VERSION)-*.whl >/dev/null 2>&1 || \
+		$(BIN)/pip download --no-deps --only-binary :all: -q -d build/wheels scikit-image==$(SKIMAGE_WHEEL_VERSION)
+
+eval-camera: $(STAMP) eval-camera-deps
+	@mkdir -p $(EVAL_OUT)
+	$(BIN)/python tools/eval_camera.py --out $(EVAL_OUT) --work build/eval-camera --wheels build/wheels $(EVAL_CAMERA_ARGS)
