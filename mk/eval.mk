@@ -22,7 +22,7 @@ EVAL_ARGS ?=
 
 .PHONY: eval eval-deps eval-clean
 
-eval-deps:
+eval-deps: eval-camera-deps
 	@for pkg in fortunes fortunes-zh; do \
 		if ! dpkg-query -W -f='$${Status}\n' $$pkg 2>/dev/null | grep -q '^install ok installed'; then \
 			echo "installing Debian package: $$pkg (the keyboard users' text)"; \
