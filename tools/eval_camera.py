@@ -217,9 +217,6 @@ def build_bundle(work: Path, args) -> tuple[Path, float | None]:
 
 
 def run(args) -> dict:
-    import eval_image as ei
-    from eval_tail import board_round
-
     t0 = time.monotonic()
     work = args.work.absolute()
     work.mkdir(parents=True, exist_ok=True)
@@ -233,6 +230,40 @@ def run(args) -> dict:
     manifest = json.loads((bundle / "manifest.json").read_text())
     data = pooled(public, sets, manifest["input"], users)
     check_split(data, users)
+    cloud = {}  # the cloud's model for FedAvg (fine-tuned on the public shots): the same for every group
+    groups = {f"{k} shots per class": run_group(few_shots(data, k), bundle, manifest, len(photos), work, args, cloud)
+              for k in args.shots}
+    return {"photos": [{"class": i, "name": n, "package": p, "file": f, "public": i in PUBLIC_CLASSES}
+                       for i, (n, p, f) in enumerate(PHOTOS)],
+            "skimage_wheel": find_wheel(args.wheels).name, "bundle": {"side": args.side, "build_seconds": build_s,
+                                                                    "public_shots": len(public)},
+            "plan": users, "groups": groups,
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "cpus": os.cpu_count(), "seconds": round(time.monotonic() - t0, 1)}
+
+
+def few_shots(data, k: int):
+    """`data` with each user's training shots cut to the first `k` of each class (arrival order kept)."""
+    users = []
+    for u in data.users:
+        seen: dict[int, int] = {}
+        keep = []
+        for i in u["train"]:
+            c = int(data.labels[i])
+            if seen.get(c, 0) < k:
+                seen[c] = seen.get(c, 0) + 1
+                keep.append(i)
+        users.append({**u, "train": np.array(keep)})
+    return SimpleNamespace(**{**vars(data), "users": users})
+
+
+def run_group(data, bundle: Path, manifest: dict, n_classes: int, work: Path, args, cloud: dict) -> dict:
+    """Every method on these users: {users (per-user rows), methods, targets, centralised, fedavg}."""
+    import eval_image as ei
+    from eval_tail import board_round
+
+    k = len(data.users[0]["train"]) // len(data.users[0]["classes"])
+    log(f"== {k} training shots per class")
     per = {m: [] for m in METHODS}
     rows = []
     for u in data.users:
@@ -245,7 +276,7 @@ def run(args) -> dict:
         log(f"   {u['name']} {rows[-1]['classes']}: pretrained {r['pretrained']:.3f} AutLearn {r['accuracy']:.3f} "
             f"({r['outcome']}, {r['round_seconds']} s)")
     log(f"== local only ({args.local_epochs} epochs, the builder's small CNN from scratch per user)")
-    every = {**manifest, "labels": [str(c) for c in range(len(photos))]}  # the head's mask: every class in use
+    every = {**manifest, "labels": [str(c) for c in range(n_classes)]}  # the head's mask: every class in use
     per["local_only"] = ei.local_only(data, every, args.local_epochs, args.seed, feature_size=64)
     pub_x, pub_y = data.x[data.public], data.labels[data.public]
     ux = np.concatenate([data.x[u["train"]] for u in data.users])
@@ -253,31 +284,27 @@ def run(args) -> dict:
     log(f"== centralised (MobileNetV2 fine-tuned whole on {len(pub_x)} public + {len(ux)} user shots, "
         f"{args.keras_epochs} epochs)")
     t1 = time.monotonic()
-    model = finetune(mobilenet(args.side, len(photos), args.seed), np.concatenate([pub_x, ux]),
+    model = finetune(mobilenet(args.side, n_classes, args.seed), np.concatenate([pub_x, ux]),
                      np.concatenate([pub_y, uy]), args.keras_epochs, args.keras_lr)
     per["centralised"] = scores(model, data)
     cinfo = {"public_images": len(pub_x), "user_images": len(ux), "epochs": args.keras_epochs,
              "optimizer": f"Adam {args.keras_lr}, batch 32", "seconds": round(time.monotonic() - t1, 1)}
     log(f"== FedAvg ({args.fed_rounds} rounds x {args.fed_clients} clients from MobileNetV2 fine-tuned on public)")
     t1 = time.monotonic()
-    cloud = finetune(mobilenet(args.side, len(photos), args.seed), pub_x, pub_y, args.keras_epochs, args.keras_lr)
-    per["fedavg"], finfo = ei.fedavg(data, cloud, cloud.get_weights(), args.fed_rounds, args.fed_clients,
+    if not cloud:
+        m = finetune(mobilenet(args.side, n_classes, args.seed), pub_x, pub_y, args.keras_epochs, args.keras_lr)
+        cloud.update(model=m, weights=[np.array(w) for w in m.get_weights()])
+    per["fedavg"], finfo = ei.fedavg(data, cloud["model"], cloud["weights"], args.fed_rounds, args.fed_clients,
                                      args.fed_local_epochs, args.fed_lr, args.seed)
     finfo["seconds_with_cloud_model"] = round(time.monotonic() - t1, 1)
     for row, *accs in zip(rows, *(per[m] for m in METHODS)):
         row.update(dict(zip(METHODS, accs)))
     means = {m: float(np.mean(v)) for m, v in per.items()}
-    targets = [{"target": f"AutLearn mean per-user accuracy >= {ref}", "value": round(means["autlearn"], 4),
+    targets = [{"target": f"{k} shots: AutLearn mean per-user accuracy >= {ref}", "value": round(means["autlearn"], 4),
                 "reference": round(means[ref], 4), "met": bool(means["autlearn"] >= means[ref] - 1e-12)}
                for ref in ("centralised", "fedavg", "local_only")]
-    return {"photos": [{"class": i, "name": n, "package": p, "file": f, "public": i in PUBLIC_CLASSES}
-                       for i, (n, p, f) in enumerate(PHOTOS)],
-            "skimage_wheel": find_wheel(args.wheels).name, "bundle": {"side": args.side, "build_seconds": build_s,
-                                                                    "public_shots": len(public)},
-            "users": rows, "plan": users, "methods": {m: {"mean": means[m], "per_user": per[m]} for m in METHODS},
-            "targets": targets, "centralised": cinfo, "fedavg": finfo,
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "cpus": os.cpu_count(), "seconds": round(time.monotonic() - t0, 1)}
+    return {"shots_per_class": k, "users": rows, "methods": {m: {"mean": means[m], "per_user": per[m]} for m in METHODS},
+            "targets": targets, "centralised": cinfo, "fedavg": finfo}
 
 
 def write(res: dict, out: Path) -> None:
@@ -290,22 +317,26 @@ def write(res: dict, out: Path) -> None:
              f"{res['bundle']['public_shots']} shots of the public classes. Photos (one class each): "
              + ", ".join(f"{p['name']} ({p['package']} {p['file']}{', public' if p['public'] else ''})"
                          for p in res["photos"]) + f"; scikit-image's read from {res['skimage_wheel']}.", "",
-             f"Each user: {s['train_per_class']} training and {s['test_per_class']} test shots per class "
-             "(disjoint seeds), their own crop window and colour cast per class.", "",
-             "| user | classes (new to the bundle in bold) | " + " | ".join(METHODS) + " |",
-             "|---|---|" + "---|" * len(METHODS)]
-    for r in res["users"]:
-        cls = ", ".join(f"**{c}**" if c in r["new_classes"] else c for c in r["classes"])
-        lines.append(f"| {r['name']} | {cls} | " + " | ".join(f"{r[m]:.3f}" for m in METHODS) + " |")
-    lines.append("| **mean** | | " + " | ".join(f"**{res['methods'][m]['mean']:.3f}**" for m in METHODS) + " |")
-    lines += ["", "Targets (issue 14):", ""]
-    lines += [f"- {'MET' if t['met'] else 'MISSED'}: {t['target']} ({t['value']:.4f} vs {t['reference']:.4f})"
-              for t in res["targets"]]
-    c, f = res["centralised"], res["fedavg"]
-    lines += ["", f"Centralised: {c['epochs']} epochs, {c['optimizer']}, {c['seconds']} s. FedAvg: {f['rounds']} "
-              f"rounds x {f['clients_per_round']} clients, {f['local_epochs']} local epochs, {f['optimizer']}, "
-              f"{f['seconds_with_cloud_model']} s with the cloud model. Local only: {s['local_epochs']} epochs. "
-              "AutLearn: one daemon round at its defaults per user."]
+             f"Each user: up to {s['train_per_class']} training shots and {s['test_per_class']} test shots per "
+             "class (disjoint seeds), their own crop window and colour cast per class; a group with fewer training "
+             "shots takes each class's first ones. Pretrained: the bundle's head before any round, scored with the "
+             "user's classes in the active mask as the board serves it (its untrained spare slots can land on a new "
+             "class by chance). AutLearn: one daemon round at its defaults."]
+    for name, g in res["groups"].items():
+        lines += ["", f"## {name}", "", "| user | classes (new to the bundle in bold) | " + " | ".join(METHODS) + " |",
+                  "|---|---|" + "---|" * len(METHODS)]
+        for r in g["users"]:
+            cls = ", ".join(f"**{c}**" if c in r["new_classes"] else c for c in r["classes"])
+            lines.append(f"| {r['name']} | {cls} | " + " | ".join(f"{r[m]:.3f}" for m in METHODS) + " |")
+        lines.append("| **mean** | | " + " | ".join(f"**{g['methods'][m]['mean']:.3f}**" for m in METHODS) + " |")
+        lines += ["", "Targets (issue 14):", ""]
+        lines += [f"- {'MET' if t['met'] else 'MISSED'}: {t['target']} ({t['value']:.4f} vs {t['reference']:.4f})"
+                  for t in g["targets"]]
+        c, f = g["centralised"], g["fedavg"]
+        lines += ["", f"Centralised: {c['public_images']} public + {c['user_images']} user shots, {c['epochs']} epochs, "
+                  f"{c['optimizer']}, {c['seconds']} s. FedAvg: {f['rounds']} rounds x {f['clients_per_round']} "
+                  f"clients, {f['local_epochs']} local epoch(s), {f['optimizer']}, {f['seconds_with_cloud_model']} s. "
+                  f"Local only: {s['local_epochs']} epochs."]
     (out / "eval_camera.md").write_text("\n".join(lines) + "\n")
 
 
@@ -322,6 +353,8 @@ def parse(argv=None):
     ap.add_argument("--public-per-class", type=int, default=24)
     ap.add_argument("--train-per-class", type=int, default=12)
     ap.add_argument("--test-per-class", type=int, default=10)
+    ap.add_argument("--shots", type=lambda v: [int(x) for x in v.split(",")], default=[12, 3],
+                    help="the groups: training shots per class (each <= --train-per-class), comma-separated")
     ap.add_argument("--local-epochs", type=int, default=30)
     ap.add_argument("--keras-epochs", type=int, default=4, help="centralised and cloud-model fine-tuning epochs")
     ap.add_argument("--keras-lr", type=float, default=3e-4)
@@ -336,12 +369,15 @@ def parse(argv=None):
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = parse(argv)
+    if not args.shots or max(args.shots) > args.train_per_class or min(args.shots) < 1:
+        raise SystemExit(f"eval-camera: --shots {args.shots}: each must be 1..--train-per-class "
+                         f"({args.train_per_class})")
     res = run(args)
     write(res, args.out)
     log(f"== wrote {args.out / 'eval_camera.json'} and {args.out / 'eval_camera.md'} ({res['seconds']:.0f} s)")
-    for m in METHODS:
-        log(f"   {m}: {res['methods'][m]['mean']:.4f}")
-    for t in res["targets"]:
+    for name, g in res["groups"].items():
+        log(f"   {name}: " + ", ".join(f"{m} {g['methods'][m]['mean']:.4f}" for m in METHODS))
+    for t in (t for g in res["groups"].values() for t in g["targets"]):
         log(f"   {'MET   ' if t['met'] else 'MISSED'} {t['target']} ({t['value']:.4f} vs {t['reference']:.4f})")
     return 0
 

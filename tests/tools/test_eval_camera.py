@@ -55,6 +55,11 @@ def test_split_has_no_test_shot_in_training_and_catches_a_leak(tmp_path):
                                                       *data.users[1:]]})
     with pytest.raises(AssertionError, match="test shot"):
         ec.check_split(leaky, users)
+    one = ec.few_shots(data, 1)  # the fewer-shots group: the first shot of each class, the same test shots
+    for u, full in zip(one.users, data.users):
+        assert sorted(one.labels[u["train"]].tolist()) == u["classes"]
+        assert set(u["train"].tolist()) <= set(full["train"].tolist()) and np.array_equal(u["test"], full["test"])
+    ec.check_split(one, users)
 
 
 def test_a_user_without_new_classes_is_refused(tmp_path):
