@@ -42,7 +42,7 @@ eval-clean:
 # The RGB scenario (issue 13): users' own photo classes on a MobileNetV2 bundle -> reports/eval_camera.{json,md}.
 # Its photos include scikit-image's data images, read out of the scikit-image wheel that eval-camera-deps fetches
 # with pip at deps time (nothing is downloaded at run time; the wheel is not installed). `make eval` runs it after
-# evaluate.py (about 6 minutes on a loaded 2-core machine, the bundle's build included); `make eval-camera` alone.
+# evaluate.py (about 7 minutes on a loaded 2-core machine, the bundle's build included); `make eval-camera` alone.
 EVAL_CAMERA_ARGS ?=
 SKIMAGE_WHEEL_VERSION = 0.26.0
 

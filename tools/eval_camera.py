@@ -4,11 +4,12 @@
 Photos: every real colour photo found in registry packages — scikit-image's data images read straight out of its
 PyPI wheel (`make eval-deps` fetches it with `pip download --no-deps scikit-image==0.26.0`; nothing is imported
 from it and nothing is downloaded at run time), scikit-learn's china.jpg and flower.jpg, matplotlib's
-grace_hopper.jpg. One photo = one class. The public bundle (`autlearn-build image --backbone mobilenet_v2
---resolutions 96`) is built on PUBLIC_CLASSES only; each user brings some of those and some classes new to the
-bundle, seen their own way (a crop window of the photo and a colour cast of their own), as camera shots
-(tools/bench_camera.shot: random crop, flip, rotation, jitter, 640x480 JPEG, some with EXIF orientation).
-Train and test shots of a user come from disjoint seeds.
+grace_hopper.jpg. Each photo's left and right halves are two classes (the halves of one photo share its colours
+and textures: the classes a user tells apart are not all far apart). The public bundle (`autlearn-build image
+--backbone mobilenet_v2 --resolutions 96`) is built on the halves of the first PUBLIC_PHOTOS photos only; each user
+brings some of those classes and both halves of photos new to the bundle, seen their own way (a crop window of
+the half and a colour cast of their own), as camera shots (tools/bench_camera.shot: random crop, flip, rotation,
+jitter, 640x480 JPEG, some with EXIF orientation). Train and test shots of a user come from disjoint seeds.
 
 Methods, scored on each user's test photos: the pretrained bundle; AutLearn (one real daemon round on the
 in-process board, tools/eval_tail.board_round, the daemon's defaults); local only (the builder's small CNN from
@@ -42,7 +43,9 @@ PHOTOS = [("china", "sklearn", "china.jpg"), ("flower", "sklearn", "flower.jpg")
           ("rocket", "skimage", "rocket.jpg"), ("motorcycle", "skimage", "motorcycle_left.png"),
           ("hubble", "skimage", "hubble_deep_field.jpg"), ("retina", "skimage", "retina.jpg"),
           ("ihc", "skimage", "ihc.png")]
-PUBLIC_CLASSES = (0, 1, 2, 3, 4)  # the bundle's classes; the others are new to it
+CLASS_NAMES = [f"{name}_{side}" for name, _, _ in PHOTOS for side in ("left", "right")]  # class c: photo c // 2
+PUBLIC_PHOTOS = 5
+PUBLIC_CLASSES = tuple(range(2 * PUBLIC_PHOTOS))  # the bundle's classes; the others are new to it
 METHODS = ["pretrained", "autlearn", "local_only", "centralised", "fedavg"]
 
 
@@ -77,14 +80,15 @@ def source_photos(wheels: Path) -> list:
 
 
 def plan_users(n_users: int, n_classes: int, known: int, new: int, seed: int) -> list[dict]:
-    """Each user: `known` of PUBLIC_CLASSES and `new` of the others (drawn per user), a crop window (fractions
-    x0, y0, w, h of the photo) and an RGB cast of their own per class."""
+    """Each user: `known` of PUBLIC_CLASSES and both halves of `new` photos not in the bundle (drawn per user), a
+    crop window (fractions x0, y0, w, h of the half) and an RGB cast of their own per class."""
     rng = np.random.default_rng(seed)
-    others = [c for c in range(n_classes) if c not in PUBLIC_CLASSES]
+    others = [p for p in range(n_classes // 2) if 2 * p not in PUBLIC_CLASSES]
     users = []
     for u in range(n_users):
+        photos = rng.choice(others, new, replace=False).tolist()
         classes = sorted(rng.choice(PUBLIC_CLASSES, known, replace=False).tolist()
-                         + rng.choice(others, new, replace=False).tolist())
+                         + [2 * p + h for p in photos for h in (0, 1)])
         views = {}
         for c in classes:
             w, h = rng.uniform(0.6, 0.85, 2)
@@ -122,9 +126,12 @@ def write_shots(root: Path, images: dict, classes: list[int], per_class: int, se
 
 
 def make_sets(work: Path, photos: list, users: list[dict], args) -> tuple[list, list[dict]]:
-    """Public shots (whole photos, PUBLIC_CLASSES) and each user's train and test shots; returns the public
+    """Public shots (whole halves, PUBLIC_CLASSES) and each user's train and test shots; returns the public
     files and, per user, {'train': files, 'test': files}."""
-    whole = {c: img for c, (_, img) in enumerate(photos)}
+    whole = {}
+    for p, (_, img) in enumerate(photos):
+        w, h = img.size
+        whole[2 * p], whole[2 * p + 1] = img.crop((0, 0, w // 2, h)), img.crop((w // 2, 0, w, h))
     public = write_shots(work / "public", whole, list(PUBLIC_CLASSES), args.public_per_class, 1, "public")
     sets = []
     for u in users:
@@ -221,8 +228,8 @@ def run(args) -> dict:
     work = args.work.absolute()
     work.mkdir(parents=True, exist_ok=True)
     photos = source_photos(args.wheels)
-    users = plan_users(args.users, len(photos), args.known, args.new, args.seed)
-    log(f"== eval-camera: {len(photos)} photos, {len(users)} users; making the shots …")
+    users = plan_users(args.users, len(CLASS_NAMES), args.known, args.new, args.seed)
+    log(f"== eval-camera: {len(photos)} photos, {len(CLASS_NAMES)} classes, {len(users)} users; making the shots …")
     shutil.rmtree(work / "shots", ignore_errors=True)
     public, sets = make_sets(work / "shots", photos, users, args)
     log(f"== bundle: autlearn-build image --backbone mobilenet_v2 --resolutions {args.side} on {len(public)} shots")
@@ -231,9 +238,10 @@ def run(args) -> dict:
     data = pooled(public, sets, manifest["input"], users)
     check_split(data, users)
     cloud = {}  # the cloud's model for FedAvg (fine-tuned on the public shots): the same for every group
-    groups = {f"{k} shots per class": run_group(few_shots(data, k), bundle, manifest, len(photos), work, args, cloud)
+    groups = {f"{k} shots per class": run_group(few_shots(data, k), bundle, manifest, len(CLASS_NAMES), work, args,
+                                                          cloud)
               for k in args.shots}
-    return {"photos": [{"class": i, "name": n, "package": p, "file": f, "public": i in PUBLIC_CLASSES}
+    return {"photos": [{"classes": [2 * i, 2 * i + 1], "name": n, "package": p, "file": f, "public": i < PUBLIC_PHOTOS}
                        for i, (n, p, f) in enumerate(PHOTOS)],
             "skimage_wheel": find_wheel(args.wheels).name, "bundle": {"side": args.side, "build_seconds": build_s,
                                                                     "public_shots": len(public)},
@@ -270,8 +278,8 @@ def run_group(data, bundle: Path, manifest: dict, n_classes: int, work: Path, ar
         r = board_round(data, u, bundle, work / "boards")
         per["pretrained"].append(r["pretrained"])
         per["autlearn"].append(r["accuracy"])
-        rows.append({"name": u["name"], "classes": [PHOTOS[c][0] for c in u["classes"]],
-                     "new_classes": [PHOTOS[c][0] for c in u["classes"] if c not in PUBLIC_CLASSES],
+        rows.append({"name": u["name"], "classes": [CLASS_NAMES[c] for c in u["classes"]],
+                     "new_classes": [CLASS_NAMES[c] for c in u["classes"] if c not in PUBLIC_CLASSES],
                      "n_train": len(u["train"]), "n_test": len(u["test"]), "round": r})
         log(f"   {u['name']} {rows[-1]['classes']}: pretrained {r['pretrained']:.3f} AutLearn {r['accuracy']:.3f} "
             f"({r['outcome']}, {r['round_seconds']} s)")
@@ -314,7 +322,7 @@ def write(res: dict, out: Path) -> None:
     lines = ["# RGB scenario: users' own photo classes on MobileNetV2 (`make eval-camera`)", "",
              f"Written by tools/eval_camera.py in {res['seconds']:.0f} s on {res['cpus']} CPUs. Bundle: "
              f"`autlearn-build image --backbone mobilenet_v2 --resolutions {s['side']}` on "
-             f"{res['bundle']['public_shots']} shots of the public classes. Photos (one class each): "
+             f"{res['bundle']['public_shots']} shots of the public classes. Photos (left and right half: two classes each): "
              + ", ".join(f"{p['name']} ({p['package']} {p['file']}{', public' if p['public'] else ''})"
                          for p in res["photos"]) + f"; scikit-image's read from {res['skimage_wheel']}.", "",
              f"Each user: up to {s['train_per_class']} training shots and {s['test_per_class']} test shots per "
@@ -349,7 +357,7 @@ def parse(argv=None):
     ap.add_argument("--side", type=int, default=96, help="bundle and Keras input side (px)")
     ap.add_argument("--users", type=int, default=6)
     ap.add_argument("--known", type=int, default=2, help="public classes per user")
-    ap.add_argument("--new", type=int, default=3, help="classes new to the bundle per user")
+    ap.add_argument("--new", type=int, default=2, help="photos new to the bundle per user (both halves: 2 classes each)")
     ap.add_argument("--public-per-class", type=int, default=24)
     ap.add_argument("--train-per-class", type=int, default=12)
     ap.add_argument("--test-per-class", type=int, default=10)

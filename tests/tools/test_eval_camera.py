@@ -22,22 +22,23 @@ def _photos(n):
 
 
 def test_every_user_has_known_and_new_classes():
-    users = ec.plan_users(6, len(ec.PHOTOS), known=2, new=3, seed=0)
+    users = ec.plan_users(6, len(ec.CLASS_NAMES), known=2, new=3, seed=0)
     assert len({u["name"] for u in users}) == 6
     for u in users:
         new = [c for c in u["classes"] if c not in ec.PUBLIC_CLASSES]
-        assert len(new) == 3 and len(u["classes"]) == 5 == len(set(u["classes"]))
+        assert len(new) == 6 and len(u["classes"]) == 8 == len(set(u["classes"]))
+        assert {c ^ 1 for c in new} == set(new)  # both halves of each new photo
         assert set(u["views"]) == set(u["classes"])
         for v in u["views"].values():
             x0, y0, w, h = v["window"]
             assert 0 <= x0 and x0 + w <= 1 and 0 <= y0 and y0 + h <= 1
     assert len({tuple(u["classes"]) for u in users}) > 1  # users differ
-    assert ec.plan_users(6, len(ec.PHOTOS), 2, 3, seed=0) == users  # deterministic
+    assert ec.plan_users(6, len(ec.CLASS_NAMES), 2, 3, seed=0) == users  # deterministic
 
 
 def test_split_has_no_test_shot_in_training_and_catches_a_leak(tmp_path):
     photos = _photos(len(ec.PHOTOS))
-    users = ec.plan_users(3, len(photos), known=1, new=2, seed=1)
+    users = ec.plan_users(3, len(ec.CLASS_NAMES), known=1, new=1, seed=1)
     args = SimpleNamespace(public_per_class=2, train_per_class=3, test_per_class=2)
     public, sets = ec.make_sets(tmp_path, photos, users, args)
     assert {c for _, c in public} == set(ec.PUBLIC_CLASSES)
@@ -45,7 +46,7 @@ def test_split_has_no_test_shot_in_training_and_catches_a_leak(tmp_path):
     assert data.x.shape == (len(data.files), 24, 24, 3)
     ec.check_split(data, users)
     for u in data.users:
-        assert len(u["train"]) == 3 * 3 and len(u["test"]) == 2 * 3
+        assert len(u["train"]) == 3 * 3 and len(u["test"]) == 2 * 3  # 1 known class, 2 halves of a new photo
         assert sorted(data.labels[u["test"]].tolist()) == sorted(c for c in u["classes"] for _ in range(2))
     # the test shots are other pictures than the training shots (disjoint seeds), not copies
     u0 = data.users[0]
@@ -64,7 +65,7 @@ def test_split_has_no_test_shot_in_training_and_catches_a_leak(tmp_path):
 
 def test_a_user_without_new_classes_is_refused(tmp_path):
     photos = _photos(len(ec.PHOTOS))
-    users = ec.plan_users(1, len(photos), known=2, new=0, seed=0)
+    users = ec.plan_users(1, len(ec.CLASS_NAMES), known=2, new=0, seed=0)
     args = SimpleNamespace(public_per_class=1, train_per_class=1, test_per_class=1)
     public, sets = ec.make_sets(tmp_path, photos, users, args)
     with pytest.raises(AssertionError, match="no class new"):
