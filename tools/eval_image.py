@@ -122,11 +122,11 @@ def board_user(data: ImageUsers, user: dict, bundle: Path, work: Path, epochs: i
 
 # ------------------------------------------------------------------------------------------ Keras baselines
 
-def _keras_model(manifest: dict, seed: int):
+def _keras_model(manifest: dict, seed: int, input_shape: tuple = (28, 28, 1), feature_size: int | None = None):
     from autlearn_build import image_model
 
     image_model.set_seed(seed)
-    base = image_model.build_base((28, 28, 1), int(manifest["variants"][0]["feature_size"]), 1.0)
+    base = image_model.build_base(tuple(input_shape), feature_size or int(manifest["variants"][0]["feature_size"]), 1.0)
     return image_model.build_classifier(base, int(manifest["class_capacity"]), len(manifest["labels"]))
 
 
@@ -134,16 +134,19 @@ def _keras_predict(model, x: np.ndarray) -> np.ndarray:
     return np.argmax(model.predict(x, batch_size=256, verbose=0), axis=1)
 
 
-def local_only(data: ImageUsers, manifest: dict, epochs: int, seed: int, train_labels=None) -> list[float]:
-    """The bundle's architecture trained from scratch on one user's training images alone (builder's recipe:
-    Adam, cosine decay, batch 32, BatchNorm recalibrated)."""
+def local_only(data: ImageUsers, manifest: dict, epochs: int, seed: int, train_labels=None,
+               feature_size: int | None = None) -> list[float]:
+    """The bundle's architecture (the builder's small CNN at the inputs' size; `feature_size` overrides the
+    bundle's) trained from scratch on one user's training images alone (builder's recipe: Adam, cosine decay,
+    batch 32, BatchNorm recalibrated)."""
     from autlearn_build import image_model
 
     accs = []
+    shape = data.x.shape[1:]
     for u in data.users:
         y = data.labels[u["train"]] if train_labels is None else train_labels[u["name"]]
-        model = _keras_model(manifest, seed)
-        image_model.pretrain(model, data.x[u["train"]], y, np.zeros((0, 28, 28, 1), np.float32),
+        model = _keras_model(manifest, seed, shape, feature_size)
+        image_model.pretrain(model, data.x[u["train"]], y, np.zeros((0, *shape), np.float32),
                              np.zeros(0, np.int64), epochs=epochs, batch_size=32, progress=lambda s: None)
         accs.append(float(np.mean(_keras_predict(model, data.x[u["test"]]) == data.labels[u["test"]])))
     return accs
