@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -69,15 +70,20 @@ def user_words(bundle: Path, n: int) -> tuple[str, str]:
     return "\n\n".join(first) + "\n\n", "\n\n".join(later) + "\n\n"
 
 
+def fresh(root: Path) -> Path:
+    """An empty board directory at `root` (an earlier run's removed), with tools/ importable."""
+    if str(ROOT / "tools") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tools"))
+    if root.exists():
+        shutil.rmtree(root)
+    return root
+
+
 def one(bundle: Path, work: Path, n: int) -> dict:
     """A first round on n words, then a later round after LATER_WORDS more (in this process)."""
-    sys.path.insert(0, str(ROOT / "tools"))
+    root = fresh(work / f"user-{n}")
     from eval_board import engine_of, never, no_progress, start_service
     first, later = user_words(bundle, n)
-    root = work / f"user-{n}"
-    if root.exists():
-        import shutil
-        shutil.rmtree(root)
     svc = start_service(root, bundle, **{"training.epochs": 30})
     notes = root / "inbox" / "notes.txt"
     notes.write_text(first, encoding="utf-8")
@@ -127,14 +133,10 @@ def next_event(events, name: str, timeout: float) -> dict:
 
 def through_daemon(bundle: Path, work: Path, n: int) -> dict:
     """The later round end to end through autlearnd: notes appended → inotify → debounce → scan → tick → round."""
-    sys.path.insert(0, str(ROOT / "tools"))
+    root = fresh(work / f"daemon-{n}")
     from autlearn.config import Config
     from harness import Daemon
     first, later = user_words(bundle, n)
-    root = work / f"daemon-{n}"
-    if root.exists():
-        import shutil
-        shutil.rmtree(root)
     debounce = Config()["data.debounce_s"]
     d = Daemon(root, bundle, training="epochs = 30\n", debounce_s=debounce).up()  # the shipped trigger
     events = d.subscribe()
