@@ -193,19 +193,25 @@ def test_a_deeper_cut_over_the_budget_is_not_trained_and_the_version_says_why(
         svc.stop()
 
 
+def _plant_tail_version(svc, weights_of) -> None:
+    """A promoted `last_block` version holding `weights_of(the tail's initial weights)`: where the tail's
+    candidate of the next round starts."""
+    from autlearn.learning.head import Head, save_weights
+    tail = cuts_of(svc.bundle)[1]
+    w = Head(tail.variant, svc.bundle.class_capacity, svc.bundle.train_batch, 1).get_weights()
+    save_weights(weights_of(w), svc.paths.heads / "tail-planted.npz")
+    svc.store.add_head(svc.bundle_id, svc.variant.name, "promoted", "tail-planted.npz", cut="last_block")
+
+
 def test_a_deeper_cut_that_loses_on_the_holdout_in_a_round_keeps_the_head_only_candidate(
         tmp_path, tiny_cuts_bundle, user_digits, write_user):
     from eval_board import never, no_progress
-    from autlearn.learning.head import Head, save_weights
     svc, eng = _board(tmp_path, tiny_cuts_bundle, user_digits, write_user,
                       **{"training.epochs": 1, "training.min_steps": 0, "training.learning_rate": 1e-4})
     try:
         # an earlier tail version that is broken (all zeros: one class for every input) is where the tail's
         # candidate starts; the head-only one starts from the bundle's head: the tail trains, and loses
-        tail = cuts_of(svc.bundle)[1]
-        w = Head(tail.variant, svc.bundle.class_capacity, svc.bundle.train_batch, 1).get_weights()
-        save_weights({k: np.zeros_like(v) for k, v in w.items()}, svc.paths.heads / "tail-zero.npz")
-        svc.store.add_head(svc.bundle_id, svc.variant.name, "promoted", "tail-zero.npz", cut="last_block")
+        _plant_tail_version(svc, lambda w: {k: np.zeros_like(v) for k, v in w.items()})
         r = eng.round("test", no_progress, never)
         assert r.cut == "head" and r.outcome == "promoted", r.detail
         assert r.cut_reason.startswith(f"kept head: no deeper cut beat it on {r.n_holdout} holdout samples")
@@ -229,7 +235,7 @@ def _one_class(w: dict, slot: int, logit: float) -> dict:
 def test_at_equal_holdout_accuracy_a_round_keeps_the_deeper_cut_only_when_its_holdout_loss_is_lower(
         tmp_path, tiny_cuts_bundle, user_digits, write_user, head_logit, tail_logit, kept):
     from eval_board import never, no_progress
-    from autlearn.learning.head import Head, load_weights, save_weights
+    from autlearn.learning.head import load_weights, save_weights
     # Both cuts' candidates start from a head that answers one class for every input (so they tie on any holdout),
     # one more sure of it than the other, and train one epoch at a tiny learning rate (the answer stays): the one
     # that is less sure has the lower cross-entropy on the holdout (9 of its 10 classes are wrong either way).
@@ -239,10 +245,7 @@ def test_at_equal_holdout_accuracy_a_round_keeps_the_deeper_cut_only_when_its_ho
         slot = svc.store.classes(svc.bundle_id)[str(int(user_digits[1][0]))]
         v1 = svc.paths.heads / "head-v1.npz"
         save_weights(_one_class(load_weights(v1), slot, head_logit), v1)
-        tail = cuts_of(svc.bundle)[1]
-        w = Head(tail.variant, svc.bundle.class_capacity, svc.bundle.train_batch, 1).get_weights()
-        save_weights(_one_class(w, slot, tail_logit), svc.paths.heads / "tail-one.npz")
-        svc.store.add_head(svc.bundle_id, svc.variant.name, "promoted", "tail-one.npz", cut="last_block")
+        _plant_tail_version(svc, lambda w: _one_class(w, slot, tail_logit))
         r = eng.round("test", no_progress, never)
         assert r.cut == kept, r.detail
         if kept == "last_block":

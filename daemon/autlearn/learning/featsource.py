@@ -142,7 +142,6 @@ class FeatureSource:
         return f, False
 
 
-
 def with_copies_at(sources: list[FeatureSource], samples: list[Sample], train: list[bool], copies: int,
                    seed: int) -> list[tuple[Got, Got]]:
     """FeatureSource.with_copies for several stems (a round training more than one cut) in one pass: a file is
