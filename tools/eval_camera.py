@@ -34,6 +34,7 @@ import numpy as np
 
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
+from eval_camera_probe import PROBES, probe, probe_line  # noqa: E402
 
 SKIMAGE_WHEEL = "scikit_image-0.26.0-*.whl"
 # (class name, package, file): the real colour photos; skimage's grey or synthetic images are left out
@@ -283,6 +284,7 @@ def run_group(data, bundle: Path, manifest: dict, n_classes: int, work: Path, ar
                      "n_train": len(u["train"]), "n_test": len(u["test"]), "round": r})
         log(f"   {u['name']} {rows[-1]['classes']}: pretrained {r['pretrained']:.3f} AutLearn {r['accuracy']:.3f} "
             f"({r['outcome']}, {r['round_seconds']} s)")
+    probes = probe(data, bundle, work / "probe-board", PROBES)
     log(f"== local only ({args.local_epochs} epochs, the builder's small CNN from scratch per user)")
     every = {**manifest, "labels": [str(c) for c in range(n_classes)]}  # the head's mask: every class in use
     per["local_only"] = ei.local_only(data, every, args.local_epochs, args.seed, feature_size=64)
@@ -305,14 +307,17 @@ def run_group(data, bundle: Path, manifest: dict, n_classes: int, work: Path, ar
     per["fedavg"], finfo = ei.fedavg(data, cloud["model"], cloud["weights"], args.fed_rounds, args.fed_clients,
                                      args.fed_local_epochs, args.fed_lr, args.seed)
     finfo["seconds_with_cloud_model"] = round(time.monotonic() - t1, 1)
-    for row, *accs in zip(rows, *(per[m] for m in METHODS)):
-        row.update(dict(zip(METHODS, accs)))
+    for row, *accs in zip(rows, *(per[m] for m in METHODS), *(probes[m] for m in PROBES)):
+        row.update(dict(zip(METHODS + PROBES, accs)))
     means = {m: float(np.mean(v)) for m, v in per.items()}
+    probe_means = {m: float(np.mean(v)) for m, v in probes.items()}
     targets = [{"target": f"{k} shots: AutLearn mean per-user accuracy >= {ref}", "value": round(means["autlearn"], 4),
                 "reference": round(means[ref], 4), "met": bool(means["autlearn"] >= means[ref] - 1e-12)}
                for ref in ("centralised", "fedavg", "local_only")]
     return {"shots_per_class": k, "users": rows, "methods": {m: {"mean": means[m], "per_user": per[m]} for m in METHODS},
-            "targets": targets, "centralised": cinfo, "fedavg": finfo}
+            "targets": targets, "centralised": cinfo, "fedavg": finfo,
+            "probes": {m: {"mean": probe_means[m], "per_user": probes[m]} for m in PROBES}}
+
 
 
 def write(res: dict, out: Path) -> None:
@@ -337,6 +342,7 @@ def write(res: dict, out: Path) -> None:
             cls = ", ".join(f"**{c}**" if c in r["new_classes"] else c for c in r["classes"])
             lines.append(f"| {r['name']} | {cls} | " + " | ".join(f"{r[m]:.3f}" for m in METHODS) + " |")
         lines.append("| **mean** | | " + " | ".join(f"**{g['methods'][m]['mean']:.3f}**" for m in METHODS) + " |")
+        lines += ["", probe_line(g["probes"])]
         lines += ["", "Targets (issue 14):", ""]
         lines += [f"- {'MET' if t['met'] else 'MISSED'}: {t['target']} ({t['value']:.4f} vs {t['reference']:.4f})"
                   for t in g["targets"]]
