@@ -121,3 +121,24 @@ def test_a_build_augments_only_the_training_split_and_records_it(tmp_path):
     assert m["build"]["public_augmentation"] == {"degrade": 0.5, "augment_public": 2,
                                                  "augment_ops": ["affine", "stroke"], "original_train_images": n,
                                                  "copies": round(0.5 * n) + 2 * n}
+
+
+@pytest.mark.slow  # 13,500 MNIST images loaded and 4,500 copied
+def test_the_eval_tools_build_with_the_option_and_centralised_gets_the_bundles_public_data():
+    from eval_image import public_train
+    from reference import BuildSpec
+
+    assert BuildSpec().tag() == "e8-s0-flops1.4M-d1"  # bundles built before the option keep their names
+    spec = BuildSpec(budget=None, augment_public=2, augment_ops="stroke,affine")
+    assert spec.tag() == "e8-s0-none-d1-a2-as"
+    assert spec.build_args() == ["--epochs", "8", "--seed", "0", "--degrade", "1", "--augment-public", "2",
+                                 "--augment-ops", "stroke,affine"]
+    manifest = {"input": {"fit_box": 20}, "build": {"seed": 5, "public_augmentation": {
+        "degrade": 0.0, "augment_public": 1, "augment_ops": ["affine"], "original_train_images": 4500,
+        "copies": 4500}}}
+    x, y = public_train(manifest)
+    _, train, _ = load_split("mnist5k", ImageSpec().with_fit_box(20), 16, None, 0.1, lambda s: None)
+    expected = augmented_copies(train, 1, ("affine",), seed=5)
+    assert np.array_equal(x, expected.x) and np.array_equal(y, expected.y)
+    x_plain, _ = public_train({"input": {"fit_box": 20}, "build": {"seed": 0}})
+    assert np.array_equal(x_plain, train.x)
