@@ -98,8 +98,9 @@ def write(report: dict, out: Path) -> None:
                   "1000 optimiser steps for small users), ") +
                f"{img['board']['augment_copies']} augmented copy per image, "
                f"20 % of the user's training images kept by the board as its own promotion holdout. Local only: "
-               f"{img['local_only']['epochs']} epochs from scratch. Centralised: {c['public_images']} public + "
-               f"{c['user_images']} user images, {c['epochs']} epochs from scratch. FedAvg: {f['rounds']} rounds, "
+               f"{img['local_only']['epochs']} epochs from scratch. Centralised: {c['public_images']} public "
+               + ("(the bundle's: MNIST-5k's training split and its copies) " if c.get("public_augmentation") else "")
+               + f"+ {c['user_images']} user images, {c['epochs']} epochs from scratch. FedAvg: {f['rounds']} rounds, "
                f"{f['clients_per_round']} of {f['users']} clients per round, {f['local_epochs']} local epochs, "
                f"{f['optimizer']}, from the cloud's pretrained model ({f['sample_gradients']} client sample-gradients "
                f"vs {c['sample_gradients']} for centralised).", ""]
@@ -243,7 +244,10 @@ def notes(report: dict) -> list[str]:
                 f"({pct(m['local_only'])} %) and the cloud model ({pct(m['pretrained'])} %). The board trains only the "
                 f"head on features of a frozen int8 base pretrained on MNIST; the UCI digits (8x8 scans of other "
                 f"writers blown up to 28x28) stay unlike MNIST even in the bundle's framing and with the builder's "
-                f"low-resolution copies, and a head cannot repair features the base never learnt. Centralised and "
+                + ("low-resolution and randomly transformed copies of the public images (`--degrade`, "
+                   "`--augment-public`)" if "--augment-public" in img["bundle"].get("args", []) else
+                   "low-resolution copies")
+                + f", and a head cannot repair features the base never learnt. Centralised and "
                 f"FedAvg train every layer, the base included, on the users' images (FedAvg sees them all through "
                 f"the federation): the gap is what keeping the data on the board with a frozen base costs here.")
         if m.get("autlearn_offline_aug_e30") is not None and img["board"]["epochs"] != 30:
