@@ -45,7 +45,7 @@ KB_METHODS = ["pretrained", "local_only", "autlearn_offline", "autlearn_offline_
               "centralised", "fedavg"]
 IMAGE_METHODS = KB_METHODS[:4] + ["autlearn_offline_aug_e30"] + KB_METHODS[4:]
 # The image bundle's public augmentation (autlearn-build --augment-public/--augment-ops; chosen in docs/builder.md).
-AUGMENT_PUBLIC = 0
+AUGMENT_PUBLIC = 4
 AUGMENT_OPS = "affine,stroke,lowres,contrast"
 AUTLEARN = "autlearn_offline_aug"  # the board's default configuration (training.augment_copies = 1)
 LABELS = {"pretrained": "pretrained only", "local_only": "local only", "autlearn_offline": "AutLearn offline",
