@@ -153,12 +153,20 @@ def local_only(data: ImageUsers, manifest: dict, epochs: int, seed: int, train_l
 
 
 def public_train(manifest: dict):
-    """The builder's public training images (MNIST-5k, its fixed order and per-class split)."""
+    """The builder's public training images (MNIST-5k, its fixed order and per-class split), with the copies the
+    bundle's base was pretrained on (manifest build.public_augmentation: --degrade, --augment-public), so that
+    centralised training gets the same public data as the cloud model."""
     from autlearn_build.datasets import ImageSpec, load_dataset, stratified_split
+    from autlearn_build.public_augment import pretraining_set
 
-    pub = load_dataset("mnist5k", ImageSpec())
+    pub = load_dataset("mnist5k", ImageSpec().with_fit_box(int(manifest["input"].get("fit_box", 0))))
     tr, _ = stratified_split(pub.y, 0.1, len(pub.labels))
-    return pub.x[tr], pub.y[tr]
+    train = pub.take(tr)
+    aug = manifest.get("build", {}).get("public_augmentation")
+    if aug:
+        train = pretraining_set(train, float(aug["degrade"]), int(aug["augment_public"]), tuple(aug["augment_ops"]),
+                                int(manifest["build"]["seed"]))
+    return train.x, train.y
 
 
 def centralised(data: ImageUsers, manifest: dict, epochs: int, seed: int) -> tuple[list[float], dict]:
@@ -175,6 +183,7 @@ def centralised(data: ImageUsers, manifest: dict, epochs: int, seed: int) -> tup
                          np.zeros((0, 28, 28, 1), np.float32), np.zeros(0, np.int64), epochs=epochs, batch_size=32,
                          progress=lambda s: None)
     info = {"public_images": int(len(px)), "user_images": int(len(ux)), "epochs": epochs,
+            "public_augmentation": manifest.get("build", {}).get("public_augmentation"),
             "sample_gradients": int(epochs * (len(px) + len(ux))), "seconds": round(time.monotonic() - t0, 1)}
     return [float(np.mean(_keras_predict(model, data.x[u["test"]]) == data.labels[u["test"]]))
             for u in data.users], info

@@ -98,8 +98,9 @@ def write(report: dict, out: Path) -> None:
                   "1000 optimiser steps for small users), ") +
                f"{img['board']['augment_copies']} augmented copy per image, "
                f"20 % of the user's training images kept by the board as its own promotion holdout. Local only: "
-               f"{img['local_only']['epochs']} epochs from scratch. Centralised: {c['public_images']} public + "
-               f"{c['user_images']} user images, {c['epochs']} epochs from scratch. FedAvg: {f['rounds']} rounds, "
+               f"{img['local_only']['epochs']} epochs from scratch. Centralised: {c['public_images']} public "
+               + ("(the bundle's: MNIST-5k's training split and its copies) " if c.get("public_augmentation") else "")
+               + f"+ {c['user_images']} user images, {c['epochs']} epochs from scratch. FedAvg: {f['rounds']} rounds, "
                f"{f['clients_per_round']} of {f['users']} clients per round, {f['local_epochs']} local epochs, "
                f"{f['optimizer']}, from the cloud's pretrained model ({f['sample_gradients']} client sample-gradients "
                f"vs {c['sample_gradients']} for centralised).", ""]
@@ -237,15 +238,26 @@ def notes(report: dict) -> list[str]:
     if img:
         m = {k: v["mean"] for k, v in img["methods"].items()}
         if m["autlearn_offline_aug"] < max(m["centralised"], m["fedavg"]):
+            names = {"centralised": "centralised", "fedavg": "FedAvg"}
+            below = [r for r in ("centralised", "fedavg") if m["autlearn_offline_aug"] < m[r]]
+            above = [f"{names[r]} ({pct(m[r])} %)" for r in ("centralised", "fedavg") if r not in below]
+            trainers = " and ".join(names[r] for r in below)
+            trainers = trainers[0].upper() + trainers[1:]
             out.append(
-                f"Images: AutLearn ({pct(m['autlearn_offline_aug'])} %) stays below centralised "
-                f"({pct(m['centralised'])} %) and FedAvg ({pct(m['fedavg'])} %), though above local-only training "
+                f"Images: AutLearn ({pct(m['autlearn_offline_aug'])} %) stays below "
+                + " and ".join(f"{names[r]} ({pct(m[r])} %)" for r in below)
+                + f", though above {', '.join(above + [''])}local-only training "
                 f"({pct(m['local_only'])} %) and the cloud model ({pct(m['pretrained'])} %). The board trains only the "
                 f"head on features of a frozen int8 base pretrained on MNIST; the UCI digits (8x8 scans of other "
                 f"writers blown up to 28x28) stay unlike MNIST even in the bundle's framing and with the builder's "
-                f"low-resolution copies, and a head cannot repair features the base never learnt. Centralised and "
-                f"FedAvg train every layer, the base included, on the users' images (FedAvg sees them all through "
-                f"the federation): the gap is what keeping the data on the board with a frozen base costs here.")
+                + ("low-resolution and randomly transformed copies of the public images (`--degrade`, "
+                   "`--augment-public`)" if "--augment-public" in img["bundle"].get("args", []) else
+                   "low-resolution copies")
+                + f", and a head cannot repair features the base never learnt. {trainers} "
+                + ("trains" if len(below) == 1 else "train")
+                + " every layer, the base included, on the users' images"
+                + (" (FedAvg sees them all through the federation)" if "fedavg" in below else "")
+                + ": the gap is what keeping the data on the board with a frozen base costs here.")
         if m.get("autlearn_offline_aug_e30") is not None and img["board"]["epochs"] != 30:
             out.append(
                 f"Images: the daemon's default `training.epochs = 30` gives {pct(m['autlearn_offline_aug_e30'])} % "

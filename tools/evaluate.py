@@ -44,6 +44,9 @@ BIN = Path(sys.executable).parent
 KB_METHODS = ["pretrained", "local_only", "autlearn_offline", "autlearn_offline_aug", "autlearn_online",
               "centralised", "fedavg"]
 IMAGE_METHODS = KB_METHODS[:4] + ["autlearn_offline_aug_e30"] + KB_METHODS[4:]
+# The image bundle's public augmentation (autlearn-build --augment-public/--augment-ops; chosen in docs/builder.md).
+AUGMENT_PUBLIC = 4
+AUGMENT_OPS = "affine,stroke,lowres,contrast"
 AUTLEARN = "autlearn_offline_aug"  # the board's default configuration (training.augment_copies = 1)
 LABELS = {"pretrained": "pretrained only", "local_only": "local only", "autlearn_offline": "AutLearn offline",
           "autlearn_offline_aug": "AutLearn offline + aug.", "autlearn_online": "AutLearn online",
@@ -67,7 +70,8 @@ def run_image(args, work: Path) -> dict:
     from reference import BuildSpec, ensure_bundle, pretrained_reference
 
     t0 = time.monotonic()
-    spec = BuildSpec(epochs=args.image_epochs, seed=args.seed, budget=None)
+    spec = BuildSpec(epochs=args.image_epochs, seed=args.seed, budget=None, augment_public=args.augment_public,
+                     augment_ops=args.augment_ops)
     log(f"== image: bundle (autlearn-build image --data mnist5k {' '.join(spec.build_args())})")
     bundle, secs = ensure_bundle(work, spec, log)
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -276,6 +280,10 @@ def parse(argv=None):
     g.add_argument("--digits-limit", type=int, default=None, help="use only the first N UCI digits")
     g.add_argument("--min-user-images", type=int, default=20)
     g.add_argument("--image-epochs", type=int, default=8, help="bundle pretraining and centralised epochs")
+    g.add_argument("--augment-public", type=int, default=AUGMENT_PUBLIC,
+                   help="builder --augment-public: transformed copies of each public training image (centralised "
+                        "training gets the same public images as the bundle)")
+    g.add_argument("--augment-ops", default=AUGMENT_OPS, help="builder --augment-ops")
     g.add_argument("--board-epochs", type=int, default=30,
                    help="board head epochs (the daemon's default: 30, raised by the daemon itself to reach "
                         "training.min_steps; another value also runs the default as its own row)")

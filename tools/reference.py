@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from autlearn_build.public_augment import DEFAULT_OPS, parse_ops
 
 BIN = Path(sys.executable).parent
 
@@ -30,14 +31,24 @@ class BuildSpec:
     batch_size: int = 32
     learning_rate: float = 2e-3
     degrade: float = 1.0  # --degrade: low-resolution copies of the public images (the board's users scan coarsely)
+    augment_public: int = 0  # --augment-public: randomly transformed copies of each public training image
+    augment_ops: str = DEFAULT_OPS  # --augment-ops
 
     def tag(self) -> str:
         b = (self.budget or "none").replace("=", "").replace(",", "_")
-        return f"e{self.epochs}-s{self.seed}-{b}-d{self.degrade:g}"
+        tag = f"e{self.epochs}-s{self.seed}-{b}-d{self.degrade:g}"
+        if self.augment_public:
+            ops = "" if self.augment_ops == DEFAULT_OPS else "-" + "".join(o[0] for o in parse_ops(self.augment_ops))
+            tag += f"-a{self.augment_public}{ops}"
+        return tag
 
     def build_args(self) -> list[str]:
         """The autlearn-build options after `image --data mnist5k`."""
         args = ["--epochs", str(self.epochs), "--seed", str(self.seed), "--degrade", f"{self.degrade:g}"]
+        if self.augment_public:
+            args += ["--augment-public", str(self.augment_public)]
+            if self.augment_ops != DEFAULT_OPS:
+                args += ["--augment-ops", self.augment_ops]
         return args + (["--budget", self.budget] if self.budget else [])
 
 
@@ -94,15 +105,15 @@ def pretrained_reference(manifest: dict, spec: BuildSpec, log=print) -> Referenc
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
     from autlearn_build import image_model
-    from autlearn_build.datasets import ImageSpec, load_dataset, low_resolution_copies, stratified_split
+    from autlearn_build.datasets import ImageSpec, load_dataset, stratified_split
+    from autlearn_build.public_augment import pretraining_set
 
     t0 = time.monotonic()
-    data = load_dataset("mnist5k", ImageSpec())
+    data = load_dataset("mnist5k", ImageSpec().with_fit_box(int(manifest["input"].get("fit_box", 0))))
     n_classes = len(data.labels)
     train_idx, val_idx = stratified_split(data.y, 0.1, n_classes)
     train, val = data.take(train_idx), data.take(val_idx)
-    if spec.degrade > 0:
-        train = low_resolution_copies(train, spec.degrade, spec.seed)
+    train = pretraining_set(train, spec.degrade, spec.augment_public, parse_ops(spec.augment_ops), spec.seed)
     image_model.set_seed(spec.seed)
     capacity = int(manifest["class_capacity"])
     feature_size = int(manifest["variants"][0]["feature_size"])

@@ -13,10 +13,11 @@ import numpy as np
 from .build_steps import (BuildResult, active_mask, build_record, chief_copy, latency_record, predict, prepare,
                           quiet_call, write_verified)
 from .bundle_writer import Variant, metric
-from .datasets import load_split, low_resolution_copies
+from .datasets import load_split
 from .errors import BuildError, InputError
 from .evaluate import LATENCY_BATCH, LATENCY_THREADS
 from .image_options import ImageOptions
+from .public_augment import augmentation_record, parse_ops, pretraining_set
 
 TASK = "image_classification"
 VARIANT_NAME = "full"
@@ -33,9 +34,13 @@ def build_image_bundle(opts: ImageOptions, progress: Callable[[str], None] = pri
     data, train, val = load_split(opts.data, spec, opts.class_capacity, opts.limit, opts.val_fraction, progress)
     n_classes = len(data.labels)
     progress(f"  {len(data)} images, {n_classes} classes: {len(train)} for training, {len(val)} held out")
-    if opts.degrade > 0:
-        train = low_resolution_copies(train, opts.degrade, opts.seed)
-        progress(f"  + low-resolution copies: {len(train)} training images")
+    originals = len(train)
+    ops = parse_ops(opts.augment_ops)
+    if opts.degrade > 0 or opts.augment_public > 0:
+        t_aug = time.perf_counter()
+        train = pretraining_set(train, opts.degrade, opts.augment_public, ops, opts.seed)
+        progress(f"  + {train.description.split(' + ', 1)[1]}: {len(train)} training images "
+                 f"({time.perf_counter() - t_aug:.1f}s)")
 
     from .distribute import make_distribution
     from .prune import parse_budgets
@@ -94,6 +99,9 @@ def build_image_bundle(opts: ImageOptions, progress: Callable[[str], None] = pri
         latency=latency_record(LATENCY_THREADS, LATENCY_BATCH))
     if pruning:
         build["pruning"] = pruning
+    if opts.degrade > 0 or opts.augment_public > 0:
+        build["public_augmentation"] = augmentation_record(opts.degrade, opts.augment_public, ops, len(train),
+                                                           originals)
     manifest = write_verified(out, opts, task=TASK, input_spec=spec.to_manifest(), labels=data.labels,
                               class_capacity=opts.class_capacity, variants=variants, build=build)
     return BuildResult(out=out, manifest=manifest, seconds=time.perf_counter() - start,

@@ -14,6 +14,7 @@ from autlearn.intake.imaging import RESIZE_POLICIES
 from .datasets import MNIST5K_NAME, MNIST_FIT_BOX, ImageSpec
 from .errors import InputError
 from .model_import import PREPROCESSING, parse_resolutions
+from .public_augment import DEFAULT_OPS, parse_ops
 from .options import (FRACTION_HELD_OUT, NOT_NEGATIVE, Options, at_least, between, force_option, head_lr_option, in_range,
                       learning_rate_option, non_negative_int, option, out_option, positive_float, positive_int,
                       strategy_option)
@@ -60,10 +61,11 @@ class ImageOptions(Options):
                   "head follows it. When the model's last layer has one output per class folder of --data (folders "
                   "sorted by name = the model's output order) the head starts from it, so the board's first "
                   "answers are the model's; otherwise a head is trained on --data. The input size and colour mode "
-                  "come from the model. --epochs, --feature-size, --width-mult, --fit-box and --degrade do not "
-                  "apply. --budget prunes the expansion channels of the model's inverted-residual blocks (every "
-                  "block keeps the same fraction, highest-norm filters first; --prune-finetune distils the "
-                  "pruned features from the unpruned model's), one variant per budget (and per --resolutions)."),
+                  "come from the model. --epochs, --feature-size, --width-mult, --fit-box, --degrade and "
+                  "--augment-public do not apply. --budget prunes the expansion channels of the model's "
+                  "inverted-residual blocks (every block keeps the same fraction, highest-norm filters first; "
+                  "--prune-finetune distils the pruned features from the unpruned model's), one variant per budget "
+                  "(and per --resolutions)."),
     }
 
     data: str = option(metavar="mnist5k|PATH",
@@ -112,6 +114,15 @@ class ImageOptions(Options):
                             help="add low-resolution copies of this fraction (0-1) of the public training images "
                                  "(re-sampled through 6-14 px): features that survive blurry, coarse board cameras "
                                  "and scanners; pretraining takes (1 + FRACTION) times as long per epoch")
+    augment_public: int = option(0, metavar="K", parse=non_negative_int, rule=between(0, 20),
+                                 help="add K randomly transformed copies of every public training image (not of "
+                                      "the held-out ones): the operations of --augment-ops, framed again as the "
+                                      "board frames its files; deterministic by --seed. Pretraining takes "
+                                      "(1 + --degrade + K) times as long per epoch")
+    augment_ops: str = option(DEFAULT_OPS, metavar="OP[,OP…]",
+                              help="the operations of --augment-public's copies, each drawn at random per copy: "
+                                   "affine (rotation, scale, shear, shift), stroke (erode/dilate), lowres "
+                                   "(re-sampled through 6-14 px, as --degrade), contrast (fainter ink, gamma)")
     tail: str = option("head", metavar="CUT[,CUT…]",
                        help="what the board trains: only the head, or the last (two) depthwise-separable blocks as "
                             "well (built-in CNN: head, last_block, last2_blocks); with --model/--backbone the last "
@@ -178,6 +189,7 @@ class ImageOptions(Options):
 
     def validate(self) -> None:
         super().validate()
+        parse_ops(self.augment_ops)
         allowed = BACKBONE_TAILS if self.from_model else CNN_TAILS
         cuts = [c.strip() for c in self.tail.split(",")]
         for c in cuts:
