@@ -110,9 +110,14 @@ def test_the_free_candidate_that_wins_on_the_holdout_is_kept_and_rollback_restor
     try:
         r = eng.round("test", no_progress, never)
         assert r.outcome == "promoted" and r.cut == "last_block", r.detail
-        assert r.cut_reason.startswith("last_block/free beat the earlier candidates on"), r.cut_reason
-        got = {n: float(a) for n, a in re.findall(r"(head|last_block/\w+) (\d\.\d+) \(loss", r.cut_reason)}
-        assert got["last_block/free"] > max(got["head"], got["last_block/anchored"])
+        # free beat both earlier candidates: by accuracy, or at the anchored one's accuracy by a lower loss (the
+        # tiny bundle's tail after one epoch at 1e-4 may reach no more than the wrecked one on 30 samples)
+        assert re.match(r"last_block/free (beat the earlier candidates|matched the best earlier candidate's "
+                        r"accuracy) on", r.cut_reason), r.cut_reason
+        got = {n: (float(a), float(loss)) for n, a, loss in
+               re.findall(r"(head|last_block/\w+) (\d\.\d+) \(loss (\d+\.\d+)\)", r.cut_reason)}
+        assert got["last_block/free"][0] >= max(got["head"][0], got["last_block/anchored"][0])
+        assert got["last_block/free"][1] < 0.9 * got["last_block/anchored"][1]
         assert "cut last_block/free:" in r.detail
         rows = {v["version"]: v for v in svc.versions({})["versions"]}
         assert rows[r.version]["cut"] == "last_block" and rows[r.version]["cut_reason"] == r.cut_reason
