@@ -54,6 +54,8 @@ def train_step_ms(model: bytes, feature_size: int, class_capacity: int, train_ba
     args = dict(x=rng.random(shape, np.float32),
                 y=(np.arange(train_batch) % 2).astype(np.int32), mask=np.ones(train_batch, np.float32),
                 active=np.ones(class_capacity, np.float32), lr=np.array(0.0, np.float32))
+    if "l2" in interp.get_signature_list()["train"]["inputs"]:  # a tail: the pull is an input (same cost at any value)
+        args.update(l2=np.array(1e-3, np.float32), lr_scale=np.array(0.3, np.float32))
     for _ in range(3):
         train(**args)
     best = float("inf")
@@ -145,6 +147,7 @@ def finish_tail_variant(name: str, classifier, train, val, active: np.ndarray, o
         "cache_bytes_per_sample_float32": 4 * feature_size,
         "l2_to_pretrained": opts.tail_l2,
         "conv_lr_scale": opts.tail_lr_scale,
+        "regularisation": tm.regularisation(opts.tail_l2, opts.tail_lr_scale),
         "accuracy_int8_pretrained_tail": None if accuracy_pretrained_tail != accuracy_pretrained_tail
         else round(float(accuracy_pretrained_tail), 4),
     }
@@ -250,6 +253,7 @@ def finish_backbone_tail(user, train, val, active: np.ndarray, opts, progress: C
         "cache_bytes_per_sample": feature_size,
         "cache_bytes_per_sample_float32": 4 * feature_size,
         "l2_to_pretrained": opts.tail_l2, "conv_lr_scale": opts.tail_lr_scale,
+        "regularisation": tm.regularisation(opts.tail_l2, opts.tail_lr_scale),
     }
     progress(f"  variant full, cut {cut} ({'x'.join(map(str, shape))} = {feature_size} int8 values cached per "
              f"sample): stem {params} params, int8 {len(stem_model)} bytes, {latency:.3f} ms/image; tail "

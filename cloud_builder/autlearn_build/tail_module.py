@@ -4,7 +4,7 @@ The network is split at a *cut* (`CUTS`): the int8 frozen *stem* below it is the
 is the activation at the cut flattened to [None, H*W*C] (so the board caches it like any feature vector), and
 the tail above it trains on the board through the same four signatures as the head (docs/bundle-format.md):
 
-  train(x[B,F], y[B] int32, mask[B], active[K], lr[]) -> {loss}   one Adam step, state inside the model
+  train(x[B,F], y[B] int32, mask[B], active[K], lr[], l2[], lr_scale[]) -> {loss}   one Adam step, state inside
   infer(x[None,F], active[K]) -> {probs[N,K]}
   get_weights() -> {dw3_w, dw3_b, pw3_w, pw3_b, …, w0, b0, w1, b1}   the head's weights (the class slots) last
   set_weights(<the same names>) -> {ok}                               also resets the Adam state
@@ -16,8 +16,11 @@ min(max(x, 0), 6), hand-written Adam, a fixed train batch with a mask.
 
 Regularised toward the cloud model, so that a user with a few images does not overfit the convolutions: the
 loss adds `l2` x the squared distance of the tail's convolution weights from their pretrained values (constants
-in the model: a rollback or set_weights never moves the anchor), and those weights step with `conv_lr_scale` x
-the round's learning rate.
+in the model: a rollback or set_weights never moves the anchor), and those weights step with `lr_scale` x the
+round's learning rate. Both are inputs of the converted `train` (the board passes one of the settings the
+manifest lists, `regularisation`: docs/tail.md, "The pull as a runtime choice"); the module's own `l2` /
+`conv_lr_scale` (--tail-l2/--tail-lr-scale) are the `anchored` setting and what its eager `train(x, y, mask,
+active, lr)` uses (the builder's own training on the public images).
 """
 
 from __future__ import annotations
@@ -37,6 +40,65 @@ HEAD_NAMES = ("w0", "b0", "w1", "b1")
 BN_EPS_DEFAULT = 1e-3
 DEFAULT_L2 = 1e-3
 DEFAULT_CONV_LR_SCALE = 0.3
+PULL_INPUTS = ("l2", "lr_scale")  # the converted train signature's inputs that set the pull per step
+FREE = {"name": "free", "l2": 0.0, "lr_scale": 1.0}
+
+
+def regularisation(l2: float, lr_scale: float) -> list[dict]:
+    """The settings of the pull the manifest offers the board per cut (`tail.regularisation`), in the order the
+    board tries them: `anchored` (--tail-l2/--tail-lr-scale), then `free` (no pull, the full learning rate); only
+    `free` when the anchored setting is no pull at all."""
+    if float(l2) == 0.0 and float(lr_scale) == 1.0:
+        return [dict(FREE)]
+    return [{"name": "anchored", "l2": float(l2), "lr_scale": float(lr_scale)}, dict(FREE)]
+
+
+class PullInputs:
+    """`train` with the pull as inputs, for TailModule and BackboneTail: the loss adds `l2` x the squared distance
+    of the convolution kernels (`self.conv`) from their anchors, and the variables in `self.scaled` step with
+    `lr_scale` x lr. The converted `train` signature is this one (`concrete_signatures`); the eager `train(x, y,
+    mask, active, lr)` of the base class steps with the module's own `l2` and `conv_lr_scale`."""
+
+    def _setup_pull(self, scaled) -> None:
+        F, K, B = self.feature_size, self.class_capacity, self.train_batch
+        self.scaled = [n in scaled for n in self.names]
+        self.train_pull = tf.function(self._train_pull, input_signature=[
+            tf.TensorSpec([B, F], tf.float32, name="x"),
+            tf.TensorSpec([B], tf.int32, name="y"),
+            tf.TensorSpec([B], tf.float32, name="mask"),
+            tf.TensorSpec([K], tf.float32, name="active"),
+            tf.TensorSpec([], tf.float32, name="lr"),
+            tf.TensorSpec([], tf.float32, name="l2"),
+            tf.TensorSpec([], tf.float32, name="lr_scale"),
+        ])
+
+    def _train(self, x, y, mask, active, lr):
+        return self._train_pull(x, y, mask, active, lr, tf.constant(self.l2, tf.float32),
+                                tf.constant(self.conv_lr_scale, tf.float32))
+
+    def _train_pull(self, x, y, mask, active, lr, l2, lr_scale):
+        with tf.GradientTape() as tape:
+            log_probs = tf.nn.log_softmax(self._logits(x, active), axis=-1)
+            cross_entropy = -tf.reduce_sum(tf.one_hot(y, self.class_capacity) * log_probs, axis=-1)
+            loss = tf.reduce_sum(mask * cross_entropy) / tf.maximum(tf.reduce_sum(mask), 1.0)
+            total = loss + l2 * self._distance() if self.conv else loss
+        grads = tape.gradient(total, self.params)
+        step = self.adam_step.assign_add(1.0)
+        lr_t = lr * tf.sqrt(1.0 - tf.pow(self.beta2, step)) / (1.0 - tf.pow(self.beta1, step))
+        for var, grad, m, v, scaled in zip(self.params, grads, self.adam_m, self.adam_v, self.scaled):
+            m_new = m.assign(self.beta1 * m + (1.0 - self.beta1) * grad)
+            v_new = v.assign(self.beta2 * v + (1.0 - self.beta2) * tf.square(grad))
+            var.assign_sub((lr_t * lr_scale if scaled else lr_t) * m_new / (tf.sqrt(v_new) + self.epsilon))
+        return {"loss": loss}
+
+    def _distance(self):
+        """Σ‖w − w_cloud‖² over the convolution kernels (the anchors are constants of the model)."""
+        return tf.add_n([tf.reduce_sum(tf.square(self.p[n] - self.anchors[n])) for n in self.conv])
+
+    def concrete_signatures(self) -> dict:
+        sigs = {name: getattr(self, name).get_concrete_function() for name in SIGNATURES}
+        sigs["train"] = self.train_pull.get_concrete_function()
+        return sigs
 
 
 def same_pads(size: int, stride: int, k: int = 3) -> tuple[int, int, int]:
@@ -148,7 +210,7 @@ def conv_names(names) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ the module
 
-class TailModule(TrainableModule):
+class TailModule(PullInputs, TrainableModule):
     def __init__(self, weights: dict[str, np.ndarray], cut: str, shape: tuple[int, int, int], train_batch: int,
                  anchors: dict[str, np.ndarray] | None = None, l2: float = DEFAULT_L2,
                  conv_lr_scale: float = DEFAULT_CONV_LR_SCALE,
@@ -173,6 +235,7 @@ class TailModule(TrainableModule):
                     beta1=beta1, beta2=beta2, epsilon=epsilon,
                     lr_scale=[self.conv_lr_scale if n in self.conv else 1.0 for n in self.names])
         self.p = dict(zip(self.names, self.params))
+        self._setup_pull(self.conv)
 
     def features(self, x):
         """Activation at the cut [N, F] → the pooled features the head sees [N, feature channels]."""
@@ -191,12 +254,6 @@ class TailModule(TrainableModule):
 
     def _logits(self, x, active):
         return self.logits(x, active)
-
-    def _penalty(self):
-        """The pull of the convolutions toward the cloud's pretrained tail (L2), so few images do not overfit."""
-        if self.l2 > 0 and self.conv:
-            return self.l2 * tf.add_n([tf.reduce_sum(tf.square(self.p[n] - self.anchors[n])) for n in self.conv])
-        return None
 
     def numpy_probs(self, x: np.ndarray, active: np.ndarray) -> np.ndarray:
         """Eager TF probabilities (to compare the converted model with)."""
@@ -280,7 +337,7 @@ def backbone_tail_flops(shape: tuple[int, int, int], weights: dict[str, np.ndarr
     return int(flops + h * w * weights["conv_w"].shape[1] + 2 * weights["w0"].size)
 
 
-class BackboneTail(TrainableModule):
+class BackboneTail(PullInputs, TrainableModule):
     """A backbone's last inverted-residual block(s) (cut `last_block`) and its last 1x1 convolution (folded
     BatchNorm) + ReLU6 + global average pool + softmax head over the class slots, on the activation at the cut
     [B, H*W*C]. Flex-free: 1x1 convolutions are matmuls over the pixels, the depthwise 3x3 is nine `tf.slice`
@@ -305,6 +362,7 @@ class BackboneTail(TrainableModule):
                     beta1=beta1, beta2=beta2, epsilon=epsilon,
                     lr_scale=[self.conv_lr_scale if n not in ("w0", "b0") else 1.0 for n in names])
         self.p = dict(zip(self.names, self.params))
+        self._setup_pull([n for n in names if n not in ("w0", "b0")])
 
     def features(self, x):
         """Activation at the cut [N, F] → pooled features [N, C'] (what the backbone's own head reads)."""
@@ -319,8 +377,6 @@ class BackboneTail(TrainableModule):
 
     def _logits(self, x, active):
         return tf.matmul(self.features(x), self.p["w0"]) + self.p["b0"] + (active - 1.0) * MASK_NEGATIVE
-
-    _penalty = TailModule._penalty
 
     def numpy_features(self, x: np.ndarray, batch: int = 256) -> np.ndarray:
         return np.concatenate([self.features(tf.constant(x[i:i + batch], tf.float32)).numpy()

@@ -145,7 +145,10 @@ def test_a_deeper_cut_that_wins_on_the_holdout_is_promoted_and_predict_and_rollb
     try:
         r = eng.round("test", no_progress, never)
         assert r.outcome == "promoted" and r.cut == "last_block", r.detail
-        assert r.cut_reason.startswith("last_block beat the shallower cuts on") and "cut last_block:" in r.detail
+        # both settings of the tail's pull trained; one of them beat the head-only candidate and was kept
+        assert re.match(r"last_block/(anchored|free) beat the earlier candidates on", r.cut_reason), r.cut_reason
+        assert "last_block/anchored 0." in r.cut_reason and "last_block/free 0." in r.cut_reason
+        assert "cut last_block/" in r.detail
         st = svc.status({})
         assert st["head"]["version"] == r.version and st["head"]["cut"] == "last_block"
         rows = {v["version"]: v for v in svc.versions({})["versions"]}
@@ -183,7 +186,9 @@ def test_a_deeper_cut_over_the_budget_is_not_trained_and_the_version_says_why(
     try:
         r = eng.round("test", no_progress, never)
         assert r.outcome == "promoted" and r.cut == "head"
-        assert r.cut_reason.startswith("trained head only; not last_block: its training would take")
+        # each setting is a candidate the budget counts: both are left out, each saying why
+        assert r.cut_reason.startswith("trained head only; not last_block/anchored: its training would take")
+        assert "; not last_block/free: its training would take" in r.cut_reason
         assert "over the 0 s budget" in r.cut_reason
         row = svc.versions({})["versions"][-1]
         assert row["cut"] == "head" and row["cut_reason"] == r.cut_reason
@@ -214,8 +219,8 @@ def test_a_deeper_cut_that_loses_on_the_holdout_in_a_round_keeps_the_head_only_c
         _plant_tail_version(svc, lambda w: {k: np.zeros_like(v) for k, v in w.items()})
         r = eng.round("test", no_progress, never)
         assert r.cut == "head" and r.outcome == "promoted", r.detail
-        assert r.cut_reason.startswith(f"kept head: no deeper cut beat it on {r.n_holdout} holdout samples")
-        assert "last_block 0." in r.cut_reason  # it was trained and scored
+        assert r.cut_reason.startswith(f"kept head: no later candidate beat it on {r.n_holdout} holdout samples")
+        assert "last_block/anchored 0." in r.cut_reason and "last_block/free 0." in r.cut_reason  # trained, scored
         row = svc.versions({})["versions"][-1]
         assert row["version"] == r.version and row["cut"] == "head" and row["cut_reason"] == r.cut_reason
     finally:
@@ -248,13 +253,13 @@ def test_at_equal_holdout_accuracy_a_round_keeps_the_deeper_cut_only_when_its_ho
         _plant_tail_version(svc, lambda w: _one_class(w, slot, tail_logit))
         r = eng.round("test", no_progress, never)
         assert r.cut == kept, r.detail
-        if kept == "last_block":
-            assert r.cut_reason.startswith(f"last_block matched the best shallower cut's accuracy on {r.n_holdout} "
-                                           "holdout samples with a loss at least 10 % lower"), r.cut_reason
+        if kept == "last_block":  # anchored and free tie too (same start, a tiny step): the earlier one is kept
+            assert r.cut_reason.startswith(f"last_block/anchored matched the best earlier candidate's accuracy on "
+                                           f"{r.n_holdout} holdout samples with a loss at least 10 % lower"), r.cut_reason
         else:
-            assert r.cut_reason.startswith(f"kept head: no deeper cut beat it on {r.n_holdout} holdout samples")
-        acc = [float(a) for a in re.findall(r"(?:head|last_block) (\d\.\d+) \(loss", r.cut_reason)]
-        assert len(acc) == 2 and acc[0] == acc[1]  # they tied on accuracy: the loss decided
+            assert r.cut_reason.startswith(f"kept head: no later candidate beat it on {r.n_holdout} holdout samples")
+        acc = [float(a) for a in re.findall(r"(?:head|last_block/\w+) (\d\.\d+) \(loss", r.cut_reason)]
+        assert len(acc) == 3 and acc[0] == acc[1] == acc[2]  # they tied on accuracy: the loss decided
         row = {v["version"]: v for v in svc.versions({})["versions"]}.get(r.version)
         assert row is None or (row["cut"] == kept and row["cut_reason"] == r.cut_reason)
     finally:
@@ -272,7 +277,7 @@ def test_a_round_training_two_cuts_decodes_each_file_once_and_feeds_each_stem_it
     try:
         events = []
         r = eng.round("test", lambda name, data: events.append((name, data)), never)
-        assert "last_block 0." in r.cut_reason  # both cuts trained and were scored
+        assert "last_block/free 0." in r.cut_reason  # both cuts trained and were scored
         feats = next(d for name, d in events if name == "features")
         n = r.n_train + r.n_holdout
         assert n == 200 and feats["files_read"] == 200  # one read and decode per file for both stems

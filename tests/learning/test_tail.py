@@ -53,7 +53,11 @@ def test_every_tail_signature_is_builtin_only_with_the_head_contract(tiny_tail_b
     sigs = Interpreter(model_content=model).get_signature_list()
     assert set(sigs) == {"train", "infer", "get_weights", "set_weights"}
     assert sorted(sigs["get_weights"]["outputs"]) == sorted(TAIL_NAMES) == sorted(sigs["set_weights"]["inputs"])
-    assert sorted(sigs["train"]["inputs"]) == ["active", "lr", "mask", "x", "y"]
+    # the pull toward the cloud weights is an input of train (still builtin-only, above), its settings in the manifest
+    assert sorted(sigs["train"]["inputs"]) == ["active", "l2", "lr", "lr_scale", "mask", "x", "y"]
+    assert v["tail"]["regularisation"] == [{"name": "anchored", "l2": 1e-3, "lr_scale": 0.3},
+                                           {"name": "free", "l2": 0.0, "lr_scale": 1.0}]
+    assert (v["tail"]["l2_to_pretrained"], v["tail"]["conv_lr_scale"]) == (1e-3, 0.3)  # as before
     base = Interpreter(model_content=(tiny_tail_bundle / v["base"]).read_bytes())
     assert list(base.get_output_details()[0]["shape"][1:]) == [v["feature_size"]]
 

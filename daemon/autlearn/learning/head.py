@@ -10,7 +10,8 @@ from typing import Iterable
 
 import numpy as np
 
-from ..runtime.bundle import Variant
+from ..errors import AutlearnError
+from ..runtime.bundle import Regularisation, Variant
 from ..durable import write_atomic
 from ..runtime.interpreter import make_cpu_interpreter
 
@@ -18,9 +19,13 @@ Weights = dict[str, np.ndarray]
 
 
 class Head:
-    """One head interpreter (a fresh optimiser state). Not thread-safe: one per thread."""
+    """One head interpreter (a fresh optimiser state). Not thread-safe: one per thread.
 
-    def __init__(self, variant: Variant, capacity: int, train_batch: int, threads: int):
+    A tail whose `train` takes the pull toward the cloud weights as inputs (`l2`, `lr_scale`) steps with
+    `setting`: one of its variant's `regularisation` (default the first, the builder's anchored one)."""
+
+    def __init__(self, variant: Variant, capacity: int, train_batch: int, threads: int,
+                 setting: Regularisation | None = None):
         self.variant = variant
         self.capacity = capacity
         self.batch = train_batch
@@ -29,6 +34,18 @@ class Head:
         self._infer = self.interp.get_signature_runner("infer")
         self._get = self.interp.get_signature_runner("get_weights")
         self._set = self.interp.get_signature_runner("set_weights")
+        inputs = set(self.interp.get_signature_list()["train"]["inputs"])
+        self.takes_pull = {"l2", "lr_scale"} <= inputs
+        settings = variant.regularisation
+        if self.takes_pull and not settings:
+            raise AutlearnError("bad_bundle", f"variant {variant.name!r}: its train takes l2 and lr_scale, but the "
+                                              "manifest states no tail.regularisation to pass")
+        self.setting = setting or (settings[0] if self.takes_pull else None)
+        if self.setting is not None and not self.takes_pull:
+            raise AutlearnError("bad_bundle", f"variant {variant.name!r}: its train takes no l2/lr_scale inputs, "
+                                              f"so it cannot train with setting {self.setting.name!r}")
+        self._pull = {} if not self.takes_pull else {"l2": np.array(self.setting.l2, np.float32),
+                                                     "lr_scale": np.array(self.setting.lr_scale, np.float32)}
 
     def get_weights(self) -> Weights:
         out = self._get()
@@ -39,7 +56,7 @@ class Head:
 
     def step(self, x: np.ndarray, y: np.ndarray, mask: np.ndarray, active: np.ndarray, lr: float) -> float:
         out = self._train(x=x.astype(np.float32), y=y.astype(np.int32), mask=mask.astype(np.float32),
-                          active=active, lr=np.array(lr, np.float32))
+                          active=active, lr=np.array(lr, np.float32), **self._pull)
         return float(out["loss"])
 
     def epochs_for(self, n: int, epochs: int, min_steps: int) -> int:

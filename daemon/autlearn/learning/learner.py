@@ -58,9 +58,11 @@ class Learner:
         self.cuts = cuts_of(bundle, variant.name)
         self._sources: dict[str, FeatureSource] = {}
 
-    def new_head(self, cut: Cut | None = None) -> Head:
+    def new_head(self, cut: Cut | None = None, setting=None) -> Head:
+        """A head at `cut` (default the variant's own); a tail that takes its pull as inputs steps with `setting`
+        (default its first, the anchored one)."""
         return Head(cut.variant if cut else self.variant, self.bundle.class_capacity, self.bundle.train_batch,
-                    self.threads)
+                    self.threads, setting)
 
     def source(self, cut: Cut) -> FeatureSource:
         """The features at `cut`: its own stem, so its own cache keys (the head-only cut's are `features`)."""
@@ -155,6 +157,7 @@ class ImageRound(RoundScenario):
         self.augment_copies, self.online_steps, self.min_steps = augment_copies, online_steps, min_steps
         self.gated = holdout
         self.bounded = ""
+        self.kept_name = ""  # the kept candidate (`last_block/free`), when the round chose among several
         self.aug = ImageExtras()
 
     def prepare(self, ctx: RoundContext):
@@ -198,7 +201,7 @@ class ImageRound(RoundScenario):
         """The cuts this round trains: deeper ones only offline, gated, within the budget (cuts.plan)."""
         learner, cuts = self.learner, self.learner.cuts
         if len(cuts) == 1 or self.mode != "offline" or not self.gated or learner.budget is None:
-            return Plan((self.current_cut if self.mode == "online" else cuts[0],), ())
+            return Plan.only(self.current_cut if self.mode == "online" else cuts[0])
         epochs = epochs_for(n_train, learner.bundle.train_batch, self.epochs, self.min_steps)  # as Head.fit runs
         return plan(cuts, n_train, epochs, learner.budget)
 
@@ -216,8 +219,7 @@ class ImageRound(RoundScenario):
             if xtr is not None:
                 self.at[c.name] = (xc, xtr, xc[hold])
                 return computed, cached
-        self.plan = Plan(tuple(t for t in self.plan.train if t.name != c.name),
-                         self.plan.skipped + ((c, "a sample changed while the round read it"),))
+        self.plan = self.plan.without(c, "a sample changed while the round read it")
         return computed, cached
 
     def not_ready(self) -> str | None:
@@ -235,8 +237,10 @@ class ImageRound(RoundScenario):
         return accuracy(self.head.predict(self.at[self.current_cut.name][2], self.active), self.yho)
 
     def train(self, ctx: RoundContext) -> Skip | None:
-        """The candidate of each planned cut on the same training samples; the one `choose` keeps (by the same
-        holdout samples) becomes the round's candidate, its cut and the reason recorded with it."""
+        """The planned candidates (each cut, each setting of its pull) on the same training samples; the one
+        `choose` keeps (by the same holdout samples) becomes the round's candidate, its cut and the reason
+        (naming the setting) recorded with it. Candidates at one cut start from the same weights, each in its own
+        interpreter (its own optimiser state)."""
         round_id = ctx.round_id
         if self.mode == "online":
             x = self.at[self.current_cut.name][0]
@@ -244,12 +248,14 @@ class ImageRound(RoundScenario):
             self.losses = self._online(x[stream], self.y[stream], self.seed + round_id, ctx)
             self.cut = self.current_cut.name
             return None if self.losses else Skip("no new samples to learn from online")
-        results, heads = [], {}
-        for c in self.plan.train:
-            if c.name == self.current_cut.name:
-                head, from_current = self.head, True
+        results, heads, scored_head = [], {}, self.head
+        for cand in self.plan.candidates:
+            c = cand.cut
+            if c.name == self.current_cut.name and scored_head is not None and scored_head.setting == cand.setting:
+                head, from_current, scored_head = scored_head, True, None  # the interpreter that scored the current
             else:
-                head, (weights, from_current) = self.learner.new_head(c), self.learner.start_weights(c, ctx.version)
+                head = self.learner.new_head(c, cand.setting)
+                weights, from_current = self.learner.start_weights(c, ctx.version)
                 if weights is not None:
                     head.set_weights(weights)
             xtr, xho = self.at[c.name][1], self.at[c.name][2]
@@ -260,12 +266,13 @@ class ImageRound(RoundScenario):
             events = epoch_events(ctx.progress, round_id, epochs) if c.depth == 0 else (lambda *a: None)
             losses = head.fit(xtr, self.ytr, self.active, epochs, self.learning_rate, self.seed + round_id,
                               ctx.checkpoint, events)
-            heads[c.name] = (head, losses)
+            heads[cand.name] = (head, losses)
             probs = head.predict(xho, self.active)
-            results.append(Trained(c, accuracy(probs, self.yho), cross_entropy(probs, self.yho)))
+            results.append(Trained(c, accuracy(probs, self.yho), cross_entropy(probs, self.yho), cand.setting))
         decision = choose(results, len(self.yho))
-        self.head, self.losses = heads[decision.keep.cut.name]
+        self.head, self.losses = heads[decision.keep.name]
         self.cut, self.after = decision.keep.cut.name, decision.keep.holdout_accuracy
+        self.kept_name = decision.keep.name
         if len(self.learner.cuts) > 1:
             self.cut_reason = "; ".join([decision.reason] + [f"not {c.name}: {why}" for c, why in self.plan.skipped])
         return None
@@ -314,7 +321,7 @@ class ImageRound(RoundScenario):
             seen = sum(n for _, n in ctx.prequential)
             online = f"online: {sum(h for h, _ in ctx.prequential) / seen:.3f} predicted right before learning {seen}; "
         if self.cut_reason:
-            online += f"cut {self.cut}: {self.cut_reason}; "
+            online += f"cut {self.kept_name or self.cut}: {self.cut_reason}; "
         if not self.gated:
             return online + self.bounded
         return online + self.bounded + f"holdout accuracy {before:.3f} → {after:.3f} on {len(self.yho)} samples; "

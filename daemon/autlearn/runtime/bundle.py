@@ -55,6 +55,22 @@ class Variant:
     # updated by the variant's own (e.g. its input resolution, docs/bundle-format.md).
     input: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def regularisation(self) -> tuple["Regularisation", ...]:
+        """The settings of a tail's pull toward the cloud weights its `train` takes as inputs (`tail.regularisation`,
+        checked at load), in the manifest's order; () for a head or a tail that compiled its pull in."""
+        return tuple(Regularisation(r["name"], float(r["l2"]), float(r["lr_scale"]))
+                     for r in (self.info.get("tail") or {}).get("regularisation") or ())
+
+
+@dataclass(frozen=True)
+class Regularisation:
+    """One setting of the pull: `train` adds `l2` x Σ‖w − w_cloud‖² over the tail's convolutions to the loss and
+    steps them with `lr_scale` x lr (docs/bundle-format.md, "Cut below the head")."""
+    name: str
+    l2: float
+    lr_scale: float
+
 
 @dataclass(frozen=True)
 class Bundle:
@@ -132,6 +148,26 @@ def _check_trainable_part(v: dict, files: dict, where: str) -> None:
     size = v.get("feature_size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise AutlearnError("bad_bundle", f"{where}: key 'feature_size' must be a positive integer")
+    tail = v.get("tail")
+    if isinstance(tail, dict) and "regularisation" in tail:
+        _check_regularisation(tail["regularisation"], f"{where}: tail.regularisation")
+
+
+def _check_regularisation(settings: Any, where: str) -> None:
+    """A non-empty list of {name, l2 ≥ 0, lr_scale > 0}, names unique."""
+    if not isinstance(settings, list) or not settings:
+        raise AutlearnError("bad_bundle", f"{where}: not a non-empty list of settings")
+    names = set()
+    for r in settings:
+        name = r.get("name") if isinstance(r, dict) else None
+        if not isinstance(name, str) or not name or name in names:
+            raise AutlearnError("bad_bundle", f"{where}: each setting needs its own name, not {name!r}")
+        names.add(name)
+        for key, low in (("l2", 0.0), ("lr_scale", 1e-12)):
+            value = r.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= 1e6:
+                raise AutlearnError("bad_bundle", f"{where}: setting {name!r}: '{key}' must be a number "
+                                                  f"{'≥ 0' if low == 0 else '> 0'}, not {value!r}")
 
 
 def _check_image_input(spec: dict, where: str) -> None:
