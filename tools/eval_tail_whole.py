@@ -317,6 +317,12 @@ def run_group(name: str, data, bundle: Path, build_args: list[str], args, memo: 
             "tflite_convert_s": state.get("convert_s")}
 
 
+def findings(result: dict, out: Path) -> list[str]:
+    """The targets' lines, then <out>/tail_whole.notes.md (the explanation, written by hand after a run) verbatim."""
+    notes = out / "tail_whole.notes.md"
+    return summary_lines(result) + (["", *notes.read_text().splitlines()] if notes.exists() else [])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("reports"))
@@ -332,7 +338,12 @@ def main(argv=None) -> int:
     ap.add_argument("--later-fraction", type=float, default=0.1, help="share of the training images held back "
                                                                         "for round 2 (0: one round only)")
     ap.add_argument("--augment-copies", type=int, default=1, help="augmented copies in the whole-model set")
+    ap.add_argument("--render", action="store_true", help="measure nothing: rewrite <out>/tail_whole.md from the json")
     args = ap.parse_args(argv)
+    if args.render:
+        r = json.loads((args.out / "tail_whole.json").read_text())
+        (args.out / "tail_whole.md").write_text(markdown({**r, "findings": findings(r, args.out)}))
+        return 0
     args.work.mkdir(parents=True, exist_ok=True)
     memo = Memo(args.work / "whole_rounds.json")
     extra = shlex.split(args.build_args)
@@ -366,8 +377,7 @@ def main(argv=None) -> int:
                        "keras_epochs": args.keras_epochs, "later_fraction": args.later_fraction,
                        "augment_copies": args.augment_copies, "learning_rate": manifest["optimizer"]["learning_rate"],
                        "train_batch": manifest["train_batch"], "target_ratio": TARGET_RATIO}
-    notes = args.out / "tail_whole.notes.md"  # the explanation, written by hand after a run, included verbatim
-    result["findings"] = summary_lines(result) + (["", *notes.read_text().splitlines()] if notes.exists() else [])
+    result["findings"] = findings(result, args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "tail_whole.md").write_text(markdown(result))

@@ -21,13 +21,36 @@ def summary_lines(r: dict) -> list[str]:
         beat = sum(u["round1"]["test_accuracy"] > u["keras_whole"]["final_accuracy"] for u in us)
         met = sum(u["ratio_round1"]["verdict"] == "met" for u in us)
         ratios = [u["ratio_round1"]["ratio"] for u in us]
+        steps = [step_costs(u, int(r["setup"]["train_batch"])) for u in us]
         out.append(f"* {g} ({len(us)} users): round 1 (`{CUT}`) mean test accuracy {100 * rnd:.1f} %, Keras whole "
                    f"{100 * ker:.1f} % (after its last epoch), TFLite whole {100 * tfl:.1f} % (best epoch run); the "
                    f"round beats Keras whole-model fine-tuning for {beat} of {len(us)} users "
                    f"({'met' if rnd > ker else 'missed'} on the mean). Cost ratio (TFLite whole to the round's "
                    f"accuracy / round time) {', '.join(f'{x}' for x in ratios)}: >= {TARGET_RATIO:g}x for {met} of "
-                   f"{len(us)} users ({'met' if met == len(us) else 'missed'}).")
+                   f"{len(us)} users ({'met' if met == len(us) else 'missed'}). Why: the round trains "
+                   f"{', '.join(str(c['round_epochs']) for c in steps)} epochs (the daemon's 30, raised by "
+                   f"min_steps 1000 for a small user) where the whole model first reaches the round's accuracy "
+                   f"after {', '.join(str(u['tflite_whole']['to_target']['epochs']) for u in us)}; one training "
+                   f"step per sample costs the tail {', '.join(format(c['round_ms'], '.2f') for c in steps)} ms wall "
+                   f"({', '.join(format(c['round_cpu_ms'], '.2f') for c in steps)} CPU, stem passes included) and "
+                   f"the whole model {', '.join(format(c['whole_ms'], '.2f') for c in steps)} ms wall "
+                   f"({', '.join(format(c['whole_cpu_ms'], '.2f') for c in steps)} CPU).")
     return out
+
+
+def step_costs(u: dict, batch: int) -> dict:
+    """ms per sample and epoch of the round's training (its epochs as the daemon's Head.fit runs them) and of one
+    TFLite whole-model epoch (median), wall and CPU."""
+    from autlearn.config import Config
+    from autlearn.learning.head import epochs_for
+
+    cfg, r1, t = Config(), u["round1"], u["tflite_whole"]
+    n = r1["n_train"] + r1["n_augmented"]
+    ep = epochs_for(n, batch, int(cfg["training.epochs"]), int(cfg["training.min_steps"]))
+    m = u["whole_training_set"]["n_samples"]
+    return {"round_epochs": ep, "round_ms": 1000 * r1["train_s"] / (n * ep), "round_cpu_ms": 1000 * r1["round_cpu_s"] / (n * ep),
+            "whole_ms": 1000 * float(np.median(t["epoch_s"])) / m,
+            "whole_cpu_ms": 1000 * float(np.median(t["epoch_cpu_s"])) / m}
 
 
 def markdown(r: dict) -> str:
