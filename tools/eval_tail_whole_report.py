@@ -18,7 +18,8 @@ def summary_lines(r: dict) -> list[str]:
         rnd = float(np.mean([u["round1"]["test_accuracy"] for u in us]))
         ker = float(np.mean([u["keras_whole"]["final_accuracy"] for u in us]))
         tfl = float(np.mean([u["tflite_whole"]["best_accuracy"] for u in us]))
-        beat = sum(u["round1"]["test_accuracy"] > u["keras_whole"]["final_accuracy"] for u in us)
+        beat = sum(round(u["round1"]["test_accuracy"], 4) > u["keras_whole"]["final_accuracy"] for u in us)  # both
+        # to 4 places, as the Keras figures are stored: 0.93151 against 0.9315 is the same 68 of 73 test images
         met = sum(u["ratio_round1"]["verdict"] == "met" for u in us)
         ratios = [u["ratio_round1"]["ratio"] for u in us]
         steps = [step_costs(u, int(r["setup"]["train_batch"])) for u in us]
