@@ -15,8 +15,18 @@
 BIN   ?= .venv/bin
 STAMP ?= .venv/.installed
 TAIL_ARGS ?=
+#
+#   make eval-tail-whole   -> reports/tail_whole.json, reports/tail_whole.md
+#
+# The issue's cost target to the same accuracy (tools/eval_tail_whole.py): the board's deepest cut (last2_blocks)
+# round against whole-model fine-tuning of the same pretrained CNN (Keras, and through the builtin-only TFLite
+# `train` signature of tools/tflite_whole.py, timed until it reaches the round's test accuracy), for the
+# new-classes users and the first 3 UCI users (TAIL_WHOLE_ARGS="--uci-users 10": all). Small bundles
+# (`--limit 2500 --epochs 4`, ~3 min each) under build/tail-whole/, per-user results kept in
+# build/tail-whole/whole_rounds.json.
+TAIL_WHOLE_ARGS ?=
 
-.PHONY: eval-tail eval-tail-clean
+.PHONY: eval-tail eval-tail-clean eval-tail-whole
 
 eval-tail: $(STAMP)
 	@mkdir -p reports build/tail
@@ -24,3 +34,7 @@ eval-tail: $(STAMP)
 
 eval-tail-clean:
 	rm -rf build/tail
+
+eval-tail-whole: $(STAMP)
+	@mkdir -p reports build/tail-whole
+	$(BIN)/python tools/eval_tail_whole.py --out reports --work build/tail-whole $(TAIL_WHOLE_ARGS)
