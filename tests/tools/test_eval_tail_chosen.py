@@ -27,8 +27,9 @@ def test_the_report_names_the_rules_and_shows_the_holdout_losses():
             "matches_best": True}
     m = {k: {"mean": v, "min": v} for k, v in (("head", 0.9), ("chosen", 0.95), ("rule_accuracy_only", 0.9))}
     text = "\n".join(markdown({"build_args": "", "loss_margin": 0.1, "g": {
-        "users": [user], "methods": m, "round_seconds": 1.0, "matches_best": 1,
+        "users": [user], "methods": m, "round_seconds": 1.0, "matches_best": 1, "candidates": ["head", "last_block"],
         "matches_best_by_rule": {"accuracy_only": 0}}}))
-    assert "at least 10 % lower" in text and "| 0.020 / 0.004 / n/a |" in text
-    assert "| accuracy only (the previous rule) | 90.0 % | 90.0 % |" in text
-    assert "for 1 of 1 users (on the same rounds, accuracy only (the previous rule): 0)" in text
+    assert "at least 10 % lower" in text and "| 0.020 / 0.004 |" in text
+    assert "Candidates: head / last_block." in text
+    assert "| accuracy only (the rule before the loss tie-break) | 90.0 % | 90.0 % |" in text
+    assert "for 1 of 1 users (on the same rounds, accuracy only (the rule before the loss tie-break): 0)" in text
