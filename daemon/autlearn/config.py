@@ -215,6 +215,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Image bundles with deeper cuts: seconds a round may spend training its deeper cuts together (the "
             "bundle's measured cost per sample x samples x epochs, summed); a deeper cut is kept only when it wins "
             "on the holdout."),
+    Setting("training", "pull_min_holdout", 100, _number(0, 10_000_000, integer=True),
+            "Image bundles whose tails take their pull as inputs: the holdout samples a round needs before it "
+            "trains a deeper cut's other settings (free) beside the first (anchored); below it, five candidates "
+            "on a few dozen holdout images choose by noise (docs/tail.md)."),
     Setting("training", "augment_copies", 1, _number(0, 8, integer=True),
             "Augmented copies (random crop, rotation, shift) per training image; 1 is the paper's cap, 0 = off."),
     Setting("training", "learning_rate", 0.0, _number(0.0, 10.0),

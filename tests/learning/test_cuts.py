@@ -112,7 +112,7 @@ def test_the_builder_writes_a_bundle_with_several_cuts_that_the_board_lists_shal
 def _board(tmp_path, tiny_cuts_bundle, user_digits, write_user, **overrides):
     from eval_board import engine_of, make_service
     svc = make_service(tmp_path / "root", tiny_cuts_bundle,
-                       **{"training.augment_copies": 0, **overrides})
+                       **{"training.augment_copies": 0, "training.pull_min_holdout": 0, **overrides})
     images, labels = user_digits
     write_user(svc.paths.state.parent / "inbox", images[:200], labels[:200])
     eng = engine_of(svc)

@@ -54,6 +54,19 @@ def test_the_manifest_settings_are_the_cuts_candidates_in_order_and_the_budget_c
     assert "cached activations" in big.skipped[0][1]
 
 
+
+def test_a_small_holdout_trains_only_each_cuts_first_setting():
+    """Five candidates judged on a few dozen holdout images choose by noise: below training.pull_min_holdout the
+    free settings are left out (and say why); at or above it, or when the holdout is not known, they train."""
+    budget = Budget(60.0, 10 << 20, pull_min_holdout=100)
+    small = plan([HEAD, TAIL, DEEP], 200, 30, budget, holdout=40)
+    assert [c.name for c in small.candidates] == ["head", "last_block/anchored", "last2_blocks/anchored"]
+    assert [c.name for c, _ in small.skipped] == ["last_block/free", "last2_blocks/free"]
+    assert small.skipped[0][1] == ("a holdout of 40 samples is too few to choose the pull "
+                                   "(training.pull_min_holdout = 100)")
+    for holdout in (100, None):
+        assert len(plan([HEAD, TAIL, DEEP], 200, 30, budget, holdout=holdout).candidates) == 5
+
 def _t(cut, acc, loss, setting=None):
     return Trained(cut, acc, loss, setting)
 
@@ -89,7 +102,8 @@ def rigged_bundle(tiny_cuts_bundle, tmp_path_factory) -> Path:
 
 def _board(tmp_path, bundle, user_digits, write_user, n=200, **overrides):
     from eval_board import engine_of, make_service
-    svc = make_service(tmp_path / "root", bundle, **{"training.augment_copies": 0, **overrides})
+    svc = make_service(tmp_path / "root", bundle, **{"training.augment_copies": 0, "training.pull_min_holdout": 0,
+                                                      **overrides})
     images, labels = user_digits
     write_user(svc.paths.state.parent / "inbox", images[:n], labels[:n])
     eng = engine_of(svc)

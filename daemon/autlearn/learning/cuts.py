@@ -71,6 +71,7 @@ class Budget:
     """What a round may spend on a deeper cut: seconds of tail training and bytes of cached activations."""
     train_seconds: float
     cache_bytes: int
+    pull_min_holdout: int = 0  # holdout samples needed to train a cut's settings after its first
 
 
 @dataclass(frozen=True)
@@ -98,13 +99,14 @@ class Plan:
         return "; ".join(parts)
 
 
-def plan(cuts: list[Cut], samples: int, epochs: int, budget: Budget) -> Plan:
+def plan(cuts: list[Cut], samples: int, epochs: int, budget: Budget, holdout: int | None = None) -> Plan:
     """The candidates this round trains: always the shallowest cut's first; deeper ones, shallowest cut first and
     at each cut its settings in order, while their training (samples x epochs x the cut's measured ms per sample,
     counted for each candidate) and their cached activations (samples x bytes per sample, counted once per cut:
     its candidates share them), summed over what was admitted so far, fit the budget: the round trains them one
     after the other and the cache holds them all. A deeper cut whose cost the bundle does not state is not
-    trained (its cost could be anything)."""
+    trained (its cost could be anything). A cut's settings after its first are trained only when the round's
+    `holdout` (None: not known, no limit) has at least `budget.pull_min_holdout` samples."""
     if not cuts:
         raise ValueError("a variant has at least its head-only cut")
     train, skipped, held_by = [cuts[0].candidates[0]], [], []
@@ -120,7 +122,11 @@ def plan(cuts: list[Cut], samples: int, epochs: int, budget: Budget) -> Plan:
             skipped.append((Candidate(c), f"its cached activations would take {cache / 1e6:.1f} MB{held}, over the "
                                           f"{budget.cache_bytes / 1e6:.1f} MB cache"))
             continue
-        for cand in c.candidates:
+        for k, cand in enumerate(c.candidates):
+            if k and holdout is not None and holdout < budget.pull_min_holdout:
+                skipped.append((cand, f"a holdout of {holdout} samples is too few to choose the pull (training."
+                                      f"pull_min_holdout = {budget.pull_min_holdout})"))
+                continue
             before = f" after ~{spent_s:.0f} s for {', '.join(t.name for t in train[1:])}" if spent_s else ""
             if spent_s + seconds > budget.train_seconds:
                 skipped.append((cand, f"its training would take ~{seconds:.0f} s{before}, over the "

@@ -169,7 +169,8 @@ class ImageRound(RoundScenario):
         train = [augmenting and not (s.holdout and self.gated) for s in samples]  # the holdout judges real data
         self.current_cut = learner.version_cut(ctx.version)
         expected = sum(not (s.holdout and self.gated) for s in samples) + self.augment_copies * sum(train)
-        self.plan = self._plan(expected)  # from the samples chosen: a file that cannot be read makes it fewer
+        holdout = sum(s.holdout and self.gated for s in samples)
+        self.plan = self._plan(expected, holdout)  # from the samples chosen: a file that cannot be read makes it fewer
         deeper = list({c.name: c for c in (*self.plan.train, self.current_cut) if c.depth}.values())
         sources = [learner.features, *(learner.source(c) for c in deeper)]
         read0 = sum(src.files_read for src in sources)
@@ -197,13 +198,13 @@ class ImageRound(RoundScenario):
             computed, cached = computed + more[0], cached + more[1]
         yield Prepared(n_original, len(self.yho), computed, cached)
 
-    def _plan(self, n_train: int) -> Plan:
+    def _plan(self, n_train: int, holdout: int) -> Plan:
         """The cuts this round trains: deeper ones only offline, gated, within the budget (cuts.plan)."""
         learner, cuts = self.learner, self.learner.cuts
         if len(cuts) == 1 or self.mode != "offline" or not self.gated or learner.budget is None:
             return Plan.only(self.current_cut if self.mode == "online" else cuts[0])
         epochs = epochs_for(n_train, learner.bundle.train_batch, self.epochs, self.min_steps)  # as Head.fit runs
-        return plan(cuts, n_train, epochs, learner.budget)
+        return plan(cuts, n_train, epochs, learner.budget, holdout)
 
     def _features_at(self, c: Cut, got: tuple, kept: list[Sample], hold: np.ndarray,
                      kept_a: list[Sample]) -> tuple[int, int]:

@@ -45,7 +45,8 @@ class Engine:
                                            paths.heads, config["model.threads"], config["training.holdout_fraction"],
                                            config["training.min_word_count"], max_file_bytes, limits_of(config))
         else:
-            budget = Budget(config["training.cut_budget_s"], int(config["cache.max_mb"] * (1 << 20)))
+            budget = Budget(config["training.cut_budget_s"], int(config["cache.max_mb"] * (1 << 20)),
+                            config["training.pull_min_holdout"])
             self.learner = Learner(bundle, bundle_id, variant, self.store, self.features, paths.heads,
                                    config["model.threads"], budget, config["model.delegate"])
         self.ingestor = Ingestor(self.store, paths.quarantine, bundle_id, bundle.labels, bundle.class_capacity,
