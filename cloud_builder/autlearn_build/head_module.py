@@ -63,24 +63,31 @@ class TrainableModule(tf.Module):
         return None
 
     def _train(self, x, y, mask, active, lr):
+        return self._step(x, y, mask, active, lr, self._penalty, self.lr_scale)
+
+    def _step(self, x, y, mask, active, lr, penalty, scales):
+        """One step of the masked cross-entropy: `penalty()` (an extra term of the training loss, not of the
+        reported loss, or None) is taken inside the tape; `scales` scale each variable's step (`_adam`)."""
         with tf.GradientTape() as tape:
             log_probs = tf.nn.log_softmax(self._logits(x, active), axis=-1)
             cross_entropy = -tf.reduce_sum(tf.one_hot(y, self.class_capacity) * log_probs, axis=-1)
             loss = tf.reduce_sum(mask * cross_entropy) / tf.maximum(tf.reduce_sum(mask), 1.0)
-            penalty = self._penalty()
-            total = loss if penalty is None else loss + penalty
-        self._adam(tape.gradient(total, self.params), lr)
+            extra = penalty()
+            total = loss if extra is None else loss + extra
+        self._adam(tape.gradient(total, self.params), lr, scales)
         return {"loss": loss}
 
-    def _adam(self, grads, lr) -> None:
+    def _adam(self, grads, lr, scales) -> None:
         """One Adam step, written out by hand (Keras optimisers lose their variable initialisers in the
-        converted model); `lr_scale` scales the step of each variable."""
+        converted model); `scales` scale the step of each variable: a float (1.0 adds no op) or a tensor (an
+        input of the signature)."""
         step = self.adam_step.assign_add(1.0)
         lr_t = lr * tf.sqrt(1.0 - tf.pow(self.beta2, step)) / (1.0 - tf.pow(self.beta1, step))
-        for var, grad, m, v, scale in zip(self.params, grads, self.adam_m, self.adam_v, self.lr_scale):
+        for var, grad, m, v, scale in zip(self.params, grads, self.adam_m, self.adam_v, scales):
             m_new = m.assign(self.beta1 * m + (1.0 - self.beta1) * grad)
             v_new = v.assign(self.beta2 * v + (1.0 - self.beta2) * tf.square(grad))
-            var.assign_sub((lr_t if scale == 1.0 else lr_t * scale) * m_new / (tf.sqrt(v_new) + self.epsilon))
+            unscaled = isinstance(scale, float) and scale == 1.0
+            var.assign_sub((lr_t if unscaled else lr_t * scale) * m_new / (tf.sqrt(v_new) + self.epsilon))
 
     def _infer(self, x, active):
         return {"probs": tf.nn.softmax(self._logits(x, active), axis=-1)}

@@ -77,19 +77,8 @@ class PullInputs:
                                 tf.constant(self.conv_lr_scale, tf.float32))
 
     def _train_pull(self, x, y, mask, active, lr, l2, lr_scale):
-        with tf.GradientTape() as tape:
-            log_probs = tf.nn.log_softmax(self._logits(x, active), axis=-1)
-            cross_entropy = -tf.reduce_sum(tf.one_hot(y, self.class_capacity) * log_probs, axis=-1)
-            loss = tf.reduce_sum(mask * cross_entropy) / tf.maximum(tf.reduce_sum(mask), 1.0)
-            total = loss + l2 * self._distance() if self.conv else loss
-        grads = tape.gradient(total, self.params)
-        step = self.adam_step.assign_add(1.0)
-        lr_t = lr * tf.sqrt(1.0 - tf.pow(self.beta2, step)) / (1.0 - tf.pow(self.beta1, step))
-        for var, grad, m, v, scaled in zip(self.params, grads, self.adam_m, self.adam_v, self.scaled):
-            m_new = m.assign(self.beta1 * m + (1.0 - self.beta1) * grad)
-            v_new = v.assign(self.beta2 * v + (1.0 - self.beta2) * tf.square(grad))
-            var.assign_sub((lr_t * lr_scale if scaled else lr_t) * m_new / (tf.sqrt(v_new) + self.epsilon))
-        return {"loss": loss}
+        penalty = (lambda: l2 * self._distance()) if self.conv else (lambda: None)
+        return self._step(x, y, mask, active, lr, penalty, [lr_scale if s else 1.0 for s in self.scaled])
 
     def _distance(self):
         """Σ‖w − w_cloud‖² over the convolution kernels (the anchors are constants of the model)."""
