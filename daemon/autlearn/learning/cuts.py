@@ -40,12 +40,10 @@ class Cut:
                    settings=variant.regularisation)
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One thing a round may train: a cut with one setting of its pull (None: the cut's train has no such
-    inputs). Named `cut/setting` (`last_block/free`), or by the cut alone when it has no settings."""
+class _Named:
+    """The `name` and `order` of a cut with one setting of its pull (`cut`, `setting`: Candidate, Trained)."""
     cut: Cut
-    setting: Regularisation | None = None
+    setting: Regularisation | None
 
     @property
     def name(self) -> str:
@@ -55,6 +53,14 @@ class Candidate:
     def order(self) -> tuple[int, int]:
         """Shallowest cut first; at one cut the manifest's order of the settings (anchored before free)."""
         return self.cut.depth, self.cut.settings.index(self.setting) if self.setting in self.cut.settings else 0
+
+
+@dataclass(frozen=True)
+class Candidate(_Named):
+    """One thing a round may train: a cut with one setting of its pull (None: the cut's train has no such
+    inputs). Named `cut/setting` (`last_block/free`), or by the cut alone when it has no settings."""
+    cut: Cut
+    setting: Regularisation | None = None
 
 
 def candidate_name(cut: Cut, setting: Regularisation | None) -> str:
@@ -141,21 +147,13 @@ def plan(cuts: list[Cut], samples: int, epochs: int, budget: Budget, holdout: in
 
 
 @dataclass(frozen=True)
-class Trained:
+class Trained(_Named):
     """One candidate after the round (its cut and setting): its accuracy and mean cross-entropy on the user's
     holdout (None: no holdout, or the loss not measured)."""
     cut: Cut
     holdout_accuracy: float | None
     holdout_loss: float | None = None
     setting: Regularisation | None = None
-
-    @property
-    def name(self) -> str:
-        return candidate_name(self.cut, self.setting)
-
-    @property
-    def order(self) -> tuple[int, int]:
-        return Candidate(self.cut, self.setting).order
 
 
 @dataclass(frozen=True)
