@@ -103,6 +103,13 @@ def decode_image(path: Path, spec: ImageSpec) -> np.ndarray:
         raise InputError(f"cannot read image {path}: {exc.strerror or exc}") from exc
 
 
+def low_resolution(img, side: int):
+    """A PIL image re-sampled through `side` x `side` pixels (box-filtered down, bilinear back to its size)."""
+    from PIL import Image
+
+    return img.resize((side, side), Image.Resampling.BOX).resize(img.size, Image.Resampling.BILINEAR)
+
+
 def low_resolution_copies(data: "ImageDataset", fraction: float, seed: int) -> "ImageDataset":
     """`data` plus a copy of a `fraction` of its images (1.0: all of them) re-sampled through a random low
     resolution (box-filtered down to 6-14 px square, bilinear back up): the blur and coarse grey levels of
@@ -115,13 +122,11 @@ def low_resolution_copies(data: "ImageDataset", fraction: float, seed: int) -> "
         return data
     pick = np.sort(rng.choice(len(data), size=min(n, len(data)), replace=False))
     spec = data.spec
-    h, w = spec.height, spec.width
     copies = []
     for i in pick:
         pixels = np.clip((data.x[i, :, :, 0] - spec.offset) / spec.scale, 0, 255).astype(np.uint8)
         side = int(rng.integers(DEGRADE_SIZES[0], DEGRADE_SIZES[1] + 1))
-        small = Image.fromarray(pixels, "L").resize((side, side), Image.Resampling.BOX)
-        back = np.asarray(small.resize((w, h), Image.Resampling.BILINEAR), np.float32)
+        back = np.asarray(low_resolution(Image.fromarray(pixels, "L"), side), np.float32)
         copies.append(back[:, :, None] * np.float32(spec.scale) + np.float32(spec.offset))
     x = np.concatenate([data.x, np.stack(copies)]).astype(np.float32)
     y = np.concatenate([data.y, data.y[pick]])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .datasets import DEGRADE_SIZES, ImageDataset, low_resolution_copies
+from .datasets import DEGRADE_SIZES, ImageDataset, low_resolution, low_resolution_copies
 from .errors import InputError
 
 AUGMENT_OPS = ("affine", "stroke", "lowres", "contrast")
@@ -82,12 +82,9 @@ def _stroke(img, rng: np.random.Generator):
 
 
 def _lowres(img, rng: np.random.Generator):
-    from PIL import Image
-
     if rng.random() >= LOWRES_P:
         return img
-    side = int(rng.integers(DEGRADE_SIZES[0], DEGRADE_SIZES[1] + 1))
-    return img.resize((side, side), Image.Resampling.BOX).resize(img.size, Image.Resampling.BILINEAR)
+    return low_resolution(img, int(rng.integers(DEGRADE_SIZES[0], DEGRADE_SIZES[1] + 1)))
 
 
 def _contrast(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
