@@ -156,16 +156,11 @@ def public_train(manifest: dict):
     """The builder's public training images (MNIST-5k, its fixed order and per-class split), with the copies the
     bundle's base was pretrained on (manifest build.public_augmentation: --degrade, --augment-public), so that
     centralised training gets the same public data as the cloud model."""
-    from autlearn_build.datasets import ImageSpec, load_dataset, stratified_split
-    from autlearn_build.public_augment import pretraining_set
+    from reference import public_sets
 
-    pub = load_dataset("mnist5k", ImageSpec().with_fit_box(int(manifest["input"].get("fit_box", 0))))
-    tr, _ = stratified_split(pub.y, 0.1, len(pub.labels))
-    train = pub.take(tr)
-    aug = manifest.get("build", {}).get("public_augmentation")
-    if aug:
-        train = pretraining_set(train, float(aug["degrade"]), int(aug["augment_public"]), tuple(aug["augment_ops"]),
-                                int(manifest["build"]["seed"]))
+    aug = manifest.get("build", {}).get("public_augmentation") or {"degrade": 0, "augment_public": 0, "augment_ops": []}
+    _, train, _ = public_sets(manifest, float(aug["degrade"]), int(aug["augment_public"]), tuple(aug["augment_ops"]),
+                              int(manifest.get("build", {}).get("seed", 0)))
     return train.x, train.y
 
 

@@ -100,20 +100,27 @@ class Reference:
         return a
 
 
+def public_sets(manifest: dict, degrade: float, augment: int, ops: tuple[str, ...], seed: int):
+    """(all, train, val): MNIST-5k framed as the bundle's input, the builder's per-class split, and its training
+    part with the copies the base is pretrained on (public_augment.pretraining_set)."""
+    from autlearn_build.datasets import ImageSpec, load_dataset, stratified_split
+    from autlearn_build.public_augment import pretraining_set
+
+    data = load_dataset("mnist5k", ImageSpec().with_fit_box(int(manifest["input"].get("fit_box", 0))))
+    train_idx, val_idx = stratified_split(data.y, 0.1, len(data.labels))
+    train = pretraining_set(data.take(train_idx), degrade, augment, ops, seed)
+    return data, train, data.take(val_idx)
+
+
 def pretrained_reference(manifest: dict, spec: BuildSpec, log=print) -> Reference:
     """Re-create the builder's float classifier (see module docstring)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
     from autlearn_build import image_model
-    from autlearn_build.datasets import ImageSpec, load_dataset, stratified_split
-    from autlearn_build.public_augment import pretraining_set
 
     t0 = time.monotonic()
-    data = load_dataset("mnist5k", ImageSpec().with_fit_box(int(manifest["input"].get("fit_box", 0))))
+    data, train, val = public_sets(manifest, spec.degrade, spec.augment_public, parse_ops(spec.augment_ops), spec.seed)
     n_classes = len(data.labels)
-    train_idx, val_idx = stratified_split(data.y, 0.1, n_classes)
-    train, val = data.take(train_idx), data.take(val_idx)
-    train = pretraining_set(train, spec.degrade, spec.augment_public, parse_ops(spec.augment_ops), spec.seed)
     image_model.set_seed(spec.seed)
     capacity = int(manifest["class_capacity"])
     feature_size = int(manifest["variants"][0]["feature_size"])
