@@ -117,17 +117,27 @@ def by_rule(r: dict) -> dict:
     round's order): `accuracy_only` (without the losses: the rule before the loss tie-break), `deeper_on_tie`
     (the last of the most accurate), `anchored_only` (the board's rule among head and the anchored candidates:
     what a bundle with one compiled-in setting chose before) and `free_only` (the same among head and the free
-    ones). Each: the candidate and its test accuracy."""
+    ones). Each: the candidate, whether the round's gate would promote it, and the test accuracy of what the board
+    would then serve (the served version's when the gate rejects the pick)."""
     names = [c for c in r["test"] if r["holdout"].get(c) is not None]
     if not names:
         return {}
     picks = {"accuracy_only": _pick(names, r, False),
              "deeper_on_tie": max(names, key=lambda c: (r["holdout"][c], names.index(c)))}
-    for rule, drop in (("anchored_only", "/free"), ("free_only", "/anchored")):
+    for rule, keep, drop in (("anchored_only", "/anchored", "/free"), ("free_only", "/free", "/anchored")):
         sub = [c for c in names if not c.endswith(drop)]
-        if len(sub) < len(names):
+        if len(sub) < len(names) and any(c.endswith(keep) for c in sub):
             picks[rule] = _pick(sub, r, True)
-    return {rule: {"cut": c, "test": r["test"][c]} for rule, c in picks.items()}
+    return {rule: {"cut": c, "test": r["test"][c] if gated_in(r, c) else r["pretrained"], "promoted": gated_in(r, c)}
+            for rule, c in picks.items()}
+
+
+def gated_in(r: dict, name: str) -> bool:
+    """Whether the round's holdout gate (the daemon's default training.promote_tolerance = 0) would promote the
+    candidate `name`: its holdout accuracy at least the served version's. A rejected pick leaves the board serving
+    that version, whose test accuracy on the first round is `pretrained`."""
+    before = r.get("holdout_before")
+    return before is None or r["holdout"][name] >= before
 
 
 def chosen_group(name: str, data, bundle: Path, work: Path, memo, local: list[float], cut_info) -> dict:
@@ -189,7 +199,8 @@ def markdown(chosen: dict) -> list[str]:
              "round on the user's test images (before the gate against the served version); *chosen* = what the "
              "board serves after the round; *best fixed* = the best candidate for that user (an oracle that knows "
              "the test images). The other rules are applied afterwards to the holdout scores each round "
-             "recorded: *accuracy only* keeps a later candidate only when it is more accurate, *deeper cut on a "
+             "recorded, each pick then through the round's holdout gate against the served version (a rejected "
+             "pick serves the pretrained model, as the board does): *accuracy only* keeps a later candidate only when it is more accurate, *deeper cut on a "
              "tie* takes the last of the most accurate, *head + anchored only* is the board's rule without the "
              "free candidates (what a bundle with the pull compiled in chose), *head + free only* without the "
              "anchored ones.", ""]

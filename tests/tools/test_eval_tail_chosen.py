@@ -12,12 +12,21 @@ def _round(holdout: dict, test: dict, n: int = 26) -> dict:
 def test_the_accuracy_only_rule_keeps_the_shallower_cut_on_a_tie_and_the_other_takes_the_deeper():
     tie = _round({"head": 1.0, "last_block": 1.0, "last2_blocks": 1.0}, {"head": 0.9, "last_block": 0.95,
                                                                           "last2_blocks": 0.97})
-    assert by_rule(tie) == {"accuracy_only": {"cut": "head", "test": 0.9},
-                            "deeper_on_tie": {"cut": "last2_blocks", "test": 0.97}}
+    assert by_rule(tie) == {"accuracy_only": {"cut": "head", "test": 0.9, "promoted": True},
+                            "deeper_on_tie": {"cut": "last2_blocks", "test": 0.97, "promoted": True}}
     won = _round({"head": 0.8, "last_block": 0.9, "last2_blocks": 0.85}, {"head": 0.7, "last_block": 0.8,
                                                                            "last2_blocks": 0.9})
     assert {r["cut"] for r in by_rule(won).values()} == {"last_block"}  # more accurate: both rules agree
     assert by_rule(_round({}, {})) == {}
+
+
+def test_a_pick_the_holdout_gate_rejects_scores_the_version_the_board_keeps_serving():
+    r = _round({"head": 0.9, "last_block": 0.9}, {"head": 0.91, "last_block": 0.97}) | {
+        "holdout_before": 0.95, "pretrained": 0.91}
+    picks = by_rule(r)
+    assert picks["deeper_on_tie"] == {"cut": "last_block", "test": 0.91, "promoted": False}
+    r["holdout_before"] = 0.9  # the gate passes at equal accuracy (promote_tolerance 0)
+    assert by_rule(r)["deeper_on_tie"] == {"cut": "last_block", "test": 0.97, "promoted": True}
 
 
 def test_the_report_names_the_rules_and_shows_the_holdout_losses():
