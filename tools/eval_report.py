@@ -83,7 +83,8 @@ def write(report: dict, out: Path) -> None:
     parts = [f"{name} {r['seconds'] / 60:.1f} min" + (" (an earlier run of the same code, kept by --merge)"
                                                       if r.get("from_earlier_run") else "")
              for name, r in (("images", img), ("keyboard", kb)) if r]
-    md += ["Time: " + "; ".join(parts) + " (bundles reused from build/eval/; building them adds about 2.5 min).", ""]
+    md += ["Time: " + "; ".join(parts) + " (bundles reused from build/eval/; building them adds about 11 min on a "
+           "loaded 2-core machine, most of it the image bundle's `--augment-public 4` pretraining).", ""]
     if img:
         f, c = img["fedavg"], img["centralised"]
         md += ["## Images: UCI digits, users with Dirichlet label skew", "",
